@@ -1,0 +1,414 @@
+"""One YAML file = one study: the schema, loading, `--set` overrides and validation.
+
+The schema is plain data (nested dicts of `Field`), so the error for any bad value can name the file, the
+dotted key and what would have been accepted. Sections whose keys depend on a choice (`model.name`,
+`data.dataset`, `sampler.name`, `pruner.name`) take the extra keys of the chosen variant from its
+registry, so a parameter given to a model that does not take it is an error rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem, phrased for the person who wrote the file."""
+
+    def __init__(self, message: str, *, source: str | None = None, key: str | None = None) -> None:
+        self.source, self.key, self.detail = source, key, message
+        where = ": ".join(p for p in (source, f"`{key}`" if key else None) if p)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+@dataclass(frozen=True)
+class Field:
+    """A leaf of the schema: its type, default, and what values are accepted."""
+
+    type: type
+    default: Any = None
+    choices: tuple | None = None
+    low: float | None = None
+    high: float | None = None
+    nullable: bool = False
+    item: type | None = None  # element type when `type` is list
+
+    def accepted(self) -> str:
+        if self.choices is not None:
+            return "one of " + ", ".join(map(str, self.choices))
+        names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}
+        text = names.get(self.type, self.type.__name__)
+        if self.type is list and self.item is not None:
+            text = f"a list of {names.get(self.item, self.item.__name__)}s"
+        if self.low is not None and self.high is not None:
+            text += f" in [{self.low}, {self.high}]"
+        elif self.low is not None:
+            text += f" >= {self.low}"
+        if self.nullable:
+            text += " (or null)"
+        return text
+
+    def check(self, value: Any) -> Any:
+        """Return the value converted to this field's type, or raise ValueError saying why not."""
+        if value is None:
+            if self.nullable:
+                return None
+            raise ValueError(f"expected {self.accepted()}, got null")
+        value = _coerce(self.type, value, self.accepted())
+        if self.type is list and self.item is not None:
+            value = [_coerce(self.item, v, self.accepted()) for v in value]
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"expected {self.accepted()}, got {value!r}{_did_you_mean(value, self.choices)}")
+        if self.low is not None and value < self.low or self.high is not None and value > self.high:
+            raise ValueError(f"expected {self.accepted()}, got {value!r}")
+        return value
+
+
+def _coerce(kind: type, value: Any, accepted: str) -> Any:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and not (kind is not bool and isinstance(value, bool)):
+        return value
+    raise ValueError(f"expected {accepted}, got {value!r} ({type(value).__name__})")
+
+
+def _did_you_mean(value: Any, options: Any) -> str:
+    close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+@dataclass(frozen=True)
+class Variants:
+    """A section whose extra keys depend on the value of its discriminator key."""
+
+    key: str
+    params: Callable[[str], dict[str, Field]]
+    names: Callable[[], tuple[str, ...]]
+
+
+# ---- the schema -------------------------------------------------------------------------------------
+
+METRICS = {"val_acc": "maximize", "val_f1": "maximize", "val_loss": "minimize"}
+
+FOLDS = {
+    "train": Field(list, [1, 2, 3], item=int),
+    "val": Field(list, [4], item=int),
+    "test": Field(list, [5], item=int),
+}
+
+
+def _schema() -> dict[str, Any]:
+    from sweep import data, models, study
+
+    return {
+        "study": {
+            "name": Field(str, None, nullable=True),
+            "direction": Field(str, None, choices=("maximize", "minimize"), nullable=True),
+            "metric": Field(str, "val_acc", choices=tuple(METRICS)),
+            "n_trials": Field(int, 20, low=1),
+            "timeout": Field(float, None, low=0, nullable=True),
+        },
+        "storage": Field(str, None, nullable=True),
+        "sampler": {
+            "name": Field(str, "tpe", choices=tuple(study.SAMPLERS)),
+            "seed": Field(int, 0, nullable=True),
+            "_variants": Variants("name", study.sampler_params, lambda: tuple(study.SAMPLERS)),
+        },
+        "pruner": {
+            "name": Field(str, "median", choices=tuple(study.PRUNERS)),
+            "_variants": Variants("name", study.pruner_params, lambda: tuple(study.PRUNERS)),
+        },
+        "data": {
+            "dataset": Field(str, "synthetic", choices=tuple(data.DATASETS)),
+            "root": Field(str, None, nullable=True),
+            "folds": FOLDS,
+            "sample_rate": Field(int, 16000, low=1000),
+            "clip_seconds": Field(float, 1.0, low=0.05),
+            "_variants": Variants("dataset", data.dataset_params, lambda: tuple(data.DATASETS)),
+        },
+        "features": {
+            "name": Field(str, "logmel", choices=("logmel",)),
+            "n_mels": Field(int, 64, low=8),
+            "n_fft": Field(int, 512, low=16),
+            "hop_length": Field(int, 256, low=1),
+            "f_min": Field(float, 0.0, low=0),
+            "f_max": Field(float, None, low=0, nullable=True),
+        },
+        "augment": {
+            "strength": Field(float, 0.5, low=0.0, high=1.0),
+            "specaugment": Field(bool, True),
+            "n_masks": Field(int, 2, low=0),
+            "freq_mask": Field(float, 0.15, low=0.0, high=1.0),
+            "time_mask": Field(float, 0.2, low=0.0, high=1.0),
+            "mixup": Field(bool, True),
+            "mixup_alpha": Field(float, 0.4, low=0.0),
+        },
+        "model": {
+            "name": Field(str, "audio_cnn", choices=tuple(models.MODELS)),
+            "pretrained": Field(bool, False),
+            "_variants": Variants("name", models.model_params, lambda: tuple(models.MODELS)),
+        },
+        "train": {
+            "epochs": Field(int, 10, low=1),
+            "batch_size": Field(int, 32, low=1),
+            "eval_batch_size": Field(int, 128, low=1),
+            "lr": Field(float, 1e-3, low=0.0),
+            "optimizer": Field(str, "adamw", choices=("adam", "adamw", "sgd", "rmsprop")),
+            "momentum": Field(float, 0.9, low=0.0, high=1.0),
+            "weight_decay": Field(float, 0.01, low=0.0),
+            "scheduler": Field(str, "cosine", choices=("cosine", "onecycle", "none")),
+            "label_smoothing": Field(float, 0.0, low=0.0, high=1.0),
+            "grad_clip": Field(float, None, low=0.0, nullable=True),
+            "amp": Field(bool, True),
+            "device": Field(str, "auto", choices=("auto", "cpu", "cuda")),
+            "seed": Field(int, 0),
+        },
+        "search_space": Field(dict, {}),
+        "executor": {
+            "name": Field(str, "local", choices=("debug", "local")),
+            "workers": Field(int, 2, low=1),
+            "cpus_per_worker": Field(int, None, low=1, nullable=True),
+            "timeout_min": Field(float, 24 * 60, low=1),
+        },
+    }
+
+
+SCHEMA: dict[str, Any] = {}
+
+
+def schema() -> dict[str, Any]:
+    """The schema, built on first use (it reads the model/dataset/sampler registries)."""
+    if not SCHEMA:
+        SCHEMA.update(_schema())
+    return SCHEMA
+
+
+# ---- YAML: one loader for files, --set values and search spaces ---------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-3` as a float (YAML 1.2), not the string PyYAML's 1.1 rules give."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"not valid YAML{where}: {problem}", source=source) from None
+
+
+def dump_yaml(config: Mapping[str, Any]) -> str:
+    return yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=None)
+
+
+# ---- dotted paths ------------------------------------------------------------------------------------
+
+
+def get_path(config: Mapping[str, Any], path: str) -> Any:
+    node: Any = config
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise KeyError(path)
+        node = node[part]
+    return node
+
+
+def set_path(config: dict[str, Any], path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    node = config
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[leaf] = value
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """`train.lr=3e-4` → ("train.lr", 0.0003): the value is typed as YAML would type it."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set expects KEY=VALUE with a dotted key, got {item!r}")
+    return key, parse_yaml(text, f"--set {item}")
+
+
+def field_at(path: str, variant_of: Callable[[str], str | None]) -> Field:
+    """The schema field a dotted path names, given the variants chosen; KeyError(message) if none."""
+    node: Any = schema()
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        here = ".".join(parts[:i])
+        if not isinstance(node, dict):
+            raise KeyError(f"`{here}` is a value, not a section")
+        fields = _fields(node, here, variant_of)
+        if part not in fields:
+            raise KeyError(_unknown(part, here, fields))
+        node = fields[part]
+    if isinstance(node, dict):
+        raise KeyError(f"`{path}` is a section; name one of its keys: {', '.join(_fields(node, path, variant_of))}")
+    return node
+
+
+def _fields(node: dict[str, Any], here: str, variant_of: Callable[[str], str | None]) -> dict[str, Any]:
+    fields = {k: v for k, v in node.items() if k != "_variants"}
+    variants: Variants | None = node.get("_variants")
+    if variants is not None:
+        name = variant_of(f"{here}.{variants.key}")
+        if name in variants.names():
+            fields.update(variants.params(name))
+    return fields
+
+
+def _unknown(key: str, here: str, fields: Mapping[str, Any]) -> str:
+    section = f"in section `{here}`" if here else "at the top level"
+    return f"unknown key `{key}` {section}{_did_you_mean(key, fields)}; accepted: {', '.join(fields)}"
+
+
+# ---- validation --------------------------------------------------------------------------------------
+
+
+def resolve(raw: Any, source: str, overrides: list[tuple[str, Any]] = ()) -> dict[str, Any]:
+    """File contents + `--set` overrides → the complete, validated config with every default filled."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"the top level must be a mapping of sections, got {type(raw).__name__}", source=source)
+    merged = copy.deepcopy(raw)
+    origin: dict[str, str] = {}
+    for key, value in overrides:
+        if key == "search_space" or key.startswith("search_space."):
+            raise ConfigError("the search space cannot be changed with --set; edit the YAML file", key=key)
+        set_path(merged, key, value)
+        origin[key] = f"--set {key}"
+
+    def where(path: str) -> str:
+        return next((o for k, o in origin.items() if path == k or path.startswith(k + ".")), source)
+
+    resolved = _resolve_tree(merged, where)
+    if resolved["study"]["direction"] is None:
+        resolved["study"]["direction"] = METRICS[resolved["study"]["metric"]]
+    if resolved["study"]["direction"] != METRICS[resolved["study"]["metric"]]:
+        metric = resolved["study"]["metric"]
+        raise ConfigError(
+            f"metric {metric} must be {METRICS[metric]}d, not {resolved['study']['direction']}d",
+            source=where("study.direction"),
+            key="study.direction",
+        )
+    folds = resolved["data"]["folds"]
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        shared = sorted(set(folds[a]) & set(folds[b]))
+        if shared:
+            raise ConfigError(
+                f"folds {shared} are in both `{a}` and `{b}`; each fold belongs to one split",
+                source=where("data.folds"),
+                key="data.folds",
+            )
+    if not folds["train"] or not folds["val"]:
+        raise ConfigError("train and val need at least one fold each", source=where("data.folds"), key="data.folds")
+    from sweep import space
+
+    params = space.parse(resolved["search_space"], resolved, source=where("search_space"))
+    for param in params:  # a searched model.name / data.dataset must suit the rest of the file too
+        if space.is_discriminator(param.path):
+            for choice in param.distribution.choices:
+                variant = copy.deepcopy(merged)
+                set_path(variant, param.path, choice)
+                try:
+                    _resolve_tree(variant, where)
+                except ConfigError as exc:
+                    raise ConfigError(
+                        f"when the search picks {param.path}={choice}: {exc.detail}", source=exc.source, key=exc.key
+                    ) from None
+    return resolved
+
+
+def _resolve_tree(tree: dict[str, Any], where: Callable[[str], str]) -> dict[str, Any]:
+    def variant_of(path: str) -> str | None:
+        try:
+            value = get_path(tree, path)
+        except KeyError:
+            value = get_path(defaults_tree(), path)
+        return value if isinstance(value, str) else None
+
+    return _resolve_node(schema(), tree, "", where, variant_of)
+
+
+def _resolve_node(node: dict[str, Any], given: Any, here: str, where, variant_of) -> dict[str, Any]:
+    if not isinstance(given, dict):
+        raise ConfigError(f"expected a mapping of keys, got {given!r}", source=where(here), key=here or None)
+    fields = _fields(node, here, variant_of)
+    out: dict[str, Any] = {}
+    for key in given:
+        if key not in fields:
+            path = f"{here}.{key}" if here else key
+            raise ConfigError(_unknown(str(key), here, fields), source=where(path), key=path)
+    for key, spec in fields.items():
+        path = f"{here}.{key}" if here else key
+        if isinstance(spec, dict):
+            out[key] = _resolve_node(spec, given.get(key, {}), path, where, variant_of)
+        elif key in given:
+            try:
+                out[key] = spec.check(given[key])
+            except ValueError as exc:
+                raise ConfigError(str(exc), source=where(path), key=path) from None
+        else:
+            out[key] = copy.deepcopy(spec.default)
+    return out
+
+
+def defaults_tree() -> dict[str, Any]:
+    """The schema's defaults, without variant keys; used to look up discriminators not given."""
+
+    def walk(node: dict[str, Any]) -> dict[str, Any]:
+        return {
+            k: walk(v) if isinstance(v, dict) else copy.deepcopy(v.default) for k, v in node.items() if k != "_variants"
+        }
+
+    return walk(schema())
+
+
+def load(path: str | Path, overrides: list[tuple[str, Any]] = ()) -> dict[str, Any]:
+    """Read, override and validate one study file; the study name defaults to the file's stem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("no such file", source=str(path))
+    raw = parse_yaml(path.read_text(), str(path))
+    config = resolve(raw, str(path), overrides)
+    if config["study"]["name"] is None:
+        config["study"]["name"] = path.stem
+    check_study_name(config["study"]["name"], source=str(path))
+    return config
+
+
+def check_study_name(name: str, source: str | None = None) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ConfigError(
+            f"study name {name!r} must start with a letter or digit and use only letters, digits, '_', '.', '-'",
+            source=source,
+            key="study.name",
+        )
+    return name

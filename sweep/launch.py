@@ -1,0 +1,157 @@
+"""`sweep launch`: create or resume the study, top up its budget, start workers through submitit, watch.
+
+One code path for every executor: `debug` runs the worker in this process, `local` starts N worker
+processes; each worker pulls trials from the study until the budget is met.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from sweep import status
+from sweep.config import ConfigError
+from sweep.study import CONFIG_ATTR, VOID, counts, mask, open_storage, study_dir, top_up
+
+# Keys a resumed study may change: how much and how it runs, not what a trial means.
+RESUMABLE = ("study.n_trials", "study.timeout", "executor.", "storage")
+
+
+def create_or_resume(config: Mapping[str, Any], storage: optuna.storages.BaseStorage, url: str) -> optuna.Study:
+    """Create the study with its config stored, or load it after checking the config still matches."""
+    from sweep.study import make_pruner, make_sampler
+
+    name = config["study"]["name"]
+    stored = copy.deepcopy(dict(config))
+    stored["storage"] = None  # it may carry credentials
+    try:
+        study = optuna.create_study(
+            study_name=name,
+            storage=storage,
+            direction=config["study"]["direction"],
+            sampler=make_sampler(config),
+            pruner=make_pruner(config),
+        )
+        study.set_user_attr(CONFIG_ATTR, stored)
+        return study
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage)
+    previous = study.user_attrs.get(CONFIG_ATTR)
+    if not isinstance(previous, dict):
+        raise ConfigError(f"study {name!r} in {mask(url)} was not created by sweep; choose another --study name")
+    changed = [
+        k
+        for k in sorted(set(_flat(previous)) | set(_flat(stored)))
+        if _flat(previous).get(k) != _flat(stored).get(k) and not k.startswith(RESUMABLE)
+    ]
+    if changed:
+        lines = "; ".join(f"{k}: {_flat(previous).get(k)!r} → {_flat(stored).get(k)!r}" for k in changed[:8])
+        raise ConfigError(
+            f"study {name!r} already exists in {mask(url)} with a different config ({lines}). Trials of one "
+            "study must be comparable: resume with the same settings, or start a new study with --study NAME",
+        )
+    study.set_user_attr(CONFIG_ATTR, stored)  # records the new budget
+    return study
+
+
+def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value and key != "search_space":
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def make_executor(config: Mapping[str, Any], logs: Path):
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=str(logs / "%j"), cluster=config["executor"]["name"])
+    executor.update_parameters(timeout_min=int(config["executor"]["timeout_min"]), name=config["study"]["name"])
+    return executor
+
+
+def launch(config: dict[str, Any], url: str) -> int:
+    """Run the study's remaining budget; returns the process exit code (non-zero if a worker failed)."""
+    from sweep.worker import run_context, run_worker
+
+    name = config["study"]["name"]
+    storage = open_storage(url)
+    study = create_or_resume(config, storage, url)
+    waiting = top_up(study, config["study"]["n_trials"])
+    home = study_dir(name)
+    print(f"study {name!r} in {mask(url)}: budget {config['study']['n_trials']} trials, {waiting} to run", flush=True)
+    if waiting == 0:
+        status.summary(study, sys.stdout)
+        return 0
+    workers = 1 if config["executor"]["name"] == "debug" else min(config["executor"]["workers"], waiting)
+    context = dict(run_context(workers), launch=uuid.uuid4().hex[:12])
+    executor = make_executor(config, home / "logs")
+    jobs = executor.map_array(
+        run_worker, [config] * workers, [url] * workers, [str(home)] * workers, range(workers), [context] * workers
+    )
+    print(f"started {workers} {config['executor']['name']} worker(s); logs in {home / 'logs'}", flush=True)
+    failed: list[str] = []
+    try:
+        watch(study, jobs)
+        for index, job in enumerate(jobs):
+            try:
+                job.result()
+            except Exception as exc:  # the worker's own traceback is in its log
+                failed.append(
+                    f"worker {index} (job {job.job_id}) failed: {str(exc).strip().splitlines()[-1]}\n"
+                    f"  log: {job.paths.stderr}"
+                )
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping workers", flush=True)
+        for job in jobs:
+            job.cancel(check=False)
+        _wait_gone(jobs)
+        _void_running(study, context["launch"])
+        status.summary(study, sys.stdout)
+        return 130
+    _void_running(study, context["launch"])
+    status.summary(study, sys.stdout)
+    for line in failed:
+        print(line, file=sys.stderr)
+    return 1 if failed else 0
+
+
+def watch(study: optuna.Study, jobs: list, every: float = 2.0) -> None:
+    """Print progress whenever it changes (one rewritten line on a terminal) until every job has ended."""
+    tty, last, started = sys.stdout.isatty(), "", time.time()
+    while True:
+        done = all(job.done() for job in jobs)
+        line = status.progress(study, time.time() - started)
+        if line != last:
+            print(f"\r{line}\x1b[K" if tty else line, end="" if tty else "\n", flush=True)
+            last = line
+        if done:
+            break
+        time.sleep(every)
+    if tty:
+        print()
+
+
+def _wait_gone(jobs: list, timeout: float = 15.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and not all(job.done() for job in jobs):
+        time.sleep(0.2)
+
+
+def _void_running(study: optuna.Study, launch_id: str) -> None:
+    """Trials this launch's workers left RUNNING (a worker killed hard) no longer count: a later launch
+    runs new ones in their place."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get("launch") == launch_id and counts(t):
+            study._storage.set_trial_user_attr(t._trial_id, VOID, "its worker stopped without finishing it")
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)

@@ -1,0 +1,135 @@
+"""Text views of a study: the live progress line, the end-of-launch table, and `sweep status`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Sequence
+from typing import IO, Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from sweep.study import CONFIG_ATTR, counts
+
+
+def _metric(study: optuna.Study) -> str:
+    return study.user_attrs.get(CONFIG_ATTR, {}).get("study", {}).get("metric", "value")
+
+
+def best(study: optuna.Study) -> FrozenTrial | None:
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if not done:
+        return None
+    pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+    return pick(done, key=lambda t: (t.value, -t.number))
+
+
+def tally(trials: Sequence[FrozenTrial]) -> Counter:
+    return Counter(t.state.name.lower() for t in trials if counts(t))
+
+
+def progress(study: optuna.Study, elapsed: float) -> str:
+    trials = study.get_trials(deepcopy=False)
+    n = tally(trials)
+    finished = n["complete"] + n["pruned"] + n["fail"]
+    budget = sum(n.values())
+    line = (
+        f"{_clock(elapsed)}  {finished}/{budget} finished ({n['complete']} complete, {n['pruned']} pruned, "
+        f"{n['fail']} failed), {n['running']} running"
+    )
+    top = best(study)
+    if top is not None:
+        line += f"  best {_metric(study)}={top.value:.4f} (trial {top.number})"
+    return line
+
+
+def summary(study: optuna.Study, out: IO[str]) -> None:
+    """One row per trial of the budget, then the best trial."""
+    trials = [t for t in study.get_trials(deepcopy=False) if counts(t) and t.state != TrialState.WAITING]
+    rows = [
+        [
+            str(t.number),
+            t.state.name.lower(),
+            _value(t),
+            str(len(t.intermediate_values)),
+            _duration(t),
+            _params(t.params),
+        ]
+        for t in trials
+    ]
+    _table(["trial", "state", _metric(study), "epochs", "time", "params"], rows, out)
+    top = best(study)
+    if top is None:
+        print("no trial has completed yet", file=out)
+    else:
+        print(f"best: trial {top.number}, {_metric(study)}={top.value:.4f}, {_params(top.params)}", file=out)
+
+
+def show(study: optuna.Study, out: IO[str], jobs: dict[str, str] | None = None) -> None:
+    """`sweep status`: trials by state, the best, and what is running now."""
+    trials = study.get_trials(deepcopy=False)
+    n = tally(trials)
+    void = sum(1 for t in trials if not counts(t))
+    print(
+        f"study {study.study_name}: "
+        + ", ".join(f"{v} {k}" for k, v in sorted(n.items()))
+        + (f"; {void} voided (interrupted or lowered budget, not counted)" if void else ""),
+        file=out,
+    )
+    top = best(study)
+    if top is None:
+        print("best: none completed yet", file=out)
+    else:
+        print(f"best: trial {top.number}, {_metric(study)}={top.value:.4f}", file=out)
+        for key, value in top.params.items():
+            print(f"  {key}: {value}", file=out)
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    if running:
+        print("running:", file=out)
+        rows = [
+            [
+                str(t.number),
+                str(len(t.intermediate_values)),
+                _duration(t),
+                str(t.user_attrs.get("host", "?")),
+                str(t.user_attrs.get("worker", "?")),
+                _params(t.params),
+            ]
+            for t in running
+        ]
+        _table(["trial", "epochs", "time", "host", "worker", "params"], rows, out)
+    failed = [t for t in trials if t.state == TrialState.FAIL and counts(t)]
+    for t in failed:
+        print(f"trial {t.number} failed: {t.user_attrs.get('fail_reason', 'no reason recorded')}", file=out)
+
+
+def _value(t: FrozenTrial) -> str:
+    if t.value is not None:
+        return f"{t.value:.4f}"
+    if t.intermediate_values:
+        return f"({t.intermediate_values[max(t.intermediate_values)]:.4f})"
+    return "-"
+
+
+def _params(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def _duration(t: FrozenTrial) -> str:
+    if t.datetime_start is None:
+        return "-"
+    end = t.datetime_complete or dt.datetime.now()
+    return _clock((end - t.datetime_start).total_seconds())
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _table(header: list[str], rows: list[list[str]], out: IO[str]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip(), file=out)

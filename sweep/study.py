@@ -1,0 +1,250 @@
+"""Where a study lives and how it searches: storage URL → storage, sampler, pruner, and the trial budget.
+
+The budget is global and exact: `launch` enqueues one empty WAITING trial per trial still owed, and
+workers only ever pop WAITING trials. Popping is atomic in every Optuna storage, so N workers on one
+study never run more than `study.n_trials` trials between them, and TPE still samples each trial's
+params at the moment a worker starts it, seeing every trial finished before.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from sweep.config import ConfigError, Field
+
+# A trial carrying this user attribute does not count toward the budget (interrupted, voided, retried);
+# its value says why.
+VOID = "sweep_void"
+CONFIG_ATTR = "sweep_config"
+
+SAMPLERS: dict[str, dict[str, Field]] = {
+    "tpe": {
+        "n_startup_trials": Field(int, 5, low=0),
+        "multivariate": Field(bool, False),
+        "constant_liar": Field(bool, True),
+    },
+    "random": {},
+    "grid": {},
+    "cmaes": {"n_startup_trials": Field(int, 1, low=0)},
+    "qmc": {"qmc_type": Field(str, "sobol", choices=("sobol", "halton")), "scramble": Field(bool, True)},
+    "gp": {"n_startup_trials": Field(int, 10, low=0)},
+}
+
+_STEPS = {
+    "n_startup_trials": Field(int, 5, low=0),
+    "n_warmup_steps": Field(int, 1, low=0),
+    "interval_steps": Field(int, 1, low=1),
+}
+PRUNERS: dict[str, dict[str, Field]] = {
+    "median": dict(_STEPS),
+    "percentile": {"percentile": Field(float, 25.0, low=0.0, high=100.0), **_STEPS},
+    "hyperband": {
+        "min_resource": Field(int, 1, low=1),
+        "max_resource": Field(int, None, low=1, nullable=True),
+        "reduction_factor": Field(int, 3, low=2),
+    },
+    "successive_halving": {
+        "min_resource": Field(int, 1, low=1),
+        "reduction_factor": Field(int, 4, low=2),
+        "min_early_stopping_rate": Field(int, 0, low=0),
+    },
+    "none": {},
+}
+
+
+def sampler_params(name: str) -> dict[str, Field]:
+    return SAMPLERS[name]
+
+
+def pruner_params(name: str) -> dict[str, Field]:
+    return PRUNERS[name]
+
+
+# ---- storage -----------------------------------------------------------------------------------------
+
+
+def studies_dir() -> Path:
+    """Home of every study's files; `SWEEP_STUDIES_DIR` moves it (e.g. to a shared file system)."""
+    return Path(os.environ.get("SWEEP_STUDIES_DIR", "studies")).resolve()
+
+
+def study_dir(name: str) -> Path:
+    return studies_dir() / name
+
+
+def resolve_storage(name: str, cli: str | None = None, config: Mapping[str, Any] | None = None) -> str:
+    """`--storage`, then `SWEEP_STORAGE`, then the file's `storage:`, then SQLite under studies/NAME/."""
+    for url in (cli, os.environ.get("SWEEP_STORAGE"), (config or {}).get("storage")):
+        if url:
+            return url
+    return f"sqlite:///{study_dir(name) / 'study.db'}"
+
+
+def mask(url: str) -> str:
+    """The URL with any password replaced, for every message and log line."""
+    if "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """One storage object per process; SQLite gets WAL and a long busy timeout for several workers."""
+    try:
+        if url.startswith("sqlite:///"):
+            path = Path(url[len("sqlite:///") :])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with sqlite3.connect(path, timeout=60) as db:  # WAL is a property of the file: set it once
+                db.execute("PRAGMA journal_mode=WAL")
+            return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+        if url.startswith(("postgresql", "mysql")):
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs={"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True, "pool_recycle": 1800}
+            )
+        if url.startswith("journal://"):
+            from optuna.storages.journal import JournalFileBackend
+
+            path = Path(url[len("journal://") :])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    except Exception as exc:  # connection refused, bad credentials, unreadable file, …
+        raise ConfigError(f"cannot open storage {mask(url)}: {mask(str(exc).splitlines()[0])}", key="storage") from None
+    raise ConfigError(
+        f"unknown storage URL {mask(url)}; accepted: sqlite:///PATH, postgresql://…, mysql+pymysql://…, "
+        "journal:///PATH",
+        key="storage",
+    )
+
+
+# ---- sampler and pruner ------------------------------------------------------------------------------
+
+
+def make_sampler(config: Mapping[str, Any], worker_index: int = 0) -> optuna.samplers.BaseSampler:
+    """Each worker gets seed + worker_index, so parallel workers do not draw the same random trials."""
+    from sweep import space
+
+    cfg = config["sampler"]
+    seed = None if cfg["seed"] is None else cfg["seed"] + worker_index
+    name = cfg["name"]
+    if name == "tpe":
+        return optuna.samplers.TPESampler(
+            n_startup_trials=cfg["n_startup_trials"],
+            multivariate=cfg["multivariate"],
+            constant_liar=cfg["constant_liar"],
+            seed=seed,
+        )
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(n_startup_trials=cfg["n_startup_trials"], seed=seed)
+    if name == "qmc":
+        return optuna.samplers.QMCSampler(qmc_type=cfg["qmc_type"], scramble=cfg["scramble"], seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(n_startup_trials=cfg["n_startup_trials"], seed=seed)
+    grid = {}
+    for param in space.parse(config["search_space"], config):
+        values = grid_values(param.distribution)
+        if values is None:
+            raise ConfigError(
+                "the grid sampler needs choices, ints, or floats with a `step`", key=f"search_space.{param.path}"
+            )
+        grid[param.path] = values
+    return optuna.samplers.GridSampler(grid, seed=seed)
+
+
+def grid_values(dist: optuna.distributions.BaseDistribution) -> list[Any] | None:
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return list(dist.choices)
+    if dist.step is None or getattr(dist, "log", False):
+        return None
+    count = int(round((dist.high - dist.low) / dist.step)) + 1
+    return [dist.low + i * dist.step for i in range(count)]
+
+
+def make_pruner(config: Mapping[str, Any]) -> optuna.pruners.BasePruner:
+    cfg, name = config["pruner"], config["pruner"]["name"]
+    steps = {k: cfg[k] for k in _STEPS if k in cfg}
+    if name == "median":
+        return optuna.pruners.MedianPruner(**steps)
+    if name == "percentile":
+        return optuna.pruners.PercentilePruner(cfg["percentile"], **steps)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=cfg["min_resource"],
+            max_resource=cfg["max_resource"] or config["train"]["epochs"],
+            reduction_factor=cfg["reduction_factor"],
+        )
+    if name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=cfg["min_resource"],
+            reduction_factor=cfg["reduction_factor"],
+            min_early_stopping_rate=cfg["min_early_stopping_rate"],
+        )
+    return optuna.pruners.NopPruner()
+
+
+# ---- the study ---------------------------------------------------------------------------------------
+
+
+def open_study(config: Mapping[str, Any], storage: optuna.storages.BaseStorage, worker_index: int = 0) -> optuna.Study:
+    return optuna.load_study(
+        study_name=config["study"]["name"],
+        storage=storage,
+        sampler=make_sampler(config, worker_index),
+        pruner=make_pruner(config),
+    )
+
+
+def load_existing(name: str, storage: optuna.storages.BaseStorage, url: str) -> optuna.Study:
+    """Open a study for reading; an unknown name lists the studies that storage does hold."""
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    if name not in names:
+        held = ", ".join(sorted(names)) or "none"
+        raise ConfigError(f"no study named {name!r} in {mask(url)} (studies there: {held})")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def stored_config(study: optuna.Study) -> dict[str, Any]:
+    config = study.user_attrs.get(CONFIG_ATTR)
+    if not isinstance(config, dict):
+        raise ConfigError(f"study {study.study_name!r} was not created by sweep (it has no stored config)")
+    return config
+
+
+def counts(trial: FrozenTrial) -> bool:
+    """Whether a trial uses up one unit of the study's trial budget."""
+    return VOID not in trial.user_attrs
+
+
+def top_up(study: optuna.Study, n_trials: int) -> int:
+    """Enqueue empty trials until the budget is met (or void surplus waiting ones); returns # waiting."""
+    trials = study.get_trials(deepcopy=False)
+    owed = n_trials - sum(counts(t) for t in trials)
+    for _ in range(owed):
+        study.enqueue_trial({}, user_attrs={"sweep_enqueued": True})
+    if owed < 0:  # the budget was lowered: void the surplus of still-waiting trials, newest first
+        for t in sorted((t for t in trials if t.state == TrialState.WAITING), key=lambda t: -t.number)[:-owed]:
+            study._storage.set_trial_user_attr(t._trial_id, VOID, "budget lowered before it started")
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) if counts(t))
+
+
+def pop_trial(study: optuna.Study) -> optuna.Trial | None:
+    """The next WAITING trial of the budget, or None when the budget is used up.
+
+    This is `Study.ask` without its fallback of creating a new trial, which would overrun the budget.
+    """
+    trial_id = study._pop_waiting_trial_id()
+    if trial_id is None:
+        return None
+    study._thread_local.cached_all_trials = None  # as ask() does: the sampler must see fresh trials
+    return optuna.Trial(study, trial_id)
