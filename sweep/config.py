@@ -46,7 +46,7 @@ class Field:
         names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}
         text = names.get(self.type, self.type.__name__)
         if self.type is list and self.item is not None:
-            text = f"a list of {names.get(self.item, self.item.__name__)}s"
+            text = f"a list of {names.get(self.item, self.item.__name__).split(' ', 1)[-1]}s"
         if self.low is not None and self.high is not None:
             text += f" in [{self.low}, {self.high}]"
         elif self.low is not None:
@@ -66,7 +66,8 @@ class Field:
             value = [_coerce(self.item, v, self.accepted()) for v in value]
         if self.choices is not None and value not in self.choices:
             raise ValueError(f"expected {self.accepted()}, got {value!r}{_did_you_mean(value, self.choices)}")
-        if self.low is not None and value < self.low or self.high is not None and value > self.high:
+        # written with `not` so that NaN, which compares false with everything, is out of range
+        if self.low is not None and not value >= self.low or self.high is not None and not value <= self.high:
             raise ValueError(f"expected {self.accepted()}, got {value!r}")
         return value
 
@@ -361,6 +362,13 @@ def _resolve_node(node: dict[str, Any], given: Any, here: str, where, variant_of
     if not isinstance(given, dict):
         raise ConfigError(f"expected a mapping of keys, got {given!r}", source=where(here), key=here or None)
     fields = _fields(node, here, variant_of)
+    variants: Variants | None = node.get("_variants")
+    if variants is not None and variants.key in given:  # a bad variant name first, not the keys it would take
+        path = f"{here}.{variants.key}"
+        try:
+            fields[variants.key].check(given[variants.key])
+        except ValueError as exc:
+            raise ConfigError(str(exc), source=where(path), key=path) from None
     out: dict[str, Any] = {}
     for key in given:
         if key not in fields:

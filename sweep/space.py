@@ -94,12 +94,12 @@ def _parse_entry(path: Any, spec: Any, source: str) -> Param:
             raise ValueError(f"log scale needs low > 0, got low={low}")
         if log and step is not None:
             raise ValueError("`step` cannot be combined with `log: true`")
+        if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0):
+            raise ValueError(f"`step` must be a positive number, got {step!r}")
         if kind == "int":
             if not all(isinstance(v, int) for v in (low, high)) or (step is not None and not isinstance(step, int)):
                 raise ValueError("an int entry needs integer low, high and step")
             return Param(str(path), IntDistribution(low, high, log=log, step=step or 1), when)
-        if step is not None and (not isinstance(step, (int, float)) or step <= 0):
-            raise ValueError(f"`step` must be a positive number, got {step!r}")
         return Param(str(path), FloatDistribution(float(low), float(high), log=log, step=step), when)
     except ValueError as exc:
         raise ConfigError(str(exc), source=source, key=key) from None

@@ -1,0 +1,56 @@
+"""Shared fixtures: a tiny study config (seconds of synthetic audio, a 4-channel CNN) and an isolated home."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+TINY = {
+    "study": {"name": "tiny", "n_trials": 4},
+    "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 2},
+    "pruner": {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+    "data": {"dataset": "synthetic", "n_classes": 4, "clips_per_class": 10, "sample_rate": 8000,
+             "clip_seconds": 0.5},
+    "features": {"n_mels": 32, "n_fft": 256, "hop_length": 128},
+    "model": {"name": "audio_cnn", "width": 4, "depth": 1},
+    "train": {"epochs": 3, "batch_size": 8, "lr": 3.0e-3, "scheduler": "none"},
+    "executor": {"name": "local", "workers": 2, "cpus_per_worker": 1},
+    "search_space": {
+        "train.lr": {"type": "float", "low": 1.0e-3, "high": 3.0e-2, "log": True},
+        "augment.strength": {"type": "float", "low": 0.0, "high": 1.0},
+    },
+}
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh working directory; studies/ lands inside it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SWEEP_STORAGE", raising=False)
+    monkeypatch.delenv("SWEEP_STUDIES_DIR", raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def tiny_file(home: Path) -> Path:
+    path = home / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def tiny_config() -> dict:
+    from sweep.config import resolve
+
+    return resolve(TINY, "tiny")
+
+
+def sweep_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the real `sweep` command line in a child process."""
+    return subprocess.run([sys.executable, "-m", "sweep", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})

@@ -1,0 +1,113 @@
+"""`sweep launch` / `status` / `best` end to end: real SQLite, real submitit local worker processes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from conftest import sweep_cli
+from optuna.trial import TrialState
+
+from sweep.config import load
+
+
+def _study(home: Path, name: str = "tiny") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{home}/studies/{name}/study.db")
+
+
+def test_launch_resume_status_best_round_trip(home: Path, tiny_file: Path) -> None:
+    run = sweep_cli("launch", str(tiny_file), "--trials", "5", cwd=home)
+    assert run.returncode == 0, run.stderr
+    assert "5/5 finished" in run.stdout and "best: trial" in run.stdout
+
+    study = _study(home)
+    trials = study.get_trials()
+    assert len(trials) == 5  # the budget is exact: no trial beyond it was created
+    assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    assert {t.user_attrs["worker"] for t in trials} <= {0, 1}
+    for t in trials:  # the record of each trial: resolved config, seed, versions, commit, on disk and in attrs
+        folder = home / "studies" / "tiny" / "trials" / str(t.number)
+        saved = yaml.safe_load((folder / "config.yaml").read_text())
+        assert saved["train"]["lr"] == pytest.approx(t.params["train.lr"])
+        assert saved["augment"]["strength"] == pytest.approx(t.params["augment.strength"])
+        assert saved["search_space"] == {}
+        assert t.user_attrs["config"] == saved
+        run_info = json.loads((folder / "run.json").read_text())
+        assert run_info["seed"] == t.user_attrs["seed"] == 0
+        assert run_info["versions"]["torch"] and run_info["versions"]["optuna"]
+        assert "git_commit" in run_info
+        assert len(json.loads((folder / "metrics.json").read_text())["epochs"]) == len(t.intermediate_values)
+    values = {t.number: t.value for t in trials}
+
+    again = sweep_cli("launch", str(tiny_file), "--trials", "7", cwd=home)
+    assert again.returncode == 0, again.stderr
+    assert "2 to run" in again.stdout
+    trials = _study(home).get_trials()
+    assert len(trials) == 7 and all(t.state.is_finished() for t in trials)
+    assert {t.number: t.value for t in trials if t.number < 5} == values  # nothing stored was touched
+
+    status = sweep_cli("status", "tiny", cwd=home)
+    assert status.returncode == 0, status.stderr
+    top = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    assert f"best: trial {top.number}, val_acc={top.value:.4f}" in status.stdout
+    assert "train.lr:" in status.stdout
+
+    best = sweep_cli("best", "tiny", cwd=home)
+    assert best.returncode == 0, best.stderr
+    best_file = home / "studies" / "tiny" / "best.yaml"
+    config = load(best_file)
+    assert config["search_space"] == {}
+    assert config["train"]["lr"] == pytest.approx(top.params["train.lr"])
+    assert config["study"]["name"] == "tiny-best" and config["study"]["n_trials"] == 1
+
+    # best.yaml runs as is, and reproduces the best trial's value (same config, same seed, same threads)
+    rerun = sweep_cli("launch", str(best_file), "--executor", "debug", cwd=home)
+    assert rerun.returncode == 0, rerun.stderr
+    (final,) = _study(home, "tiny-best").get_trials()
+    assert final.state == TrialState.COMPLETE
+    assert final.value == pytest.approx(top.value, abs=1e-9)
+
+
+def test_resume_with_a_changed_config_is_refused(home: Path, tiny_file: Path) -> None:
+    assert sweep_cli("launch", str(tiny_file), "--trials", "1", "--executor", "debug", cwd=home).returncode == 0
+    run = sweep_cli("launch", str(tiny_file), "--trials", "2", "--set", "train.epochs=5", cwd=home)
+    assert run.returncode == 2
+    assert "train.epochs: 3 → 5" in run.stderr and "--study NAME" in run.stderr
+    assert len(_study(home).get_trials()) == 1
+
+
+def test_nan_trial_fails_with_reason_and_worker_goes_on(home: Path, tiny_config: dict) -> None:
+    from sweep.launch import create_or_resume
+    from sweep.study import open_storage, resolve_storage, study_dir, top_up
+    from sweep.worker import run_context, run_worker
+
+    tiny_config["search_space"] = {"train.lr": [1.0e-3, 1.0e30]}
+    tiny_config["train"]["optimizer"] = "sgd"
+    url = resolve_storage("tiny")
+    study = create_or_resume(tiny_config, open_storage(url), url)
+    study.enqueue_trial({"train.lr": 1.0e30})
+    study.enqueue_trial({"train.lr": 1.0e-3})
+    assert top_up(study, 2) == 2
+    report = run_worker(tiny_config, url, str(study_dir("tiny")), 0, run_context(1))
+    assert report.trials == {0: "nan", 1: "complete"}
+    first, second = study.get_trials()
+    assert first.state == TrialState.FAIL and "loss became" in first.user_attrs["fail_reason"]
+    assert second.state == TrialState.COMPLETE
+    status = sweep_cli("status", "tiny", cwd=home)
+    assert "trial 0 failed: training loss became" in status.stdout
+
+
+def test_status_and_best_on_unknown_or_empty_study(home: Path, tiny_file: Path) -> None:
+    missing = sweep_cli("best", "nosuch", cwd=home)
+    assert missing.returncode == 2 and "no study named 'nosuch'" in missing.stderr
+    from sweep.launch import create_or_resume
+    from sweep.study import open_storage, resolve_storage
+
+    url = resolve_storage("tiny")
+    create_or_resume(load(tiny_file), open_storage(url), url)
+    empty = sweep_cli("best", str(tiny_file), cwd=home)
+    assert empty.returncode == 2 and "has no completed trial yet" in empty.stderr
+    assert not (home / "studies" / "tiny" / "best.yaml").exists()

@@ -1,0 +1,85 @@
+"""The common trainer: metrics, TensorBoard, checkpoints, report → prune, NaN, exact resume."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState, create_trial
+
+from sweep.train import NonFiniteLoss, train
+
+
+def test_writes_metrics_tensorboard_and_checkpoint(tiny_config: dict, tmp_path: Path) -> None:
+    result = train(tiny_config, tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert [row["epoch"] for row in metrics["epochs"]] == [1, 2, 3]
+    assert {"train_loss", "val_loss", "val_acc", "val_f1", "lr", "seconds"} <= set(metrics["epochs"][0])
+    assert metrics["best_value"] == result.best_value == max(r["val_acc"] for r in result.history)
+    assert 0.0 <= result.best_value <= 1.0
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert len(state["history"]) == 3 and "model" in state and "optimizer" in state
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert {"val_acc", "val_loss", "train_loss"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("val_acc")] == [1, 2, 3]
+    assert events.Scalars("val_acc")[-1].value == pytest.approx(metrics["epochs"][-1]["val_acc"])
+
+
+def test_reports_each_epoch_and_is_pruned_by_median(tiny_config: dict, tmp_path: Path) -> None:
+    study = optuna.create_study(direction="maximize",
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
+    study.add_trial(create_trial(value=1.0, intermediate_values={1: 1.0, 2: 1.0, 3: 1.0},
+                                 state=TrialState.COMPLETE))
+    trial = study.ask()
+    with pytest.raises(optuna.TrialPruned, match="after epoch 1"):
+        train(tiny_config, tmp_path, trial)
+    frozen = study.trials[-1]
+    assert list(frozen.intermediate_values) == [1]  # reported once, then stopped
+    assert frozen.user_attrs["epochs_run"] == 1
+    assert (tmp_path / "checkpoint.pt").exists()  # the epoch was saved before the pruner was asked
+
+
+def test_nan_loss_raises(tiny_config: dict, tmp_path: Path) -> None:
+    config = copy.deepcopy(tiny_config)
+    config["train"].update(lr=1.0e30, optimizer="sgd")
+    with pytest.raises(NonFiniteLoss, match="loss became"):
+        train(config, tmp_path)
+
+
+class PruneAtEpoch(optuna.pruners.BasePruner):
+    """A real pruner that stops a trial after a given epoch: a worker dying at that point."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return max(trial.intermediate_values) >= self.epoch
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "onecycle"])
+def test_resume_from_checkpoint_matches_uninterrupted_run(tiny_config: dict, tmp_path: Path, scheduler: str) -> None:
+    config = copy.deepcopy(tiny_config)
+    config["train"]["scheduler"] = scheduler
+    reference = train(config, tmp_path / "straight")
+
+    study = optuna.create_study(direction="maximize", pruner=PruneAtEpoch(2))
+    with pytest.raises(optuna.TrialPruned):
+        train(config, tmp_path / "resumed", study.ask())
+    assert len(json.loads((tmp_path / "resumed" / "metrics.json").read_text())["epochs"]) == 2
+
+    second = optuna.create_study(direction="maximize").ask()
+    resumed = train(config, tmp_path / "resumed", second)
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
+    for a, b in zip(reference.history, resumed.history):
+        for key in ("train_loss", "val_loss", "val_acc", "lr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (key, a["epoch"])
+    # the retried trial carries the whole curve, epochs before the restart included
+    assert sorted(second.study.trials[0].intermediate_values) == [1, 2, 3]
