@@ -306,8 +306,10 @@ def resolve(raw: Any, source: str, overrides: list[tuple[str, Any]] = ()) -> dic
         set_path(merged, key, value)
         origin[key] = f"--set {key}"
 
-    def where(path: str) -> str:
-        return next((o for k, o in origin.items() if path == k or path.startswith(k + ".")), source)
+    def where(path: str) -> str:  # an override at, above or below the path (`--set trainer.lr` → `trainer`)
+        return next(
+            (o for k, o in origin.items() if path == k or path.startswith(k + ".") or k.startswith(path + ".")), source
+        )
 
     resolved = _resolve_tree(merged, where)
     if resolved["study"]["direction"] is None:
@@ -355,7 +357,19 @@ def _resolve_tree(tree: dict[str, Any], where: Callable[[str], str]) -> dict[str
             value = get_path(defaults_tree(), path)
         return value if isinstance(value, str) else None
 
-    return _resolve_node(schema(), tree, "", where, variant_of)
+    resolved = _resolve_node(schema(), tree, "", where, variant_of)
+    from sweep.models import MODELS
+
+    model = resolved["model"]
+    if model["pretrained"] and not MODELS[model["name"]].pretrained:
+        with_weights = sorted(n for n, spec in MODELS.items() if spec.pretrained) or ["none yet"]
+        raise ConfigError(
+            f"model {model['name']} has no pretrained weights; set model.pretrained: false "
+            f"(models with weights: {', '.join(with_weights)})",
+            source=where("model.pretrained"),
+            key="model.pretrained",
+        )
+    return resolved
 
 
 def _resolve_node(node: dict[str, Any], given: Any, here: str, where, variant_of) -> dict[str, Any]:

@@ -225,9 +225,21 @@ def _draw(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
 
 
 def apply(base: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
-    """Base config with params set and the search space dropped: a config a single run takes as is."""
+    """Base config with params set and the search space dropped: a config a single run takes as is.
+
+    A param that picks a section's variant (model.name, …) drops the base's keys that the picked variant does
+    not take (the base is resolved, so it holds every key of its own variant).
+    """
+    from sweep.config import schema
+
     config = copy.deepcopy(dict(base))
     for path, value in params.items():
+        if is_discriminator(path):
+            section = path.split(".", 1)[0]
+            variants = schema()[section]["_variants"]
+            if value in variants.names() and isinstance(config.get(section), dict):
+                keep = set(schema()[section]) | set(variants.params(value))
+                config[section] = {k: v for k, v in config[section].items() if k in keep}
         set_path(config, path, value)
     config["search_space"] = {}
     return config

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
@@ -82,20 +83,26 @@ def run_worker(
     study = open_study(config, open_storage(storage_url), worker_index=index)
     params = space.parse(config["search_space"], config)
     done: dict[int, str] = {}
-    errors = 0
+    errors, trial = 0, None
     deadline = started + config["study"]["timeout"] if config["study"]["timeout"] else None
-    while deadline is None or time.time() < deadline:
-        trial = pop_trial(study)
-        if trial is None:
-            break
-        outcome = run_trial(study, trial, config, params, Path(study_dir), index, host, context)
-        done[trial.number] = outcome
-        errors = errors + 1 if outcome == "error" else 0
-        if errors >= MAX_CONSECUTIVE_ERRORS:
-            raise RuntimeError(
-                f"worker {index}: {errors} trials in a row failed with an error; see their "
-                f"fail_reason (sweep status {config['study']['name']}) and this worker's log"
-            )
+    try:
+        while deadline is None or time.time() < deadline:
+            trial = pop_trial(study)
+            if trial is None:
+                break
+            outcome = run_trial(study, trial, config, params, Path(study_dir), index, host, context)
+            done[trial.number], trial = outcome, None
+            errors = errors + 1 if outcome == "error" else 0
+            if errors >= MAX_CONSECUTIVE_ERRORS:
+                raise RuntimeError(
+                    f"worker {index}: {errors} trials in a row failed with an error; see their fail_reason "
+                    f"(sweep status {config['study']['name']}) and this worker's log"
+                )
+    except (KeyboardInterrupt, SystemExit):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and submitit's cancel both arrive: finish this
+        if trial is not None:
+            _void(study, trial, "interrupted; a later launch runs a new trial in its place")
+        raise
     return WorkerReport(index, host, done, time.time() - started)
 
 
@@ -130,10 +137,6 @@ def run_trial(
         trial.set_user_attr("fail_reason", str(exc))
         study.tell(trial, state=State.FAIL)
         return "nan"
-    except (KeyboardInterrupt, SystemExit):
-        trial.set_user_attr(VOID, "interrupted; a later launch runs a new trial in its place")
-        study.tell(trial, state=State.FAIL)
-        raise
     except Exception as exc:
         print(f"{log} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
         trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:2000])
@@ -143,6 +146,15 @@ def run_trial(
     study.tell(trial, result.best_value)
     print(f"{log} complete: {base['study']['metric']}={result.best_value:.4f}", flush=True)
     return "complete"
+
+
+def _void(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+    """Fail a trial without counting it toward the budget (unless it already finished)."""
+    try:
+        trial.set_user_attr(VOID, reason)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass
 
 
 def _record(

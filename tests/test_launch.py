@@ -111,3 +111,41 @@ def test_status_and_best_on_unknown_or_empty_study(home: Path, tiny_file: Path) 
     empty = sweep_cli("best", str(tiny_file), cwd=home)
     assert empty.returncode == 2 and "has no completed trial yet" in empty.stderr
     assert not (home / "studies" / "tiny" / "best.yaml").exists()
+
+
+def test_interrupted_launch_voids_running_trials_and_resumes(home: Path, tiny_file: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import sqlalchemy
+
+    launcher = subprocess.Popen([sys.executable, "-m", "sweep", "launch", str(tiny_file), "--trials", "6"],
+                                cwd=home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # Ctrl-C while a trial is running
+        try:
+            if any(t.state == TrialState.RUNNING for t in _study(home).get_trials()):
+                break
+        except (KeyError, sqlalchemy.exc.SQLAlchemyError):  # the launcher is still creating the study
+            pass
+        time.sleep(0.2)
+    os.killpg(launcher.pid, signal.SIGINT)
+    out, _ = launcher.communicate(timeout=60)
+    assert launcher.returncode == 130, out
+    assert "interrupted" in out
+    trials = _study(home).get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    voided = [t for t in trials if "sweep_void" in t.user_attrs]
+    assert voided and all(t.state == TrialState.FAIL for t in voided)
+
+    resumed = sweep_cli("launch", str(tiny_file), "--trials", "6", cwd=home)
+    assert resumed.returncode == 0, resumed.stderr
+    trials = _study(home).get_trials()
+    counted = [t for t in trials if "sweep_void" not in t.user_attrs]
+    assert len(counted) == 6 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in counted)
+    assert len(trials) == 6 + len(voided)
+    assert f"{len(voided)} voided" in sweep_cli("status", "tiny", cwd=home).stdout

@@ -22,14 +22,15 @@ Builder = Callable[[Mapping[str, Any], int, tuple[int, ...]], torch.nn.Module]
 class ModelSpec:
     params: dict[str, Field]
     build: Builder
+    pretrained: bool  # whether `model.pretrained: true` means anything for this family
 
 
 MODELS: dict[str, ModelSpec] = {}
 
 
-def register(name: str, params: dict[str, Field]) -> Callable[[Builder], Builder]:
+def register(name: str, params: dict[str, Field], pretrained: bool = False) -> Callable[[Builder], Builder]:
     def wrap(build: Builder) -> Builder:
-        MODELS[name] = ModelSpec(params, build)
+        MODELS[name] = ModelSpec(params, build, pretrained)
         return build
 
     return wrap
