@@ -83,8 +83,16 @@ def resolve_storage(name: str, cli: str | None = None, config: Mapping[str, Any]
     """`--storage`, then `SWEEP_STORAGE`, then the file's `storage:`, then SQLite under studies/NAME/."""
     for url in (cli, os.environ.get("SWEEP_STORAGE"), (config or {}).get("storage")):
         if url:
-            return url
+            return _absolute(url)
     return f"sqlite:///{study_dir(name) / 'study.db'}"
+
+
+def _absolute(url: str) -> str:
+    """File URLs made absolute here, so workers started elsewhere open the same file."""
+    for scheme in ("sqlite:///", "journal:///"):
+        if url.startswith(scheme) and url != scheme + ":memory:":
+            return scheme + str(Path(url[len(scheme):]).resolve())
+    return url
 
 
 def mask(url: str) -> str:
@@ -110,10 +118,10 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             return optuna.storages.RDBStorage(
                 url, engine_kwargs={"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True, "pool_recycle": 1800}
             )
-        if url.startswith("journal://"):
+        if url.startswith("journal:///"):
             from optuna.storages.journal import JournalFileBackend
 
-            path = Path(url[len("journal://") :])
+            path = Path(url[len("journal:///") :])
             path.parent.mkdir(parents=True, exist_ok=True)
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     except Exception as exc:  # connection refused, bad credentials, unreadable file, …

@@ -1,0 +1,118 @@
+"""Storage resolution and opening, every sampler and pruner on a real search space, the exact budget."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from sweep import space
+from sweep.config import ConfigError, resolve
+from sweep.study import (
+    PRUNERS,
+    SAMPLERS,
+    VOID,
+    make_pruner,
+    make_sampler,
+    mask,
+    open_storage,
+    pop_trial,
+    resolve_storage,
+    top_up,
+)
+
+
+def test_storage_resolution_order(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = {"storage": "sqlite:///from_file.db"}
+    assert resolve_storage("s") == f"sqlite:///{home}/studies/s/study.db"
+    assert resolve_storage("s", config=config) == f"sqlite:///{home}/from_file.db"  # made absolute
+    monkeypatch.setenv("SWEEP_STORAGE", "postgresql://u@db/x")
+    assert resolve_storage("s", config=config) == "postgresql://u@db/x"
+    assert resolve_storage("s", cli="journal:///j.log", config=config) == f"journal:///{home}/j.log"
+    monkeypatch.setenv("SWEEP_STUDIES_DIR", str(home / "shared"))
+    monkeypatch.delenv("SWEEP_STORAGE")
+    assert resolve_storage("s") == f"sqlite:///{home}/shared/s/study.db"
+
+
+def test_mask_hides_passwords() -> None:
+    assert mask("postgresql://alice:s3cret@db:5432/x") == "postgresql://alice:***@db:5432/x"
+    assert mask("mysql+pymysql://bob@db/x") == "mysql+pymysql://bob@db/x"
+    assert mask("sqlite:////tmp/a.db") == "sqlite:////tmp/a.db"
+
+
+def test_sqlite_storage_uses_wal(home: Path) -> None:
+    url = resolve_storage("w")
+    optuna.create_study(study_name="w", storage=open_storage(url))
+    with sqlite3.connect(home / "studies" / "w" / "study.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_journal_storage_opens(home: Path) -> None:
+    url = resolve_storage("j", cli="journal:///j/study.log")
+    optuna.create_study(study_name="j", storage=open_storage(url)).optimize(lambda t: 1.0, n_trials=2)
+    assert (home / "j" / "study.log").stat().st_size > 0
+
+
+def test_bad_storage_urls_are_clear_and_masked() -> None:
+    with pytest.raises(ConfigError, match="unknown storage URL redis://"):
+        open_storage("redis://localhost")
+    with pytest.raises(ConfigError) as err:
+        open_storage("postgresql://alice:s3cret@127.0.0.1:1/nosuch")
+    assert "cannot open storage postgresql://alice:***@127.0.0.1:1/nosuch" in str(err.value)
+    assert "s3cret" not in str(err.value)
+
+
+SPACE = {
+    "train.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-1, "log": True},
+    "train.weight_decay": {"type": "float", "low": 0.0, "high": 0.1, "step": 0.05},
+    "model.depth": {"type": "int", "low": 1, "high": 3},
+    "train.optimizer": ["adamw", "sgd"],
+    "train.momentum": {"type": "float", "low": 0.5, "high": 0.9, "step": 0.2, "when": {"train.optimizer": "sgd"}},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_every_sampler_draws_from_the_search_space(name: str) -> None:
+    search = SPACE if name != "grid" else {k: v for k, v in SPACE.items() if k != "train.lr"}
+    config = resolve({"sampler": {"name": name, "seed": 1}, "search_space": search}, "test")
+    params = space.parse(config["search_space"], config)
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(config))
+    for _ in range(6):
+        trial = study.ask()
+        drawn = space.suggest(trial, params, config)
+        assert 1 <= drawn["model.depth"] <= 3
+        assert ("train.momentum" in drawn) == (drawn["train.optimizer"] == "sgd")
+        study.tell(trial, float(drawn["model.depth"]))
+    assert len(study.trials) == 6
+
+
+def test_grid_sampler_refuses_a_continuous_float() -> None:
+    config = resolve({"sampler": {"name": "grid"}, "search_space": SPACE}, "test")
+    with pytest.raises(ConfigError, match="grid sampler needs"):
+        make_sampler(config)
+
+
+@pytest.mark.parametrize("name", sorted(PRUNERS))
+def test_every_pruner_builds(name: str) -> None:
+    config = resolve({"pruner": {"name": name}, "train": {"epochs": 7}}, "test")
+    pruner = make_pruner(config)
+    assert isinstance(pruner, optuna.pruners.BasePruner)
+    if name == "hyperband":
+        assert pruner._max_resource == 7  # null max_resource follows train.epochs
+
+
+def test_budget_is_exact_and_can_be_lowered(home: Path) -> None:
+    study = optuna.create_study(study_name="b", storage=open_storage(resolve_storage("b")))
+    assert top_up(study, 3) == 3
+    assert top_up(study, 3) == 3  # idempotent
+    first = pop_trial(study)
+    study.tell(first, 1.0)
+    assert top_up(study, 2) == 1  # lowered: one waiting trial is voided
+    voided = [t for t in study.get_trials() if VOID in t.user_attrs]
+    assert len(voided) == 1 and voided[0].state == TrialState.FAIL
+    assert pop_trial(study) is not None
+    assert pop_trial(study) is None  # the budget is used up: no new trial is created
+    assert len(study.get_trials()) == 3
