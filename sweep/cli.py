@@ -12,7 +12,7 @@ from sweep.config import ConfigError, check_study_name, load, parse_set
 
 def _study_arg(args: argparse.Namespace) -> tuple[str, str]:
     """STUDY may be a name or the study's YAML file; returns (name, storage URL) resolved as launch does."""
-    from sweep.study import resolve_storage
+    from sweep.storage import resolve_storage
 
     target = Path(args.study)
     if target.suffix in (".yaml", ".yml") and target.is_file():
@@ -25,7 +25,7 @@ def _study_arg(args: argparse.Namespace) -> tuple[str, str]:
 
 def cmd_launch(args: argparse.Namespace) -> int:
     from sweep.launch import launch
-    from sweep.study import resolve_storage
+    from sweep.storage import resolve_storage
 
     overrides = [parse_set(item) for item in args.set]
     for flag, key in (
@@ -43,7 +43,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from sweep.status import show
-    from sweep.study import load_existing, open_storage
+    from sweep.storage import open_storage
+    from sweep.study import load_existing
 
     name, url = _study_arg(args)
     show(load_existing(name, open_storage(url), url), sys.stdout)
@@ -52,7 +53,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_best(args: argparse.Namespace) -> int:
     from sweep.export import write_best
-    from sweep.study import load_existing, open_storage, study_dir
+    from sweep.storage import open_storage, study_dir
+    from sweep.study import load_existing
 
     name, url = _study_arg(args)
     study = load_existing(name, open_storage(url), url)

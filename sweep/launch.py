@@ -19,7 +19,8 @@ from optuna.trial import TrialState
 
 from sweep import status
 from sweep.config import ConfigError
-from sweep.study import CONFIG_ATTR, VOID, counts, mask, open_storage, study_dir, top_up
+from sweep.storage import mask, open_storage, study_dir
+from sweep.study import CONFIG_ATTR, VOID, counts, top_up
 
 # Keys a resumed study may change: how much and how it runs, not what a trial means.
 RESUMABLE = ("study.n_trials", "study.timeout", "executor.", "storage")

@@ -26,7 +26,8 @@ import optuna
 
 from sweep import space
 from sweep.config import dump_yaml, resolve
-from sweep.study import VOID, open_storage, open_study, pop_trial
+from sweep.storage import open_storage
+from sweep.study import VOID, open_study, pop_trial
 
 MAX_CONSECUTIVE_ERRORS = 3  # a config or code bug fails every trial: stop instead of burning the budget
 

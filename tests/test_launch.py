@@ -81,7 +81,8 @@ def test_resume_with_a_changed_config_is_refused(home: Path, tiny_file: Path) ->
 
 def test_nan_trial_fails_with_reason_and_worker_goes_on(home: Path, tiny_config: dict) -> None:
     from sweep.launch import create_or_resume
-    from sweep.study import open_storage, resolve_storage, study_dir, top_up
+    from sweep.storage import open_storage, resolve_storage, study_dir
+    from sweep.study import top_up
     from sweep.worker import run_context, run_worker
 
     tiny_config["search_space"] = {"train.lr": [1.0e-3, 1.0e30]}
@@ -104,7 +105,7 @@ def test_status_and_best_on_unknown_or_empty_study(home: Path, tiny_file: Path) 
     missing = sweep_cli("best", "nosuch", cwd=home)
     assert missing.returncode == 2 and "no study named 'nosuch'" in missing.stderr
     from sweep.launch import create_or_resume
-    from sweep.study import open_storage, resolve_storage
+    from sweep.storage import open_storage, resolve_storage
 
     url = resolve_storage("tiny")
     create_or_resume(load(tiny_file), open_storage(url), url)
