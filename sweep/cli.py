@@ -33,6 +33,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
         ("workers", "executor.workers"),
         ("study", "study.name"),
         ("executor", "executor.name"),
+        ("cluster", "executor.cluster"),
     ):
         if getattr(args, flag) is not None:
             overrides.append((key, getattr(args, flag)))
@@ -47,7 +48,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     from sweep.study import load_existing
 
     name, url = _study_arg(args)
-    show(load_existing(name, open_storage(url), url), sys.stdout)
+    from sweep import jobs
+
+    study = load_existing(name, open_storage(url), url)
+    show(study, sys.stdout, jobs.states(study))
     return 0
 
 
@@ -64,6 +68,17 @@ def cmd_best(args: argparse.Namespace) -> int:
     for key, value in top.params.items():
         print(f"  {key}: {value}")
     print(f"wrote {path}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from sweep import jobs
+    from sweep.storage import open_storage
+    from sweep.study import load_existing
+
+    name, url = _study_arg(args)
+    cancelled = jobs.cancel(load_existing(name, open_storage(url), url))
+    print(f"cancelled {len(cancelled)} job(s) of study {name}" + (f": {' '.join(cancelled)}" if cancelled else ""))
     return 0
 
 
@@ -84,13 +99,17 @@ def parser() -> argparse.ArgumentParser:
     launch.add_argument("--trials", type=int, help="the study's total trial budget (study.n_trials)")
     launch.add_argument("--workers", type=int, help="concurrent workers (executor.workers)")
     launch.add_argument("--study", help="study name (study.name; default: the file's stem)")
-    launch.add_argument("--executor", choices=("debug", "local"), help="where workers run (executor.name)")
+    launch.add_argument("--executor", choices=("debug", "local", "slurm"), help="where workers run (executor.name)")
+    launch.add_argument(
+        "--cluster", help="SLURM profile for --executor slurm (executor.cluster), e.g. cluster/a100.yaml"
+    )
     launch.add_argument("--storage", help="storage URL (else $SWEEP_STORAGE, the file's storage:, or SQLite)")
     launch.set_defaults(run=cmd_launch)
 
     for name, run, text in (
         ("status", cmd_status, "trials by state, the best trial, running trials"),
         ("best", cmd_best, "print the best trial and write studies/STUDY/best.yaml"),
+        ("cancel", cmd_cancel, "cancel the study's running jobs (SLURM or local)"),
     ):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("study", help="study name, or the study's YAML file")

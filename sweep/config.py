@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -75,6 +76,8 @@ class Field:
 def _coerce(kind: type, value: Any, accepted: str) -> Any:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind is float and isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"expected {accepted}, got {value!r} (not a finite number)")
     if isinstance(value, kind) and not (kind is not bool and isinstance(value, bool)):
         return value
     raise ValueError(f"expected {accepted}, got {value!r} ({type(value).__name__})")
@@ -173,10 +176,14 @@ def _schema() -> dict[str, Any]:
         },
         "search_space": Field(dict, {}),
         "executor": {
-            "name": Field(str, "local", choices=("debug", "local")),
+            "name": Field(str, "local", choices=("debug", "local", "slurm")),
             "workers": Field(int, 2, low=1),
             "cpus_per_worker": Field(int, None, low=1, nullable=True),
             "timeout_min": Field(float, 24 * 60, low=1),
+            "cluster": Field(str, None, nullable=True),
+            "heartbeat_seconds": Field(float, 30.0, low=0.1),
+            "stale_after_seconds": Field(float, 180.0, low=0.5),
+            "max_retries": Field(int, 2, low=0),
         },
     }
 
@@ -373,6 +380,8 @@ def _resolve_tree(tree: dict[str, Any], where: Callable[[str], str]) -> dict[str
 
 
 def _resolve_node(node: dict[str, Any], given: Any, here: str, where, variant_of) -> dict[str, Any]:
+    if given is None:  # a section whose keys are all commented out
+        given = {}
     if not isinstance(given, dict):
         raise ConfigError(f"expected a mapping of keys, got {given!r}", source=where(here), key=here or None)
     fields = _fields(node, here, variant_of)

@@ -7,6 +7,7 @@ processes; each worker pulls trials from the study until the budget is met.
 from __future__ import annotations
 
 import copy
+import shutil
 import sys
 import time
 import uuid
@@ -16,11 +17,14 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+from submitit.core.utils import UncompletedJobError
 
 from sweep import status
 from sweep.config import ConfigError
+from sweep.jobs import record as jobs_record
+from sweep.profile import load_profile, submitit_parameters
 from sweep.storage import mask, open_storage, study_dir
-from sweep.study import CONFIG_ATTR, VOID, counts, top_up
+from sweep.study import CONFIG_ATTR, counts, retry, top_up
 
 # Keys a resumed study may change: how much and how it runs, not what a trial means.
 RESUMABLE = ("study.n_trials", "study.timeout", "executor.", "storage")
@@ -73,19 +77,39 @@ def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def make_executor(config: Mapping[str, Any], logs: Path):
+def check_executor(config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The SLURM profile, validated before anything is stored or submitted (None for other executors)."""
+    ex = config["executor"]
+    if ex["name"] != "slurm":
+        return None
+    if not ex["cluster"]:
+        raise ConfigError("the slurm executor needs a profile: --cluster cluster/a100.yaml", key="executor.cluster")
+    profile = load_profile(ex["cluster"])
+    if shutil.which("sbatch") is None:
+        raise ConfigError(
+            "sbatch is not on PATH: launch SLURM studies from a login node of the cluster", key="executor.name"
+        )
+    return profile
+
+
+def make_executor(config: Mapping[str, Any], logs: Path, workers: int, profile: Mapping[str, Any] | None):
     import submitit
 
+    name = config["study"]["name"]
     executor = submitit.AutoExecutor(folder=str(logs / "%j"), cluster=config["executor"]["name"])
-    executor.update_parameters(timeout_min=int(config["executor"]["timeout_min"]), name=config["study"]["name"])
+    if profile is not None:
+        executor.update_parameters(**submitit_parameters(profile, workers, name))
+    else:
+        executor.update_parameters(timeout_min=int(config["executor"]["timeout_min"]), name=name)
     return executor
 
 
 def launch(config: dict[str, Any], url: str) -> int:
     """Run the study's remaining budget; returns the process exit code (non-zero if a worker failed)."""
-    from sweep.worker import run_context, run_worker
+    from sweep.worker import Worker, run_context
 
     name = config["study"]["name"]
+    profile = check_executor(config)
     storage = open_storage(url)
     study = create_or_resume(config, storage, url)
     waiting = top_up(study, config["study"]["n_trials"])
@@ -96,17 +120,21 @@ def launch(config: dict[str, Any], url: str) -> int:
         return 0
     workers = 1 if config["executor"]["name"] == "debug" else min(config["executor"]["workers"], waiting)
     context = dict(run_context(workers), launch=uuid.uuid4().hex[:12])
-    executor = make_executor(config, home / "logs")
+    executor = make_executor(config, home / "logs", workers, profile)
     jobs = executor.map_array(
-        run_worker, [config] * workers, [url] * workers, [str(home)] * workers, range(workers), [context] * workers
+        Worker(), [config] * workers, [url] * workers, [str(home)] * workers, range(workers), [context] * workers
     )
+    jobs_record(study, jobs, config["executor"]["name"])
     print(f"started {workers} {config['executor']['name']} worker(s); logs in {home / 'logs'}", flush=True)
     failed: list[str] = []
+    lost: list[str] = []
     try:
         watch(study, jobs)
         for index, job in enumerate(jobs):
             try:
                 job.result()
+            except UncompletedJobError:  # killed, node lost, preempted for good: its trial was retried
+                lost.append(f"worker {index} (job {job.job_id}) ended without finishing; log: {job.paths.stderr}")
             except Exception as exc:  # the worker's own traceback is in its log
                 failed.append(
                     f"worker {index} (job {job.job_id}) failed: {str(exc).strip().splitlines()[-1]}\n"
@@ -117,14 +145,17 @@ def launch(config: dict[str, Any], url: str) -> int:
         for job in jobs:
             job.cancel(check=False)
         _wait_gone(jobs)
-        _void_running(study, context["launch"])
+        _hand_back_running(study, context["launch"], config["executor"]["max_retries"])
         status.summary(study, sys.stdout)
         return 130
-    _void_running(study, context["launch"])
+    _hand_back_running(study, context["launch"], config["executor"]["max_retries"])
     status.summary(study, sys.stdout)
-    for line in failed:
+    for line in lost + failed:
         print(line, file=sys.stderr)
-    return 1 if failed else 0
+    unfinished = [t for t in study.get_trials(deepcopy=False) if counts(t) and not t.state.is_finished()]
+    if unfinished:
+        print(f"{len(unfinished)} trial(s) of the budget still to run: launch again to run them", file=sys.stderr)
+    return 1 if failed or unfinished else 0
 
 
 def watch(study: optuna.Study, jobs: list, every: float = 2.0) -> None:
@@ -149,10 +180,9 @@ def _wait_gone(jobs: list, timeout: float = 15.0) -> None:
         time.sleep(0.2)
 
 
-def _void_running(study: optuna.Study, launch_id: str) -> None:
-    """Trials this launch's workers left RUNNING (a worker killed hard) no longer count: a later launch
-    runs new ones in their place."""
+def _hand_back_running(study: optuna.Study, launch_id: str, max_retries: int) -> None:
+    """Trials this launch's workers left RUNNING (every worker gone) are handed back: the next launch
+    resumes them from their checkpoints."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get("launch") == launch_id and counts(t):
-            study._storage.set_trial_user_attr(t._trial_id, VOID, "its worker stopped without finishing it")
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        if t.user_attrs.get("launch") == launch_id:
+            retry(study, t, "its worker stopped without finishing it", max_retries)

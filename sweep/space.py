@@ -21,6 +21,9 @@ from optuna.distributions import (
 
 from sweep.config import ConfigError, Field, field_at, get_path, set_path
 
+# What a trial may change; study, storage, sampler, pruner and executor belong to the whole study.
+TRIAL_SECTIONS = ("data", "features", "augment", "model", "train")
+
 KEYS = {
     "float": {"type", "low", "high", "log", "step", "when"},
     "int": {"type", "low", "high", "log", "step", "when"},
@@ -116,6 +119,16 @@ def _parse_when(when: Any, source: str, key: str) -> dict[str, tuple[Any, ...]]:
 def _check_target(param: Param, params: Mapping[str, Param], base: Mapping[str, Any], source: str) -> None:
     """The path must be a config leaf for every variant this param can be active under."""
     key = f"search_space.{param.path}"
+    section = param.path.split(".", 1)[0]
+    from sweep.config import schema
+
+    if section in schema() and section not in TRIAL_SECTIONS:
+        raise ConfigError(
+            f"`{section}` is set once per study and cannot be searched; searchable sections: "
+            + ", ".join(TRIAL_SECTIONS),
+            source=source,
+            key=key,
+        )
     for cond_path, values in param.when.items():
         try:
             cond_field = field_at(cond_path, lambda p: _variant(p, base))

@@ -66,7 +66,7 @@ def summary(study: optuna.Study, out: IO[str]) -> None:
         print(f"best: trial {top.number}, {_metric(study)}={top.value:.4f}, {_params(top.params)}", file=out)
 
 
-def show(study: optuna.Study, out: IO[str], jobs: dict[str, str] | None = None) -> None:
+def show(study: optuna.Study, out: IO[str], jobs: list[dict[str, Any]] | None = None) -> None:
     """`sweep status`: trials by state, the best, and what is running now."""
     trials = study.get_trials(deepcopy=False)
     n = tally(trials)
@@ -94,11 +94,18 @@ def show(study: optuna.Study, out: IO[str], jobs: dict[str, str] | None = None) 
                 _duration(t),
                 str(t.user_attrs.get("host", "?")),
                 str(t.user_attrs.get("worker", "?")),
+                str(t.user_attrs.get("slurm_job_id", "-")),
                 _params(t.params),
             ]
             for t in running
         ]
-        _table(["trial", "epochs", "time", "host", "worker", "params"], rows, out)
+        _table(["trial", "epochs", "time", "host", "worker", "slurm job", "params"], rows, out)
+    active = [j for j in jobs or [] if j["state"] not in ("ENDED", "COMPLETED")]
+    if active:
+        print("jobs:", file=out)
+        _table(
+            ["job", "executor", "state", "host"], [[j["id"], j["executor"], j["state"], j["host"]] for j in active], out
+        )
     failed = [t for t in trials if t.state == TrialState.FAIL and counts(t)]
     for t in failed:
         print(f"trial {t.number} failed: {t.user_attrs.get('fail_reason', 'no reason recorded')}", file=out)

@@ -8,6 +8,7 @@ params at the moment a worker starts it, seeing every trial finished before.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -189,3 +190,50 @@ def pop_trial(study: optuna.Study) -> optuna.Trial | None:
         return None
     study._thread_local.cached_all_trials = None  # as ask() does: the sampler must see fresh trials
     return optuna.Trial(study, trial_id)
+
+
+def retry(study: optuna.Study, trial: FrozenTrial, reason: str, max_retries: int) -> int | None:
+    """Fail a trial that cannot finish where it ran, and enqueue the same params to resume from its checkpoint.
+
+    Several workers may notice the same dead trial at once; only the one whose RUNNING → FAIL transition
+    succeeds enqueues the retry, so a trial is retried once. Returns the retry's queue position, or None.
+    """
+    storage = study._storage
+    retries = trial.user_attrs.get("sweep_retries", 0)
+    try:
+        if retries < max_retries:
+            storage.set_trial_user_attr(trial._trial_id, VOID, f"{reason}; retried with the same params")
+        else:
+            storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"{reason}; no retries left ({max_retries})")
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return None  # another worker got there first (or the trial did finish)
+    if retries >= max_retries:
+        return None
+    study.enqueue_trial(
+        trial.params,
+        skip_if_exists=False,
+        user_attrs={
+            "sweep_retry_of": trial.number,
+            "sweep_retries": retries + 1,
+            "sweep_resume_from": trial.user_attrs.get("trial_dir"),
+        },
+    )
+    return trial.number
+
+
+def recover_stale(study: optuna.Study, stale_after: float, max_retries: int) -> list[int]:
+    """Retry every RUNNING trial whose worker has sent no heartbeat for `stale_after` seconds.
+
+    Optuna's own heartbeat only runs inside `study.optimize()` and not on the journal backend, so sweep
+    stamps a `heartbeat` user attribute from each worker and checks it here, for every storage alike.
+    """
+    now, recovered = time.time(), []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        beat = t.user_attrs.get("heartbeat") or (t.datetime_start.timestamp() if t.datetime_start else now)
+        if (
+            now - beat > stale_after
+            and retry(study, t, f"no heartbeat for {now - beat:.0f} s", max_retries) is not None
+        ):
+            recovered.append(t.number)
+    return recovered

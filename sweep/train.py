@@ -7,6 +7,7 @@ is resumed from, so a trial restarted after its worker died continues where it s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -125,7 +126,8 @@ def train(config: Mapping[str, Any], out_dir: Path, trial: optuna.Trial | None =
     finally:
         writer.close()
         if trial is not None:  # one write per trial, whether it completes, is pruned or fails
-            trial.set_user_attr("epochs_run", len(history))
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # handed back meanwhile
+                trial.set_user_attr("epochs_run", len(history))
     best = better(history, key=lambda r: r[metric])
     return Result(best[metric], int(best["epoch"]), history)
 

@@ -7,13 +7,16 @@ package versions and git commit are written to studies/STUDY/trials/N/ and to th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Mapping
@@ -27,7 +30,7 @@ import optuna
 from sweep import space
 from sweep.config import dump_yaml, resolve
 from sweep.storage import open_storage
-from sweep.study import VOID, open_study, pop_trial
+from sweep.study import open_study, pop_trial, recover_stale, retry
 
 MAX_CONSECUTIVE_ERRORS = 3  # a config or code bug fails every trial: stop instead of burning the budget
 
@@ -65,6 +68,13 @@ def run_context(workers: int) -> dict[str, Any]:
     return {"git_commit": commit, "versions": versions, "workers": workers}
 
 
+def slurm_job_id() -> str | None:
+    """ARRAYJOB_TASK for an array task (what squeue/sacct show), else the plain job id."""
+    if os.environ.get("SLURM_ARRAY_JOB_ID"):
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
 def threads_per_worker(config: Mapping[str, Any]) -> int:
     """SLURM's allocation when there is one, else the config's, else an equal share of this machine."""
     if os.environ.get("SLURM_CPUS_PER_TASK"):
@@ -74,25 +84,95 @@ def threads_per_worker(config: Mapping[str, Any]) -> int:
     return max(1, (os.cpu_count() or 1) // config["executor"]["workers"])
 
 
+class Heartbeat:
+    """Stamps the running trial every few seconds, so other workers can tell a dead worker's trial apart."""
+
+    def __init__(self, study: optuna.Study, trial: optuna.Trial, every: float) -> None:
+        self.study, self.trial_id, self.every = study, trial._trial_id, every
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="sweep-heartbeat", daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.study._storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return
+            except Exception as exc:  # a storage hiccup must not kill the trial; the next beat retries
+                print(f"heartbeat: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            self.stop.wait(self.every)
+
+    def __enter__(self) -> Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+class Worker:
+    """The job submitit runs. On SLURM's timeout or preemption signal it hands the running trial back to
+    the study (to be resumed from its last epoch) and asks submitit to requeue the job."""
+
+    def __init__(self) -> None:
+        self.current: tuple[optuna.Study, optuna.trial.FrozenTrial] | None = None
+        self.max_retries = 0
+
+    def __call__(
+        self, config: dict[str, Any], storage_url: str, study_dir: str, index: int, context: dict[str, Any]
+    ) -> WorkerReport:
+        return run_worker(config, storage_url, study_dir, index, context, self)
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        import submitit
+
+        if self.current is not None:
+            study, trial = self.current
+            retry(
+                study,
+                study._storage.get_trial(trial._trial_id),
+                "its SLURM job was preempted or timed out",
+                self.max_retries + 1,
+            )
+            print(f"trial {trial.number} handed back to the study; requeueing this worker", flush=True)
+        return submitit.helpers.DelayedSubmission(Worker(), *args, **kwargs)
+
+
 def run_worker(
-    config: dict[str, Any], storage_url: str, study_dir: str, index: int, context: dict[str, Any]
+    config: dict[str, Any],
+    storage_url: str,
+    study_dir: str,
+    index: int,
+    context: dict[str, Any],
+    job: Worker | None = None,
 ) -> WorkerReport:
+    """Pull trials until the budget is used up and no other worker's trial may still need a retry."""
     import torch
 
     torch.set_num_threads(threads_per_worker(config))
     started, host = time.time(), socket.gethostname()
+    ex = config["executor"]
     study = open_study(config, open_storage(storage_url), worker_index=index)
     params = space.parse(config["search_space"], config)
     done: dict[int, str] = {}
     errors, trial = 0, None
+    job = job or Worker()
+    job.max_retries = ex["max_retries"]
     deadline = started + config["study"]["timeout"] if config["study"]["timeout"] else None
     try:
         while deadline is None or time.time() < deadline:
+            recover_stale(study, ex["stale_after_seconds"], ex["max_retries"])
             trial = pop_trial(study)
             if trial is None:
-                break
-            outcome = run_trial(study, trial, config, params, Path(study_dir), index, host, context)
-            done[trial.number], trial = outcome, None
+                if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+                    break
+                time.sleep(min(ex["heartbeat_seconds"], 2.0))  # a running trial may yet need a retry: stay
+                continue
+            job.current = (study, trial)
+            with Heartbeat(study, trial, ex["heartbeat_seconds"]):
+                outcome = run_trial(study, trial, config, params, Path(study_dir), index, host, context)
+            done[trial.number], trial, job.current = outcome, None, None
             errors = errors + 1 if outcome == "error" else 0
             if errors >= MAX_CONSECUTIVE_ERRORS:
                 raise RuntimeError(
@@ -101,8 +181,8 @@ def run_worker(
                 )
     except (KeyboardInterrupt, SystemExit):
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and submitit's cancel both arrive: finish this
-        if trial is not None:
-            _void(study, trial, "interrupted; a later launch runs a new trial in its place")
+        if trial is not None:  # the next launch resumes it from its last epoch
+            retry(study, study._storage.get_trial(trial._trial_id), "interrupted", job.max_retries + 1)
         raise
     return WorkerReport(index, host, done, time.time() - started)
 
@@ -127,6 +207,7 @@ def run_trial(
         drawn = space.suggest(trial, params, base)
         config = resolve(space.apply(base, drawn), f"trial {trial.number}")
         _record(trial, config, drawn, out_dir, worker, host, context)
+        _take_over(trial.user_attrs.get("sweep_resume_from"), out_dir)
         print(f"{log} starts: {json.dumps(drawn)}", flush=True)
         result = train(config, out_dir, trial)
     except optuna.TrialPruned as exc:
@@ -135,13 +216,11 @@ def run_trial(
         return "pruned"
     except NonFiniteLoss as exc:
         print(f"{log} failed: {exc}", flush=True)
-        trial.set_user_attr("fail_reason", str(exc))
-        study.tell(trial, state=State.FAIL)
+        _fail(study, trial, str(exc))
         return "nan"
     except Exception as exc:
         print(f"{log} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
-        trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:2000])
-        study.tell(trial, state=State.FAIL)
+        _fail(study, trial, f"{type(exc).__name__}: {exc}"[:2000])
         return "error"
     trial.set_user_attr("best_epoch", result.best_epoch)
     study.tell(trial, result.best_value)
@@ -149,13 +228,19 @@ def run_trial(
     return "complete"
 
 
-def _void(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
-    """Fail a trial without counting it toward the budget (unless it already finished)."""
-    try:
-        trial.set_user_attr(VOID, reason)
+def _fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # already handed back: keep that
+        trial.set_user_attr("fail_reason", reason)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
-    except optuna.exceptions.UpdateFinishedTrialError:
-        pass
+
+
+def _take_over(previous: str | None, out_dir: Path) -> None:
+    """A retried trial starts from the checkpoint (and TensorBoard curves) its predecessor left."""
+    if not previous or not (Path(previous) / "checkpoint.pt").exists():
+        return
+    shutil.copy2(Path(previous) / "checkpoint.pt", out_dir / "checkpoint.pt")
+    if (Path(previous) / "tb").is_dir():
+        shutil.copytree(Path(previous) / "tb", out_dir / "tb", dirs_exist_ok=True)
 
 
 def _record(
@@ -175,11 +260,12 @@ def _record(
         "seed": config["train"]["seed"],
         "host": host,
         "worker": worker,
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "pid": os.getpid(),
+        "slurm_job_id": slurm_job_id(),
         **context,
     }
     (out_dir / "run.json").write_text(json.dumps(run, indent=1))
-    for key in ("seed", "host", "worker", "launch", "slurm_job_id", "git_commit", "versions"):
+    for key in ("seed", "host", "worker", "pid", "launch", "slurm_job_id", "git_commit", "versions"):
         if run.get(key) is not None:
             trial.set_user_attr(key, run[key])
     trial.set_user_attr("trial_dir", str(out_dir))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,20 @@ TINY = {
         "augment.strength": {"type": "float", "low": 0.0, "high": 1.0},
     },
 }
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> str:
+    """Start (or reuse) the single-node SLURM of cluster/start.sh; return its default partition."""
+    if shutil.which("sbatch") is None:
+        pytest.skip("SLURM is not installed: run cluster/install.sh (.ci/setup --test does) to run the cluster tests")
+    run = subprocess.run(["bash", str(ROOT / "cluster" / "start.sh")], capture_output=True, text=True, timeout=240)
+    if run.returncode != 0:
+        pytest.fail(f"cluster/start.sh failed ({run.returncode}):\n{run.stdout}\n{run.stderr}")
+    return os.environ.get("SWEEP_SLURM_PARTITION", "debug")
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ def test_readme_starts_with_the_two_commands() -> None:
     block = README.split("```")[1].strip().splitlines()
     assert block == [
         "bash .ci/setup && .venv/bin/sweep launch search_spaces/demo.yaml",
-        "bash .ci/setup && .venv/bin/python -m pytest -q",
+        "bash .ci/setup --test && .venv/bin/python -m pytest -q",
     ]
     assert README.index("```") < README.index("\n## ")  # before anything else
 

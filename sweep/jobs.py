@@ -1,0 +1,84 @@
+"""The jobs a study's launches started: recorded in the study, so `status` and `cancel` find them from
+any shell (a login node after logging out and back in, too)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from typing import Any
+
+import optuna
+
+JOBS_ATTR = "sweep_jobs"
+
+
+def record(study: optuna.Study, jobs: list, executor: str) -> None:
+    entries = list(study.user_attrs.get(JOBS_ATTR, []))
+    host = socket.gethostname()
+    entries += [{"id": str(job.job_id), "executor": executor, "host": host, "submitted": time.time()} for job in jobs]
+    study.set_user_attr(JOBS_ATTR, entries)
+
+
+def states(study: optuna.Study) -> list[dict[str, Any]]:
+    """Each recorded job with its current state: SLURM's (squeue, then sacct), or a local process's."""
+    entries = [dict(e) for e in study.user_attrs.get(JOBS_ATTR, [])]
+    slurm = [e for e in entries if e["executor"] == "slurm"]
+    if slurm:
+        known = _slurm_states([e["id"] for e in slurm])
+        for e in slurm:
+            e["state"] = known.get(e["id"], "UNKNOWN")
+    for e in entries:
+        if e["executor"] == "local":
+            e["state"] = "RUNNING" if _alive(e) else "ENDED"
+        elif e["executor"] == "debug":
+            e["state"] = "ENDED"
+    return entries
+
+
+def cancel(study: optuna.Study) -> list[str]:
+    """Stop every still-active job of the study; returns the ids cancelled."""
+    cancelled = []
+    for e in states(study):
+        if e["state"] in ("ENDED", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"):
+            continue
+        if e["executor"] == "slurm":
+            if subprocess.run(["scancel", e["id"]], capture_output=True).returncode == 0:
+                cancelled.append(e["id"])
+        elif e["executor"] == "local" and _alive(e):
+            os.kill(int(e["id"]), signal.SIGINT)  # submitit's local controller stops its workers on SIGINT
+            cancelled.append(e["id"])
+    return cancelled
+
+
+def _alive(entry: dict[str, Any]) -> bool:
+    if entry["host"] != socket.gethostname():
+        return False
+    try:
+        os.kill(int(entry["id"]), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _slurm_states(ids: list[str]) -> dict[str, str]:
+    """job id (ARRAY_TASK form) → state; squeue knows pending/running jobs, sacct the ended ones."""
+    found: dict[str, str] = {}
+    arrays = sorted({i.split("_")[0] for i in ids})
+    for cmd in (
+        ["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(arrays)],
+        ["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(arrays)],
+    ):
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            continue
+        for line in out.splitlines():
+            parts = line.replace("|", " ").split()
+            if len(parts) >= 2:
+                found.setdefault(parts[0], parts[1].split()[0])
+    return found

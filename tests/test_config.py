@@ -1,0 +1,549 @@
+"""The study file's schema: loading, defaults, `--set` overrides, and one clear error for each bad input.
+
+Every error test checks the three things the message promises: the file (or `--set` flag) it came from,
+the dotted key, and what would have been accepted.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sweep import config as cfg
+from sweep import models
+from sweep.config import ConfigError, Field, load, parse_set, parse_yaml, resolve, schema
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "search_spaces" / "demo.yaml"
+TRAIN_KEYS = (
+    "epochs, batch_size, eval_batch_size, lr, optimizer, momentum, weight_decay, scheduler, label_smoothing, "
+    "grad_clip, amp, device, seed"
+)
+
+
+def write(tmp_path: Path, text: str, name: str = "study.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def load_error(path: Path, overrides: list[tuple[str, object]] = ()) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load(path, list(overrides))
+    return info.value
+
+
+def sets(*items: str) -> list[tuple[str, object]]:
+    return [parse_set(item) for item in items]
+
+
+@pytest.fixture
+def two_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second model family, `tiny`, that takes `model.size` and not `model.width`; the schema is rebuilt."""
+    monkeypatch.setitem(models.MODELS, "tiny", None)  # so that teardown removes it again
+    models.register("tiny", {"size": Field(int, 4, low=1)})(lambda model, n_classes, shape: None)
+    monkeypatch.setattr(cfg, "SCHEMA", {})
+
+
+# ---- files that load --------------------------------------------------------------------------------
+
+
+def test_demo_study_loads_cleanly() -> None:
+    config = load(DEMO)
+    assert config["study"]["name"] == "demo"
+    assert config["study"]["direction"] == "maximize"
+    assert config["train"]["lr"] == pytest.approx(3.0e-3)
+    assert config["model"] == {"name": "audio_cnn", "pretrained": False, "width": 8, "depth": 2, "dropout": 0.1}
+    assert config["pruner"]["n_warmup_steps"] == 2
+    assert config["data"]["folds"] == {"train": [1, 2, 3], "val": [4], "test": [5]}
+    assert list(config["search_space"]) == [
+        "train.lr",
+        "train.optimizer",
+        "train.weight_decay",
+        "model.width",
+        "model.depth",
+        "augment.strength",
+    ]
+
+
+def test_empty_file_fills_every_section_and_default(tmp_path: Path) -> None:
+    config = load(write(tmp_path, ""))
+    assert list(config) == [k for k in schema()]
+    assert config["study"] == {
+        "name": "study",
+        "direction": "maximize",
+        "metric": "val_acc",
+        "n_trials": 20,
+        "timeout": None,
+    }
+    # the keys of the chosen variants are filled too
+    assert config["model"] == {"name": "audio_cnn", "pretrained": False, "width": 16, "depth": 3, "dropout": 0.1}
+    assert config["sampler"] == {
+        "name": "tpe",
+        "seed": 0,
+        "n_startup_trials": 5,
+        "multivariate": False,
+        "constant_liar": True,
+    }
+    assert config["pruner"] == {"name": "median", "n_startup_trials": 5, "n_warmup_steps": 1, "interval_steps": 1}
+    assert config["data"]["n_classes"] == 10 and config["data"]["clips_per_class"] == 40
+    assert config["data"]["folds"] == {"train": [1, 2, 3], "val": [4], "test": [5]}
+    assert config["train"]["optimizer"] == "adamw" and config["train"]["lr"] == 1e-3
+    assert config["search_space"] == {} and config["storage"] is None
+
+
+def test_defaults_are_not_shared_between_loads(tmp_path: Path) -> None:
+    first = load(write(tmp_path, ""))
+    first["data"]["folds"]["train"].append(9)
+    first["search_space"]["x"] = 1
+    second = load(write(tmp_path, ""))
+    assert second["data"]["folds"]["train"] == [1, 2, 3]
+    assert second["search_space"] == {}
+
+
+def test_variant_keys_follow_the_chosen_variant(tmp_path: Path) -> None:
+    config = load(write(tmp_path, "pruner: {name: hyperband}\nsampler: {name: qmc}\n"))
+    assert config["pruner"] == {"name": "hyperband", "min_resource": 1, "max_resource": None, "reduction_factor": 3}
+    assert config["sampler"] == {"name": "qmc", "seed": 0, "qmc_type": "sobol", "scramble": True}
+    config = load(write(tmp_path, "pruner: {name: none}\nsampler: {name: random, seed: null}\n"))
+    assert config["pruner"] == {"name": "none"}
+    assert config["sampler"] == {"name": "random", "seed": None}
+
+
+def test_given_values_are_kept_and_ints_become_floats(tmp_path: Path) -> None:
+    text = "train: {lr: 1e-3, weight_decay: 0, epochs: 3, amp: false, grad_clip: null}\naugment: {strength: 1}\n"
+    config = load(write(tmp_path, text))
+    train = config["train"]
+    assert train["lr"] == 0.001 and isinstance(train["lr"], float)  # YAML 1.2: `1e-3` is a number
+    assert train["weight_decay"] == 0.0 and isinstance(train["weight_decay"], float)
+    assert train["epochs"] == 3 and train["amp"] is False and train["grad_clip"] is None
+    assert config["augment"]["strength"] == 1.0 and isinstance(config["augment"]["strength"], float)
+
+
+def test_study_name_defaults_to_the_file_stem(tmp_path: Path) -> None:
+    assert load(write(tmp_path, "study: {n_trials: 3}\n", name="esc50-cnn_v2.yaml"))["study"]["name"] == "esc50-cnn_v2"
+    assert load(write(tmp_path, "study: {name: other}\n", name="file.yaml"))["study"]["name"] == "other"
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "bad"),
+    [
+        ("my study.yaml", "", "my study"),
+        ("ok.yaml", "study: {name: ../escape}\n", "../escape"),
+        ("ok.yaml", "study: {name: _hidden}\n", "_hidden"),
+        ("ok.yaml", "study: {name: ''}\n", ""),
+    ],
+)
+def test_invalid_study_name(tmp_path: Path, name: str, text: str, bad: str) -> None:
+    path = write(tmp_path, text, name=name)
+    err = load_error(path)
+    assert err.source == str(path) and err.key == "study.name"
+    assert f"study name {bad!r} must start with a letter or digit" in str(err)
+    assert "letters, digits, '_', '.', '-'" in str(err)
+
+
+def test_metric_sets_the_direction(tmp_path: Path) -> None:
+    config = load(write(tmp_path, "study: {metric: val_loss}\n"))
+    assert config["study"]["direction"] == "minimize"
+    config = load(write(tmp_path, "study: {metric: val_f1, direction: maximize}\n"))
+    assert config["study"]["direction"] == "maximize"
+
+
+# ---- files that do not load ---------------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    err = load_error(tmp_path / "nope.yaml")
+    assert str(err) == f"{tmp_path / 'nope.yaml'}: no such file"
+
+
+def test_malformed_yaml_names_the_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "study:\n  n_trials: 3\ntrain:\n  lr: [1e-3, 2e-3\n  epochs: 3\n")
+    err = load_error(path)
+    assert str(err).startswith(f"{path}: not valid YAML at line 5, column ")
+    path = write(tmp_path, "study:\n  name: x\n bad: 1\n")
+    assert str(load_error(path)).startswith(f"{path}: not valid YAML at line 3, column 2: ")
+
+
+@pytest.mark.parametrize(("text", "kind"), [("- study\n- train\n", "list"), ("just text\n", "str"), ("3\n", "int")])
+def test_top_level_must_be_a_mapping(tmp_path: Path, text: str, kind: str) -> None:
+    path = write(tmp_path, text)
+    assert str(load_error(path)) == f"{path}: the top level must be a mapping of sections, got {kind}"
+
+
+def test_unknown_section_suggests_and_lists_sections(tmp_path: Path) -> None:
+    path = write(tmp_path, "trainer: {lr: 0.1}\n")
+    err = load_error(path)
+    assert err.source == str(path) and err.key == "trainer"
+    assert str(err) == (
+        f"{path}: `trainer`: unknown key `trainer` at the top level (did you mean 'train'?); accepted: study, "
+        "storage, sampler, pruner, data, features, augment, model, train, search_space, executor"
+    )
+
+
+def test_unknown_key_suggests_and_lists_keys(tmp_path: Path) -> None:
+    path = write(tmp_path, "train:\n  epoch: 3\n")
+    err = load_error(path)
+    assert err.key == "train.epoch"
+    assert str(err) == (
+        f"{path}: `train.epoch`: unknown key `epoch` in section `train` (did you mean 'epochs'?); "
+        f"accepted: {TRAIN_KEYS}"
+    )
+
+
+def test_unknown_nested_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "data:\n  folds: {train: [1], dev: [2]}\n")
+    err = load_error(path)
+    assert err.key == "data.folds.dev"
+    assert "unknown key `dev` in section `data.folds`; accepted: train, val, test" in str(err)
+
+
+def test_unknown_key_without_a_close_match_has_no_suggestion(tmp_path: Path) -> None:
+    err = load_error(write(tmp_path, "features: {zzz: 1}\n"))
+    assert "did you mean" not in str(err)
+    assert str(err).endswith("accepted: name, n_mels, n_fft, hop_length, f_min, f_max")
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "message"),
+    [
+        ("train: {epochs: '10'}", "train.epochs", "expected an integer >= 1, got '10' (str)"),
+        ("train: {epochs: true}", "train.epochs", "expected an integer >= 1, got True (bool)"),
+        ("train: {epochs: 2.5}", "train.epochs", "expected an integer >= 1, got 2.5 (float)"),
+        ("train: {lr: fast}", "train.lr", "expected a number >= 0.0, got 'fast' (str)"),
+        ("train: {lr: false}", "train.lr", "expected a number >= 0.0, got False (bool)"),
+        ("augment: {mixup: 1}", "augment.mixup", "expected true or false, got 1 (int)"),
+        ("augment: {mixup: 'yes please'}", "augment.mixup", "expected true or false, got 'yes please' (str)"),
+        ("study: {name: 42}", "study.name", "expected a string (or null), got 42 (int)"),
+        ("data: {folds: {train: 1}}", "data.folds.train", "expected a list of integers, got 1 (int)"),
+        ("data: {folds: {val: [4, '5']}}", "data.folds.val", "expected a list of integers, got '5' (str)"),
+        ("train: {optimizer: 3}", "train.optimizer", "expected one of adam, adamw, sgd, rmsprop, got 3 (int)"),
+        ("search_space: [train.lr]", "search_space", "expected dict, got ['train.lr'] (list)"),
+        ("train: {lr: null}", "train.lr", "expected a number >= 0.0, got null"),
+        ("train: 3", "train", "expected a mapping of keys, got 3"),
+        ("data: {folds: [1, 2]}", "data.folds", "expected a mapping of keys, got [1, 2]"),
+    ],
+)
+def test_wrong_type(tmp_path: Path, text: str, key: str, message: str) -> None:
+    path = write(tmp_path, text + "\n")
+    err = load_error(path)
+    assert (err.source, err.key) == (str(path), key)
+    assert str(err) == f"{path}: `{key}`: {message}"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "message"),
+    [
+        ("augment: {strength: 1.5}", "augment.strength", "expected a number in [0.0, 1.0], got 1.5"),
+        ("augment: {strength: -0.1}", "augment.strength", "expected a number in [0.0, 1.0], got -0.1"),
+        ("augment: {strength: .nan}", "augment.strength", "expected a number in [0.0, 1.0], got nan"),
+        ("train: {lr: -1e-3}", "train.lr", "expected a number >= 0.0, got -0.001"),
+        ("study: {n_trials: 0}", "study.n_trials", "expected an integer >= 1, got 0"),
+        ("model: {depth: 9}", "model.depth", "expected an integer in [1, 8], got 9"),
+        ("data: {n_classes: 11}", "data.n_classes", "expected an integer in [2, 10], got 11"),
+        ("pruner: {name: percentile, percentile: 101}", "pruner.percentile", "expected a number in [0.0, 100.0]"),
+        ("executor: {workers: 0}", "executor.workers", "expected an integer >= 1, got 0"),
+        ("data: {sample_rate: 8}", "data.sample_rate", "expected an integer >= 1000, got 8"),
+    ],
+)
+def test_out_of_range(tmp_path: Path, text: str, key: str, message: str) -> None:
+    path = write(tmp_path, text + "\n")
+    err = load_error(path)
+    assert (err.source, err.key) == (str(path), key)
+    assert str(err).startswith(f"{path}: `{key}`: {message}")
+
+
+def test_bad_choice_lists_choices_and_suggests(tmp_path: Path) -> None:
+    path = write(tmp_path, "train:\n  optimizer: adam_w\n")
+    err = load_error(path)
+    assert str(err) == (
+        f"{path}: `train.optimizer`: expected one of adam, adamw, sgd, rmsprop, got 'adam_w' (did you mean 'adamw'?)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "accepted"),
+    [
+        ("sampler: {name: bayes}", "sampler.name", "one of tpe, random, grid, cmaes, qmc, gp, got 'bayes'"),
+        ("pruner: {name: asha}", "pruner.name", "one of median, percentile, hyperband, successive_halving, none"),
+        ("model: {name: resnet18}", "model.name", "one of audio_cnn, got 'resnet18'"),
+        ("data: {dataset: esc50}", "data.dataset", "one of synthetic, got 'esc50'"),
+        ("study: {metric: accuracy}", "study.metric", "one of val_acc, val_f1, val_loss, got 'accuracy'"),
+        ("executor: {name: k8s}", "executor.name", "one of debug, local"),
+    ],
+)
+def test_unknown_registry_name(tmp_path: Path, text: str, key: str, accepted: str) -> None:
+    path = write(tmp_path, text + "\n")
+    err = load_error(path)
+    assert (err.source, err.key) == (str(path), key)
+    assert f"{path}: `{key}`: expected {accepted}" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "message"),
+    [
+        # the variant's own keys are present, so a wrong name must not read as "unknown key n_startup_trials"
+        ("sampler: {name: tpee, n_startup_trials: 5}", "sampler.name", "got 'tpee' (did you mean 'tpe'?)"),
+        ("pruner: {name: medain, n_warmup_steps: 2}", "pruner.name", "got 'medain' (did you mean 'median'?)"),
+        ("model: {name: audiocnn, width: 8, depth: 2}", "model.name", "got 'audiocnn' (did you mean 'audio_cnn'?)"),
+        ("model: {name: 3, width: 8}", "model.name", "expected one of audio_cnn, got 3 (int)"),
+        ("data: {dataset: synth, clips_per_class: 4}", "data.dataset", "one of synthetic, got 'synth'"),
+    ],
+)
+def test_bad_variant_name_is_reported_before_its_keys(tmp_path: Path, text: str, key: str, message: str) -> None:
+    path = write(tmp_path, text + "\n")
+    err = load_error(path)
+    assert (err.source, err.key) == (str(path), key)
+    assert message in str(err)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "accepted"),
+    [
+        ("pruner: {name: none, n_warmup_steps: 2}", "pruner.n_warmup_steps", "accepted: name"),
+        (
+            "pruner: {name: hyperband, n_warmup_steps: 2}",
+            "pruner.n_warmup_steps",
+            "accepted: name, min_resource, max_resource, reduction_factor",
+        ),
+        ("sampler: {name: random, n_startup_trials: 3}", "sampler.n_startup_trials", "accepted: name, seed"),
+        (
+            "sampler: {name: tpe, qmc_type: halton}",
+            "sampler.qmc_type",
+            "accepted: name, seed, n_startup_trials, multivariate, constant_liar",
+        ),
+    ],
+)
+def test_key_of_another_variant(tmp_path: Path, text: str, key: str, accepted: str) -> None:
+    path = write(tmp_path, text + "\n")
+    err = load_error(path)
+    assert (err.source, err.key) == (str(path), key)
+    section, leaf = key.split(".")
+    assert str(err).startswith(f"{path}: `{key}`: unknown key `{leaf}` in section `{section}`")
+    assert str(err).endswith(accepted)
+
+
+def test_model_key_misspelt(tmp_path: Path) -> None:
+    err = load_error(write(tmp_path, "model: {widht: 8}\n"))
+    assert err.key == "model.widht"
+    assert "(did you mean 'width'?); accepted: name, pretrained, width, depth, dropout" in str(err)
+
+
+def test_model_key_for_a_model_that_does_not_take_it(tmp_path: Path, two_models: None) -> None:
+    path = write(tmp_path, "model: {name: tiny, width: 8}\n")
+    err = load_error(path)
+    assert (err.source, err.key) == (str(path), "model.width")
+    assert (
+        str(err) == f"{path}: `model.width`: unknown key `width` in section `model`; accepted: name, pretrained, size"
+    )
+    config = load(write(tmp_path, "model: {name: tiny}\n"))
+    assert config["model"] == {"name": "tiny", "pretrained": False, "size": 4}
+    assert load(write(tmp_path, "model: {width: 8}\n"))["model"]["width"] == 8  # audio_cnn is still the default
+
+
+def test_pretrained_needs_a_model_with_weights(tmp_path: Path) -> None:
+    path = write(tmp_path, "model: {name: audio_cnn, pretrained: true}\n")
+    err = load_error(path)
+    assert (err.source, err.key) == (str(path), "model.pretrained")
+    assert str(err) == (
+        f"{path}: `model.pretrained`: model audio_cnn has no pretrained weights; set model.pretrained: false "
+        "(models with weights: none yet)"
+    )
+
+
+def test_metric_direction_mismatch(tmp_path: Path) -> None:
+    path = write(tmp_path, "study: {metric: val_loss, direction: maximize}\n")
+    err = load_error(path)
+    assert str(err) == f"{path}: `study.direction`: metric val_loss must be minimized, not maximized"
+    path = write(tmp_path, "study: {direction: minimize}\n")  # metric defaults to val_acc
+    assert str(load_error(path)) == f"{path}: `study.direction`: metric val_acc must be maximized, not minimized"
+
+
+@pytest.mark.parametrize(
+    ("folds", "message"),
+    [
+        ("{train: [1, 2], val: [2], test: [5]}", "folds [2] are in both `train` and `val`"),
+        ("{train: [1, 2, 3], val: [4], test: [3, 1]}", "folds [1, 3] are in both `train` and `test`"),
+        ("{val: [5]}", "folds [5] are in both `val` and `test`"),
+        ("{train: [], val: [4]}", "train and val need at least one fold each"),
+        ("{val: []}", "train and val need at least one fold each"),
+    ],
+)
+def test_bad_folds(tmp_path: Path, folds: str, message: str) -> None:
+    path = write(tmp_path, f"data:\n  folds: {folds}\n")
+    err = load_error(path)
+    assert (err.source, err.key) == (str(path), "data.folds")
+    assert str(err).startswith(f"{path}: `data.folds`: {message}")
+
+
+def test_search_space_errors_name_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "search_space:\n  train.lr: {type: float, low: 1.0e-2, high: 1.0e-4}\n")
+    err = load_error(path)
+    assert (err.source, err.key) == (str(path), "search_space.train.lr")
+    assert str(err) == f"{path}: `search_space.train.lr`: low (0.01) must be <= high (0.0001)"
+
+
+# ---- --set overrides -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("item", "key", "value"),
+    [
+        ("train.lr=3e-4", "train.lr", 0.0003),
+        ("train.lr=1e-3", "train.lr", 0.001),
+        ("train.lr=1E+2", "train.lr", 100.0),
+        ("train.epochs=5", "train.epochs", 5),
+        ("augment.mixup=false", "augment.mixup", False),
+        ("train.grad_clip=null", "train.grad_clip", None),
+        ("train.optimizer=sgd", "train.optimizer", "sgd"),
+        ("data.folds.val=[4, 5]", "data.folds.val", [4, 5]),
+        (" model.width =32", "model.width", 32),
+        ("study.name=a=b", "study.name", "a=b"),
+    ],
+)
+def test_parse_set_types_values_as_yaml(item: str, key: str, value: object) -> None:
+    parsed = parse_set(item)
+    assert parsed == (key, value)
+    assert type(parsed[1]) is type(value)
+
+
+@pytest.mark.parametrize("item", ["train.lr", "=3", " =3", ""])
+def test_parse_set_needs_key_and_value(item: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_set(item)
+    assert str(info.value) == f"--set expects KEY=VALUE with a dotted key, got {item!r}"
+
+
+def test_parse_set_bad_yaml_value_names_the_flag() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_set("data.folds.val=[4, 5")
+    assert str(info.value).startswith("--set data.folds.val=[4, 5: not valid YAML at line ")
+
+
+def test_set_overrides_file_values_with_typed_values(tmp_path: Path) -> None:
+    path = write(tmp_path, "train: {lr: 0.1, epochs: 2, optimizer: adam}\n")
+    config = load(path, sets("train.lr=3e-4", "train.optimizer=sgd", "augment.mixup=false", "data.folds.val=[4]"))
+    assert config["train"]["lr"] == 0.0003 and isinstance(config["train"]["lr"], float)
+    assert config["train"]["optimizer"] == "sgd"
+    assert config["train"]["epochs"] == 2  # untouched keys of the section stay
+    assert config["augment"]["mixup"] is False
+    assert config["data"]["folds"]["val"] == [4]
+
+
+def test_set_creates_missing_sections(tmp_path: Path) -> None:
+    config = load(write(tmp_path, "study: {n_trials: 3}\n"), sets("model.width=32", "pruner.name=none"))
+    assert config["model"]["width"] == 32 and config["model"]["depth"] == 3
+    assert config["pruner"] == {"name": "none"}
+
+
+def test_set_can_switch_variant_and_set_its_keys(tmp_path: Path) -> None:
+    path = write(tmp_path, "pruner: {name: median}\n")
+    config = load(path, sets("pruner.name=hyperband", "pruner.min_resource=2"))
+    assert config["pruner"] == {"name": "hyperband", "min_resource": 2, "max_resource": None, "reduction_factor": 3}
+
+
+def test_set_later_wins(tmp_path: Path) -> None:
+    assert load(write(tmp_path, ""), sets("train.epochs=3", "train.epochs=4"))["train"]["epochs"] == 4
+
+
+@pytest.mark.parametrize(
+    ("item", "key", "message"),
+    [
+        (
+            "train.lrr=1",
+            "train.lrr",
+            f"unknown key `lrr` in section `train` (did you mean 'lr'?); accepted: {TRAIN_KEYS}",
+        ),
+        ("trainer.lr=1", "trainer", "unknown key `trainer` at the top level (did you mean 'train'?)"),
+        ("model.size=3", "model.size", "unknown key `size` in section `model`"),
+        ("train.epochs=many", "train.epochs", "expected an integer >= 1, got 'many' (str)"),
+        ("train.lr=-1", "train.lr", "expected a number >= 0.0, got -1.0"),
+        ("train.optimizer=adam_w", "train.optimizer", "(did you mean 'adamw'?)"),
+        ("model.name=resnet", "model.name", "expected one of audio_cnn, got 'resnet'"),
+    ],
+)
+def test_set_errors_name_the_flag(tmp_path: Path, item: str, key: str, message: str) -> None:
+    path = write(tmp_path, "train: {epochs: 2}\nmodel: {width: 8}\n")
+    err = load_error(path, sets(item))
+    assert err.key == key
+    assert err.source == f"--set {item.split('=')[0]}"
+    assert str(err).startswith(f"--set {item.split('=')[0]}: `{key}`: ")
+    assert message in str(err)
+    assert str(path) not in str(err)
+
+
+@pytest.mark.parametrize("item", ["search_space.train.lr=1", "search_space={}", "search_space.x=[1, 2]"])
+def test_set_cannot_change_the_search_space(tmp_path: Path, item: str) -> None:
+    err = load_error(write(tmp_path, "search_space: {train.lr: [0.1, 0.01]}\n"), sets(item))
+    key = item.split("=")[0]
+    assert err.key == key
+    assert str(err) == f"`{key}`: the search space cannot be changed with --set; edit the YAML file"
+
+
+def test_set_does_not_modify_the_raw_config() -> None:
+    raw = {"train": {"lr": 0.1}}
+    config = resolve(raw, "raw.yaml", [("train.lr", 0.2), ("model.width", 4)])
+    assert raw == {"train": {"lr": 0.1}}
+    assert config["train"]["lr"] == 0.2 and config["model"]["width"] == 4
+
+
+def test_resolve_is_idempotent_on_its_own_output(tmp_path: Path) -> None:
+    config = load(DEMO)
+    again = resolve(parse_yaml(cfg.dump_yaml(config), "dumped.yaml"), "dumped.yaml")
+    assert again == config
+
+
+# ---- the command line: every bad input exits 2 before anything starts ----------------------------------
+
+
+def run_launch(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("SWEEP_STORAGE", "SWEEP_STUDIES_DIR")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "sweep", "launch", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def assert_nothing_started(tmp_path: Path) -> None:
+    assert not (tmp_path / "studies").exists()
+    assert not list(tmp_path.rglob("*.db")) and not list(tmp_path.rglob("*.log"))
+
+
+def test_cli_bad_key_exits_2_before_anything_starts(tmp_path: Path) -> None:
+    write(tmp_path, "study: {n_trials: 2}\ntrain:\n  optimzer: adam\n", name="bad.yaml")
+    result = run_launch(tmp_path, "bad.yaml", "--executor", "debug")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("sweep: error: bad.yaml: `train.optimzer`: unknown key `optimzer` in section")
+    assert "(did you mean 'optimizer'?); accepted: epochs," in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert_nothing_started(tmp_path)
+
+
+def test_cli_bad_set_exits_2(tmp_path: Path) -> None:
+    write(tmp_path, "study: {n_trials: 2}\n", name="ok.yaml")
+    result = run_launch(tmp_path, "ok.yaml", "--set", "train.lr=fast", "--executor", "debug")
+    assert result.returncode == 2, result.stderr
+    assert (
+        result.stderr.strip() == "sweep: error: --set train.lr: `train.lr`: expected a number >= 0.0, got 'fast' (str)"
+    )
+    assert_nothing_started(tmp_path)
+
+
+def test_cli_bad_search_space_exits_2(tmp_path: Path) -> None:
+    write(tmp_path, "search_space:\n  train.lr: {type: float, low: 0, high: 0.1, log: true}\n", name="space.yaml")
+    result = run_launch(tmp_path, "space.yaml", "--executor", "debug")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        "sweep: error: space.yaml: `search_space.train.lr`: log scale needs low > 0, got low=0"
+    )
+    assert_nothing_started(tmp_path)
