@@ -39,7 +39,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
             overrides.append((key, getattr(args, flag)))
     config = load(args.file, overrides)
     name = config["study"]["name"]
-    return launch(config, resolve_storage(name, args.storage, config))
+    return launch(config, resolve_storage(name, args.storage, config), detach=args.detach)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -104,6 +104,7 @@ def parser() -> argparse.ArgumentParser:
         "--cluster", help="SLURM profile for --executor slurm (executor.cluster), e.g. cluster/a100.yaml"
     )
     launch.add_argument("--storage", help="storage URL (else $SWEEP_STORAGE, the file's storage:, or SQLite)")
+    launch.add_argument("--detach", action="store_true", help="submit the workers and return without watching")
     launch.set_defaults(run=cmd_launch)
 
     for name, run, text in (

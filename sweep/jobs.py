@@ -13,6 +13,18 @@ from typing import Any
 import optuna
 
 JOBS_ATTR = "sweep_jobs"
+ENDED = {
+    "ENDED",
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "OUT_OF_MEMORY",
+    "NODE_FAIL",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+}
 
 
 def record(study: optuna.Study, jobs: list, executor: str) -> None:
@@ -40,13 +52,14 @@ def states(study: optuna.Study) -> list[dict[str, Any]]:
 
 def cancel(study: optuna.Study) -> list[str]:
     """Stop every still-active job of the study; returns the ids cancelled."""
-    cancelled = []
+    cancelled: list[str] = []
     for e in states(study):
-        if e["state"] in ("ENDED", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"):
+        if e["state"].split()[0] in ENDED:
             continue
         if e["executor"] == "slurm":
-            if subprocess.run(["scancel", e["id"]], capture_output=True).returncode == 0:
-                cancelled.append(e["id"])
+            array = e["id"].split("_")[0]  # one scancel stops every task of the array
+            if array not in cancelled and subprocess.run(["scancel", array], capture_output=True).returncode == 0:
+                cancelled.append(array)
         elif e["executor"] == "local" and _alive(e):
             os.kill(int(e["id"]), signal.SIGINT)  # submitit's local controller stops its workers on SIGINT
             cancelled.append(e["id"])

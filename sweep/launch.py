@@ -104,12 +104,14 @@ def make_executor(config: Mapping[str, Any], logs: Path, workers: int, profile: 
     return executor
 
 
-def launch(config: dict[str, Any], url: str) -> int:
+def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
     """Run the study's remaining budget; returns the process exit code (non-zero if a worker failed)."""
     from sweep.worker import Worker, run_context
 
     name = config["study"]["name"]
     profile = check_executor(config)
+    if detach and config["executor"]["name"] == "debug":
+        raise ConfigError("--detach needs workers that outlive this process: use --executor local or slurm")
     storage = open_storage(url)
     study = create_or_resume(config, storage, url)
     waiting = top_up(study, config["study"]["n_trials"])
@@ -125,6 +127,12 @@ def launch(config: dict[str, Any], url: str) -> int:
         Worker(), [config] * workers, [url] * workers, [str(home)] * workers, range(workers), [context] * workers
     )
     jobs_record(study, jobs, config["executor"]["name"])
+    if detach:
+        print(
+            f"jobs {' '.join(str(j.job_id) for j in jobs)} run on their own; follow them with "
+            f"`sweep status {name}`, stop them with `sweep cancel {name}`"
+        )
+        return 0
     print(f"started {workers} {config['executor']['name']} worker(s); logs in {home / 'logs'}", flush=True)
     failed: list[str] = []
     lost: list[str] = []

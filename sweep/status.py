@@ -10,6 +10,7 @@ from typing import IO, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from sweep.jobs import ENDED
 from sweep.study import CONFIG_ATTR, counts
 
 
@@ -100,7 +101,7 @@ def show(study: optuna.Study, out: IO[str], jobs: list[dict[str, Any]] | None = 
             for t in running
         ]
         _table(["trial", "epochs", "time", "host", "worker", "slurm job", "params"], rows, out)
-    active = [j for j in jobs or [] if j["state"] not in ("ENDED", "COMPLETED")]
+    active = [j for j in jobs or [] if j["state"].split()[0] not in ENDED]
     if active:
         print("jobs:", file=out)
         _table(

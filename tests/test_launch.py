@@ -150,3 +150,22 @@ def test_interrupted_launch_voids_running_trials_and_resumes(home: Path, tiny_fi
     assert len(counted) == 6 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in counted)
     assert len(trials) == 6 + len(voided)
     assert f"{len(voided)} voided" in sweep_cli("status", "tiny", cwd=home).stdout
+
+
+def test_detached_launch_returns_and_the_workers_finish_on_their_own(home: Path, tiny_file: Path) -> None:
+    import time
+
+    run = sweep_cli("launch", str(tiny_file), "--trials", "4", "--detach", cwd=home)
+    assert run.returncode == 0, run.stderr
+    assert "run on their own" in run.stdout and "sweep cancel tiny" in run.stdout
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        trials = _study(home).get_trials()
+        if len(trials) == 4 and all(t.state.is_finished() for t in trials):
+            break
+        time.sleep(0.5)
+    assert [t.state.is_finished() for t in _study(home).get_trials()] == [True] * 4
+    jobs = _study(home).user_attrs["sweep_jobs"]
+    assert len(jobs) == 2 and {j["executor"] for j in jobs} == {"local"}
+    refused = sweep_cli("launch", str(tiny_file), "--detach", "--executor", "debug", cwd=home)
+    assert refused.returncode == 2 and "--detach needs workers that outlive this process" in refused.stderr
