@@ -1,4 +1,4 @@
-"""The `sweep` command: launch, status, best."""
+"""The `sweep` command: launch, status, best, cancel, report, dashboard, tensorboard."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from pathlib import Path
 
 from sweep import __version__
 from sweep.config import ConfigError, check_study_name, load, parse_set
+
+DASHBOARD_PORT, TENSORBOARD_PORT = 8080, 6006  # the tools' own defaults
 
 
 def _study_arg(args: argparse.Namespace) -> tuple[str, str]:
@@ -42,26 +44,32 @@ def cmd_launch(args: argparse.Namespace) -> int:
     return launch(config, resolve_storage(name, args.storage, config), detach=args.detach)
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from sweep.status import show
+def _existing(args: argparse.Namespace):
+    """(name, url, storage, study) of a study that must already exist; opening never creates one."""
     from sweep.storage import open_storage
     from sweep.study import load_existing
 
     name, url = _study_arg(args)
-    from sweep import jobs
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists():
+        raise ConfigError(f"no study named {name!r}: {url[len('sqlite:///') :]} does not exist (or pass --storage)")
+    storage = open_storage(url)
+    return name, url, storage, load_existing(name, storage, url)
 
-    study = load_existing(name, open_storage(url), url)
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from sweep import jobs
+    from sweep.status import show
+
+    _, _, _, study = _existing(args)
     show(study, sys.stdout, jobs.states(study))
     return 0
 
 
 def cmd_best(args: argparse.Namespace) -> int:
     from sweep.export import write_best
-    from sweep.storage import open_storage, study_dir
-    from sweep.study import load_existing
+    from sweep.storage import study_dir
 
-    name, url = _study_arg(args)
-    study = load_existing(name, open_storage(url), url)
+    name, _, _, study = _existing(args)
     path = Path(args.output) if args.output else study_dir(name) / "best.yaml"
     top = write_best(study, path)
     print(f"best trial {top.number}: {top.value:.4f}")
@@ -73,12 +81,41 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     from sweep import jobs
-    from sweep.storage import open_storage
-    from sweep.study import load_existing
 
-    name, url = _study_arg(args)
-    cancelled = jobs.cancel(load_existing(name, open_storage(url), url))
+    name, _, _, study = _existing(args)
+    cancelled = jobs.cancel(study)
     print(f"cancelled {len(cancelled)} job(s) of study {name}" + (f": {' '.join(cancelled)}" if cancelled else ""))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from sweep.report import write_report
+    from sweep.storage import mask, study_dir
+
+    name, url, _, study = _existing(args)
+    path = Path(args.output) if args.output else study_dir(name) / "report.html"
+    report = write_report(study, path, mask(url))
+    missing = [key for key, drawn in report.plots.items() if not drawn]
+    print(
+        f"wrote {path} ({report.trials} trials, {report.size / 1e6:.1f} MB, {report.seconds:.1f} s)"
+        + (f"; not drawn yet: {', '.join(missing)}" if missing else "")
+    )
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from sweep.serve import dashboard
+
+    name, _, storage, _ = _existing(args)  # an unknown study is an error, not an empty dashboard
+    dashboard(storage, name, args.host, args.port)
+    return 0
+
+
+def cmd_tensorboard(args: argparse.Namespace) -> int:
+    from sweep.serve import tensorboard
+
+    name, _ = _study_arg(args)
+    tensorboard(name, args.host, args.port)
     return 0
 
 
@@ -111,14 +148,30 @@ def parser() -> argparse.ArgumentParser:
         ("status", cmd_status, "trials by state, the best trial, running trials"),
         ("best", cmd_best, "print the best trial and write studies/STUDY/best.yaml"),
         ("cancel", cmd_cancel, "cancel the study's running jobs (SLURM or local)"),
+        ("report", cmd_report, "write studies/STUDY/report.html, a self-contained page of plots and tables"),
+        ("dashboard", cmd_dashboard, "serve optuna-dashboard on the study's storage until Ctrl-C"),
     ):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("study", help="study name, or the study's YAML file")
         cmd.add_argument("--storage", help="storage URL (else $SWEEP_STORAGE, or SQLite under studies/)")
         if name == "best":
             cmd.add_argument("-o", "--output", help="where to write the config (default studies/STUDY/best.yaml)")
+        if name == "report":
+            cmd.add_argument("-o", "--output", help="where to write the page (default studies/STUDY/report.html)")
+        if name == "dashboard":
+            _server_args(cmd, DASHBOARD_PORT)
         cmd.set_defaults(run=run)
+
+    board = sub.add_parser("tensorboard", help="serve TensorBoard on studies/STUDY/trials until Ctrl-C")
+    board.add_argument("study", help="study name, or the study's YAML file")
+    _server_args(board, TENSORBOARD_PORT)
+    board.set_defaults(run=cmd_tensorboard, storage=None)
     return p
+
+
+def _server_args(cmd: argparse.ArgumentParser, port: int) -> None:
+    cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    cmd.add_argument("--port", type=int, default=port, help=f"port to listen on (default {port}; 0: any free port)")
 
 
 def main(argv: list[str] | None = None) -> int:

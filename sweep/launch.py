@@ -6,7 +6,9 @@ processes; each worker pulls trials from the study until the budget is met.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
 import shutil
 import sys
 import time
@@ -123,9 +125,10 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
     workers = 1 if config["executor"]["name"] == "debug" else min(config["executor"]["workers"], waiting)
     context = dict(run_context(workers), launch=uuid.uuid4().hex[:12])
     executor = make_executor(config, home / "logs", workers, profile)
-    jobs = executor.map_array(
-        Worker(), [config] * workers, [url] * workers, [str(home)] * workers, range(workers), [context] * workers
-    )
+    with _detached_output(detach and config["executor"]["name"] == "local"):
+        jobs = executor.map_array(
+            Worker(), [config] * workers, [url] * workers, [str(home)] * workers, range(workers), [context] * workers
+        )
     jobs_record(study, jobs, config["executor"]["name"])
     if detach:
         print(
@@ -164,6 +167,25 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
     if unfinished:
         print(f"{len(unfinished)} trial(s) of the budget still to run: launch again to run them", file=sys.stderr)
     return 1 if failed or unfinished else 0
+
+
+@contextlib.contextmanager
+def _detached_output(detach: bool):
+    """Local workers inherit this process's stdout/stderr; detached ones must not hold a caller's pipe open
+    (their own output goes to their log files anyway)."""
+    if not detach:
+        yield
+        return
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    sys.stdout.flush(), sys.stderr.flush()
+    try:
+        os.dup2(devnull, 1), os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
 
 
 def watch(study: optuna.Study, jobs: list, every: float = 2.0) -> None:

@@ -1,7 +1,8 @@
 """Where a study lives and how it searches: storage URL → storage, sampler, pruner, and the trial budget.
 
 The budget is global and exact: `launch` enqueues one empty WAITING trial per trial still owed, and
-workers only ever pop WAITING trials. Popping is atomic in every Optuna storage, so N workers on one
+workers only ever pop WAITING trials. Popping is atomic (one locking transaction on the SQL storages,
+see `sweep.storage.pop_waiting_trial_id`; a compare-and-set on the journal), so N workers on one
 study never run more than `study.n_trials` trials between them, and TPE still samples each trial's
 params at the moment a worker starts it, seeing every trial finished before.
 """
@@ -185,7 +186,9 @@ def pop_trial(study: optuna.Study) -> optuna.Trial | None:
 
     This is `Study.ask` without its fallback of creating a new trial, which would overrun the budget.
     """
-    trial_id = study._pop_waiting_trial_id()
+    from sweep.storage import pop_waiting_trial_id
+
+    trial_id = pop_waiting_trial_id(study)
     if trial_id is None:
         return None
     study._thread_local.cached_all_trials = None  # as ask() does: the sampler must see fresh trials
@@ -228,7 +231,11 @@ def recover_stale(study: optuna.Study, stale_after: float, max_retries: int) -> 
     Optuna's own heartbeat only runs inside `study.optimize()` and not on the journal backend, so sweep
     stamps a `heartbeat` user attribute from each worker and checks it here, for every storage alike.
     """
+    from sweep.storage import last_outage_end
+
     now, recovered = time.time(), []
+    if now - last_outage_end() < stale_after:  # after a database outage no one could beat: wait for fresh beats
+        return recovered
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         beat = t.user_attrs.get("heartbeat") or (t.datetime_start.timestamp() if t.datetime_start else now)
         if (

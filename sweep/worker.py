@@ -116,7 +116,7 @@ class Worker:
     the study (to be resumed from its last epoch) and asks submitit to requeue the job."""
 
     def __init__(self) -> None:
-        self.current: tuple[optuna.Study, optuna.trial.FrozenTrial] | None = None
+        self.current: tuple[optuna.Study, optuna.Trial] | None = None
         self.max_retries = 0
 
     def __call__(
@@ -153,7 +153,7 @@ def run_worker(
     torch.set_num_threads(threads_per_worker(config))
     started, host = time.time(), socket.gethostname()
     ex = config["executor"]
-    study = open_study(config, open_storage(storage_url), worker_index=index)
+    study = open_study(config, open_storage(storage_url, wait_s=300), worker_index=index)
     params = space.parse(config["search_space"], config)
     done: dict[int, str] = {}
     errors, trial = 0, None
@@ -203,6 +203,7 @@ def run_trial(
     State = optuna.trial.TrialState
     out_dir = study_dir / "trials" / str(trial.number)
     log = f"[worker {worker}] trial {trial.number}"
+    started = time.time()
     try:
         drawn = space.suggest(trial, params, base)
         config = resolve(space.apply(base, drawn), f"trial {trial.number}")
@@ -212,6 +213,7 @@ def run_trial(
         result = train(config, out_dir, trial)
     except optuna.TrialPruned as exc:
         print(f"{log} {exc}", flush=True)
+        _finished(trial, out_dir, "pruned", started)
         study.tell(trial, state=State.PRUNED)
         return "pruned"
     except NonFiniteLoss as exc:
@@ -223,9 +225,23 @@ def run_trial(
         _fail(study, trial, f"{type(exc).__name__}: {exc}"[:2000])
         return "error"
     trial.set_user_attr("best_epoch", result.best_epoch)
+    _finished(trial, out_dir, "complete", started)
     study.tell(trial, result.best_value)
     print(f"{log} complete: {base['study']['metric']}={result.best_value:.4f}", flush=True)
     return "complete"
+
+
+def _finished(trial: optuna.Trial, out_dir: Path, state: str, started: float) -> None:
+    """What the dashboard shows of a finished trial (wall time, checkpoint) and its TensorBoard HParams session."""
+    from sweep.hparams import write_summary
+
+    trial.set_user_attr("wall_seconds", round(time.time() - started, 3))
+    if (out_dir / "checkpoint.pt").exists():
+        trial.set_user_attr("checkpoint", str(out_dir / "checkpoint.pt"))
+    try:
+        write_summary(out_dir, trial.params, state, started)
+    except Exception as exc:  # a TensorBoard summary is not worth the trial's result
+        print(f"trial {trial.number}: no TensorBoard hparams summary: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def _fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:

@@ -104,6 +104,7 @@ def test_nan_trial_fails_with_reason_and_worker_goes_on(home: Path, tiny_config:
 def test_status_and_best_on_unknown_or_empty_study(home: Path, tiny_file: Path) -> None:
     missing = sweep_cli("best", "nosuch", cwd=home)
     assert missing.returncode == 2 and "no study named 'nosuch'" in missing.stderr
+    assert not (home / "studies" / "nosuch").exists()  # looking never creates a study
     from sweep.launch import create_or_resume
     from sweep.storage import open_storage, resolve_storage
 

@@ -1,15 +1,70 @@
-"""Storage URLs: resolution order, masking, and opening each backend for real."""
+"""Storage URLs: resolution, masking, credentials, network file systems, and every backend opened for real.
+
+PostgreSQL and MariaDB are real servers (127.0.0.1:5432 and :3306 unless SWEEP_TEST_POSTGRES / SWEEP_TEST_MYSQL
+say otherwise); each test gets its own database, dropped afterwards. Connections are killed on the server side
+mid-sweep to prove workers reconnect; many worker processes share one budget to prove nothing is lost or doubled.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import multiprocessing as mp
+import os
 import sqlite3
+import threading
+import time
+import traceback
+import uuid
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
+from conftest import sweep_cli
+from optuna.trial import TrialState
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
 
 from sweep.config import ConfigError
-from sweep.storage import mask, open_storage, resolve_storage
+from sweep.storage import (
+    PASSWORD_ENV,
+    RetryingRDBStorage,
+    StorageWarning,
+    check_sqlite_location,
+    expand_url,
+    filesystem_type,
+    is_network_filesystem,
+    is_transient,
+    last_outage_end,
+    mask,
+    open_storage,
+    pop_waiting_trial_id,
+    resolve_storage,
+    scrub,
+)
+from sweep.study import pop_trial, top_up
+
+PG_ADMIN = os.environ.get("SWEEP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+MY_ADMIN = os.environ.get("SWEEP_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test")
+# What a worker imports when it opens a storage, imported once in the forkserver that forks the workers.
+WORKER_IMPORTS = [
+    "psycopg2",
+    "pymysql",
+    "sqlalchemy.dialects.postgresql.psycopg2",
+    "sqlalchemy.dialects.mysql.pymysql",
+    "alembic.script",
+    "alembic.migration",
+    "optuna.storages._rdb.models",
+    "optuna.storages.journal",
+]
+STEPS = 5  # reports (and pruning checks) per trial in the concurrency tests, like a 5-epoch trainer
+
+
+# ---- resolution, masking, credentials (no server) -------------------------------------------------------
 
 
 def test_storage_resolution_order(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -22,17 +77,88 @@ def test_storage_resolution_order(home: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("SWEEP_STUDIES_DIR", str(home / "shared"))
     monkeypatch.delenv("SWEEP_STORAGE")
     assert resolve_storage("s") == f"sqlite:///{home}/shared/s/study.db"
+    monkeypatch.setenv("SWEEP_STORAGE", "postgresql://u:${PW}@db/x")
+    assert resolve_storage("s") == "postgresql://u:${PW}@db/x"  # expanded only when opened
 
 
 def test_mask_hides_passwords() -> None:
     assert mask("postgresql://alice:s3cret@db:5432/x") == "postgresql://alice:***@db:5432/x"
     assert mask("mysql+pymysql://bob@db/x") == "mysql+pymysql://bob@db/x"
     assert mask("sqlite:////tmp/a.db") == "sqlite:////tmp/a.db"
+    assert mask("postgresql://alice:p@ss:w/rd@db/x") == "postgresql://alice:***@db/x"  # raw '@' in a password
+    assert mask("postgresql://alice:${SWEEP_DB_PASSWORD}@db/x") == "postgresql://alice:***@db/x"
+    assert mask("postgresql://alice@db/x?sslmode=require&password=s3cret") == (
+        "postgresql://alice@db/x?sslmode=require&password=***"
+    )
+    assert mask("postgresql://db/x?options=a@b") == "postgresql://db/x?options=a@b"
+
+
+def test_scrub_masks_urls_and_the_password_in_driver_messages() -> None:
+    url = "postgresql://alice:s3cr%40t@db/x"
+    text = "could not parse 'postgresql://alice:s3cr%40t@db/x'; password s3cr@t rejected (dsn password=s3cr%40t)"
+    clean = scrub(text, url)
+    assert "s3cr" not in clean
+    assert "postgresql://alice:***@db/x" in clean
+
+
+def test_expand_url_takes_passwords_from_the_environment() -> None:
+    env = {"PW": "p@ss:w/rd", "HOST": "db.cluster", PASSWORD_ENV: "fallback"}
+    assert expand_url("postgresql://alice:${PW}@${HOST}/x", env) == "postgresql://alice:p%40ss%3Aw%2Frd@db.cluster/x"
+    assert make_url(expand_url("postgresql://alice:${PW}@db/x", env)).password == "p@ss:w/rd"
+    assert expand_url("mysql+pymysql://alice@db/x", env) == "mysql+pymysql://alice:fallback@db/x"
+    assert expand_url("postgresql://alice:given@db/x", env) == "postgresql://alice:given@db/x"
+    assert expand_url("postgresql://db/x", env) == "postgresql://db/x"  # no user: libpq's own defaults apply
+    assert expand_url("sqlite:////tmp/x.db", env) == "sqlite:////tmp/x.db"
+    with pytest.raises(ConfigError, match=r"uses \$\{NOPE\}, but NOPE is not set") as err:
+        expand_url("postgresql://alice:${NOPE}@db/x", env)
+    assert "postgresql://alice:***@db/x" in str(err.value)
+
+
+# ---- network file systems ---------------------------------------------------------------------------------
+
+MOUNTS = """\
+/dev/sda1 / ext4 rw,relatime 0 0
+proc /proc proc rw 0 0
+fs1:/export/home /home nfs4 rw,vers=4.2 0 0
+/dev/sdb1 /home/alice/local\\040disk ext4 rw 0 0
+fs2@tcp:/scratch /scratch lustre rw 0 0
+//nas/share /mnt/nas cifs rw 0 0
+/dev/sdc1 /mnt/nasty xfs rw 0 0
+"""
+
+
+def test_filesystem_type_is_the_longest_mount_prefix(tmp_path: Path) -> None:
+    assert filesystem_type("/home/alice/studies/s", MOUNTS) == "nfs4"
+    assert filesystem_type("/home/alice/local disk/s", MOUNTS) == "ext4"  # a local disk mounted inside NFS
+    assert filesystem_type("/home2/x", MOUNTS) == "ext4"  # /home is not a prefix of /home2
+    assert filesystem_type("/mnt/nasty/x", MOUNTS) == "xfs"
+    assert [is_network_filesystem(p, MOUNTS) for p in ("/scratch/u/s", "/mnt/nas/s", "/tmp/s", "/")] == [
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert filesystem_type(tmp_path) is not None  # the real /proc/mounts
+
+
+def test_sqlite_on_a_network_file_system_warns(home: Path) -> None:
+    with pytest.warns(StorageWarning, match=r"network file system \(nfs4\).*journal:///"):
+        assert check_sqlite_location("/home/alice/studies/s", MOUNTS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StorageWarning)
+        assert not check_sqlite_location("/tmp/studies/s", MOUNTS)
+        assert not is_network_filesystem(home)
+        open_storage(resolve_storage("local"))  # on this machine's local disk: no warning
+
+
+# ---- SQLite and journal -----------------------------------------------------------------------------------
 
 
 def test_sqlite_storage_uses_wal(home: Path) -> None:
     url = resolve_storage("w")
-    optuna.create_study(study_name="w", storage=open_storage(url))
+    storage = open_storage(url)
+    assert isinstance(storage, RetryingRDBStorage)
+    optuna.create_study(study_name="w", storage=storage)
     with sqlite3.connect(home / "studies" / "w" / "study.db") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
@@ -43,10 +169,516 @@ def test_journal_storage_opens(home: Path) -> None:
     assert (home / "j" / "study.log").stat().st_size > 0
 
 
+def test_journal_file_under_concurrent_writers_loses_nothing(home: Path) -> None:
+    url = resolve_storage("jc", cli="journal:///shared/study.log")
+    run = run_workers(url, "jc", n_workers=8, budget=48)
+    assert_exact(run, budget=48)
+    report("journal", run)
+
+
+# ---- bad input ----------------------------------------------------------------------------------------------
+
+
 def test_bad_storage_urls_are_clear_and_masked() -> None:
     with pytest.raises(ConfigError, match="unknown storage URL redis://"):
         open_storage("redis://localhost")
-    with pytest.raises(ConfigError) as err:
-        open_storage("postgresql://alice:s3cret@127.0.0.1:1/nosuch")
-    assert "cannot open storage postgresql://alice:***@127.0.0.1:1/nosuch" in str(err.value)
-    assert "s3cret" not in str(err.value)
+    started = time.monotonic()
+    for url in ("postgresql://alice:s3cret@127.0.0.1:1/nosuch", "mysql+pymysql://alice:s3cret@127.0.0.1:1/nosuch"):
+        with pytest.raises(ConfigError) as err:
+            open_storage(url)
+        assert f"cannot open storage {mask(url)}: cannot reach the database server" in str(err.value)
+        assert "s3cret" not in str(err.value)
+    assert time.monotonic() - started < 10
+    with pytest.raises(ConfigError, match="no database driver for mysql\\+mysqldb://"):
+        open_storage("mysql+mysqldb://alice:s3cret@127.0.0.1/x")
+
+
+def test_missing_database_says_so(pg: Server) -> None:
+    url = pg.url(database=f"{pg.database}_nosuch")
+    with pytest.raises(ConfigError, match="does not exist; create the database first"):
+        open_storage(url)
+
+
+def test_wrong_password_is_a_clear_config_error_before_any_job(
+    mysql: Server, home: Path, tiny_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On MariaDB: this machine's PostgreSQL trusts every 127.0.0.1 login (pg_hba.conf), so any password works."""
+    user = mysql.create_user("right-Pa55")
+    url = mysql.url(user=user, password="${SWEEP_TEST_PW}")
+    for wrong in (url.replace("${SWEEP_TEST_PW}", "wrong-Pa55"), url):
+        monkeypatch.setenv("SWEEP_TEST_PW", "wrong-Pa55")
+        with pytest.raises(ConfigError) as err:
+            open_storage(wrong)
+        assert "the server refused the login" in str(err.value) and "Access denied" in str(err.value)
+        assert f"{user}:***@" in str(err.value) and "wrong-Pa55" not in str(err.value)
+
+    cli = sweep_cli("launch", str(tiny_file), "--storage", url, cwd=home, env={"SWEEP_TEST_PW": "wrong-Pa55"})
+    assert cli.returncode == 2, cli.stderr
+    assert "sweep: error:" in cli.stderr and "refused the login" in cli.stderr
+    assert "wrong-Pa55" not in cli.stderr + cli.stdout
+    assert not (home / "studies" / "tiny" / "logs").exists()  # nothing was submitted
+
+    monkeypatch.setenv("SWEEP_TEST_PW", "right-Pa55")
+    optuna.create_study(study_name="pw", storage=open_storage(url))
+    monkeypatch.setenv(PASSWORD_ENV, "right-Pa55")  # a password-less URL takes SWEEP_DB_PASSWORD
+    assert optuna.load_study(study_name="pw", storage=open_storage(mysql.url(user=user)))
+
+
+def test_password_never_reaches_attrs_or_logs(
+    mysql: Server, tiny_config: dict, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sweep.launch import create_or_resume
+
+    user = mysql.create_user("Secret-Pa55")
+    monkeypatch.setenv(PASSWORD_ENV, "Secret-Pa55")
+    url = mysql.url(user=user, password=f"${{{PASSWORD_ENV}}}")
+    config = {**tiny_config, "storage": url}
+    storage = open_storage(url, retry_s=30)
+    study = create_or_resume(config, storage, url)
+    top_up(study, 2)
+    trial = pop_trial(study)
+    mysql.kill_all()  # a retry is logged: its message must not carry the password either
+    kill_on_next_write(storage, mysql)
+    with caplog.at_level(logging.WARNING, logger="sweep.storage"):
+        study.tell(trial, 1.0)
+    assert "retrying" in caplog.text and "Secret-Pa55" not in caplog.text
+    stored = optuna.load_study(study_name=study.study_name, storage=storage)
+    text = json.dumps(
+        [
+            stored.user_attrs,
+            storage.get_study_system_attrs(stored._study_id),
+            [(t.user_attrs, t.system_attrs) for t in stored.trials],
+        ],
+        default=str,
+    )
+    assert "Secret-Pa55" not in text
+
+
+# ---- dropped connections --------------------------------------------------------------------------------
+
+
+def test_a_worker_may_wait_for_a_restarting_server(pg: Server) -> None:
+    """The launcher fails at once on an unreachable server; a worker (wait_s > 0) waits for it to come back."""
+    pg.refuse_connections_for(2.0)
+    with pytest.raises(ConfigError, match="cannot reach the database server"):
+        open_storage(pg.url())
+    time.sleep(0.5)
+    started = time.monotonic()
+    open_storage(pg.url(), wait_s=30)
+    assert time.monotonic() - started > 0.5
+
+
+def test_plain_optuna_dies_when_postgres_drops_its_connection(pg: Server) -> None:
+    """Why sweep wraps RDBStorage: Optuna 5 neither pre-pings PostgreSQL connections nor retries reads."""
+    plain = optuna.storages.RDBStorage(pg.url().replace("postgresql://", "postgresql+psycopg2://"))
+    study = optuna.create_study(study_name="plain", storage=plain)
+    assert pg.kill_all() >= 1
+    with pytest.raises(optuna.exceptions.StorageInternalError) as err:
+        study.ask()
+    assert is_transient(err.value)
+
+
+def test_postgres_workers_survive_dropped_connections_and_a_restart(
+    pg: Server, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SWEEP_TEST_PW", "Pa55-word")
+    storage = open_storage(pg.url(password="${SWEEP_TEST_PW}"), retry_s=60)  # trust auth ignores the password
+    assert storage.engine.pool.size() == 1 and storage.engine.pool._pre_ping
+    assert storage.engine.dialect.driver == "psycopg2"  # a bare postgresql:// URL, whatever SQLAlchemy's default
+    with caplog.at_level(logging.WARNING, logger="sweep.storage"):
+        survive_dropped_connections(pg, storage)
+        pg.refuse_connections_for(2.0)  # what a restart looks like to a worker: killed, then refused for a while
+        started = time.monotonic()
+        trial = pop_trial(optuna.load_study(study_name="drops", storage=storage))
+        assert time.monotonic() - started > 1.5
+        trial.report(0.5, 0)
+        trial.study.tell(trial, 5.0)
+    assert "not currently accepting connections" in caplog.text and "Pa55" not in caplog.text
+    assert time.time() - last_outage_end() < 10  # stale-trial recovery can tell that heartbeats just resumed
+    assert_final(storage, "drops", {0: 1.0, 1: 2.0, 2: 3.0, 3: 4.0, 5: 5.0})
+
+
+def test_mariadb_workers_survive_killed_connections(mysql: Server) -> None:
+    storage = open_storage(mysql.url(), retry_s=60)
+    assert storage.engine.dialect.driver == "pymysql"
+    survive_dropped_connections(mysql, storage)
+    study = optuna.load_study(study_name="drops", storage=storage)
+    trial = pop_trial(study)
+    study.tell(trial, 5.0)
+    assert_final(storage, "drops", {0: 1.0, 1: 2.0, 2: 3.0, 3: 4.0, 5: 5.0})
+
+
+def test_a_finished_trial_whose_commit_answer_was_lost_is_not_finished_twice(pg: Server) -> None:
+    """The one ambiguous failure: the COMMIT of `tell` reached the server, its answer did not. The retry finds
+    the trial already finished with the same state and value: success, not UpdateFinishedTrialError."""
+    import sqlalchemy.exc
+
+    storage = open_storage(pg.url(), retry_s=30)
+    study = optuna.create_study(study_name="lost", storage=storage)
+    top_up(study, 1)
+    trial = pop_trial(study)
+    finishing, lost = [], []
+
+    def before_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        finishing.append(statement.startswith("UPDATE trials SET state"))
+
+    def on_commit(conn: Any) -> None:  # just before SQLAlchemy sends COMMIT: send it, then lose the answer
+        if any(finishing) and not lost:
+            dbapi = conn.connection.dbapi_connection
+            dbapi.commit()
+            lost.append(pg.kill(pg.backend_id(dbapi)))
+            raise sqlalchemy.exc.OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+        finishing.clear()
+
+    event.listen(storage.engine, "before_cursor_execute", before_execute)
+    event.listen(storage.engine, "commit", on_commit)
+    study.tell(trial, 0.25)
+    assert lost
+    (final,) = optuna.load_study(study_name="lost", storage=storage).get_trials()
+    assert final.state == TrialState.COMPLETE and final.value == 0.25
+
+
+def survive_dropped_connections(server: Server, storage: optuna.storages.BaseStorage) -> None:
+    """Trials 0–3 complete with values 1–4 while the server kills this process's connections, idle ones and
+    ones in the middle of a transaction; trial 4 is voided, trial 5 is left WAITING."""
+    study = optuna.create_study(study_name="drops", storage=storage)
+    assert top_up(study, 5) == 5
+    trial = pop_trial(study)
+    trial.report(0.1, 0)
+    assert server.kill_all() >= 1  # idle in the pool: pre-ping replaces it
+    trial.report(0.2, 1)
+    assert not trial.should_prune()
+    study.tell(trial, 1.0)
+    # killed between the row lock and the write, before the commit: in a pop, a report, a tell
+    killed = kill_on_next_write(storage, server)
+    trial = pop_from_storage(study)
+    assert killed and trial.number == 1, "the pop's connection was not killed mid-transaction"
+    trial.report(0.2, 0)
+    study.tell(trial, 2.0)
+    trial = pop_trial(study)
+    killed = kill_on_next_write(storage, server)
+    trial.report(0.3, 0)
+    assert killed, "the report's connection was not killed mid-transaction"
+    study.tell(trial, 3.0)
+    trial = pop_trial(study)
+    trial.report(0.4, 0)
+    killed = kill_on_next_write(storage, server)
+    study.tell(trial, 4.0)
+    assert killed, "the tell's connection was not killed mid-transaction"
+    new = study.ask()  # Optuna's ask (it pops trial 4); voided, so it does not count
+    new.set_user_attr("sweep_void", "test")
+    study.tell(new, state=TrialState.FAIL)
+    assert top_up(study, 5) == 1
+
+
+def assert_final(storage: optuna.storages.BaseStorage, name: str, values: dict[int, float]) -> None:
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials()
+    counted = [t for t in trials if "sweep_void" not in t.user_attrs]
+    assert {t.number: t.value for t in counted} == values
+    assert all(t.state == TrialState.COMPLETE for t in counted)
+    assert len({t.number for t in trials}) == len(trials)
+
+
+# ---- many workers, one budget ---------------------------------------------------------------------------
+
+
+def test_32_workers_share_one_budget_on_postgres(pg: Server) -> None:
+    max_connections = int(pg.sql("SHOW max_connections")[0][0])
+    run = run_workers(pg.url(), "many", n_workers=32, budget=96, server=pg)
+    assert_exact(run, budget=96)
+    assert run.peak_connections <= 32 + 1 < max_connections  # one per worker process, one for this one
+    report("postgresql", run)
+
+
+def test_8_workers_share_one_budget_on_mariadb(mysql: Server) -> None:
+    run = run_workers(mysql.url(), "many", n_workers=8, budget=32, server=mysql)
+    assert_exact(run, budget=32)
+    report("mariadb", run)
+
+
+def test_8_workers_share_one_budget_on_sqlite(home: Path) -> None:
+    """Plain Optuna lets two SQLite workers pop the same WAITING trial (no FOR UPDATE); sweep's storage not."""
+    run = run_workers(resolve_storage("many"), "many", n_workers=8, budget=32)
+    assert_exact(run, budget=32)
+    report("sqlite", run)
+
+
+@pytest.mark.parametrize("backend", ["pg", "mysql", "sqlite"])
+def test_one_transaction_pop_under_concurrency(backend: str, request: pytest.FixtureRequest) -> None:
+    """`pop_waiting_trial_id`, the pop sweep.study.pop_trial could use: one locking read, no failed claims."""
+    server = request.getfixturevalue(backend) if backend != "sqlite" else None
+    url = server.url() if server else resolve_storage("pop", cli=f"sqlite:///{request.getfixturevalue('home')}/p.db")
+    run = run_workers(url, "pop", n_workers=8, budget=32, server=server, pop="storage")
+    assert_exact(run, budget=32)
+    report(f"{backend} one-transaction pop", run)
+
+
+@dataclass
+class Run:
+    trials: list[optuna.trial.FrozenTrial]
+    told: dict[int, float]
+    per_worker: list[tuple[int, float]]  # (trials, seconds) of each worker
+    exit_codes: list[int]
+    errors: list[str]
+    seconds: float
+    startup: float = 0.0
+    peak_connections: int = 0
+    retries: list[str] = field(default_factory=list)
+
+
+def run_workers(
+    url: str, name: str, n_workers: int, budget: int, server: Server | None = None, pop: str = "study"
+) -> Run:
+    """`n_workers` processes drain one study of `budget` WAITING trials.
+
+    Forked from a forkserver that imported this module (spawning 32 interpreters that each import Optuna and
+    SQLAlchemy took ~30 s of 2 cores): it is a fresh process that never opened a connection, so each worker
+    connects on its own, as a submitit worker does.
+    """
+    study = optuna.create_study(study_name=name, storage=open_storage(url))
+    assert top_up(study, budget) == budget
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__, *WORKER_IMPORTS])
+    begun = time.perf_counter()
+    ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=drain, args=(url, name, pop, ready, go, results)) for _ in range(n_workers)]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.get(timeout=120)  # every worker imported and connected: time only the storage work
+    startup = time.perf_counter() - begun
+    peak, stop = [0], threading.Event()
+    watcher = threading.Thread(target=watch_connections, args=(server, peak, stop), daemon=True)
+    watcher.start()
+    started = time.perf_counter()
+    go.set()
+    outcomes = [results.get(timeout=300) for _ in procs]
+    seconds = time.perf_counter() - started
+    stop.set()
+    for p in procs:
+        p.join(timeout=60)
+    watcher.join()
+    told = {number: value for outcome in outcomes for number, value in outcome["told"]}
+    return Run(
+        trials=optuna.load_study(study_name=name, storage=open_storage(url)).get_trials(),
+        told=told,
+        per_worker=[(len(o["told"]), o["seconds"]) for o in outcomes],
+        exit_codes=[p.exitcode for p in procs],
+        errors=[o["error"] for o in outcomes if o["error"]],
+        seconds=seconds,
+        startup=startup,
+        peak_connections=peak[0],
+        retries=[line for o in outcomes for line in o["retries"]],
+    )
+
+
+def drain(url: str, name: str, pop: str, ready: Any, go: Any, results: Any) -> None:
+    """A worker without the training: pop → report + should_prune per step → tell, until the budget is used."""
+    told: list[tuple[int, float]] = []
+    retries: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: retries.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("sweep.storage").addHandler(handler)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    seconds, error, is_ready = 0.0, None, False
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(url, retry_s=60))
+        ready.put(os.getpid())
+        is_ready = True
+        go.wait()
+        started = time.perf_counter()
+        while (trial := pop_trial(study) if pop == "study" else pop_from_storage(study)) is not None:
+            for step in range(STEPS):
+                trial.report(trial.number + step / 10, step)
+                trial.should_prune()
+            value = trial.number * 1.5
+            study.tell(trial, value)
+            told.append((trial.number, value))
+        seconds = time.perf_counter() - started
+    except BaseException:
+        error = traceback.format_exc()
+        if not is_ready:
+            ready.put(os.getpid())
+    results.put({"told": told, "seconds": seconds, "error": error, "retries": retries})
+    if error:
+        raise SystemExit(1)
+
+
+def pop_from_storage(study: optuna.Study) -> optuna.Trial | None:
+    trial_id = pop_waiting_trial_id(study)
+    return None if trial_id is None else optuna.Trial(study, trial_id)
+
+
+def watch_connections(server: Server | None, peak: list[int], stop: threading.Event) -> None:
+    while server is not None and not stop.wait(0.1):
+        peak[0] = max(peak[0], server.connections())
+
+
+def assert_exact(run: Run, budget: int) -> None:
+    assert run.errors == [] and run.exit_codes == [0] * len(run.exit_codes)
+    assert len(run.trials) == budget
+    assert [t.number for t in run.trials] == list(range(budget))  # none doubled, none skipped
+    assert all(t.state == TrialState.COMPLETE for t in run.trials)
+    assert {t.number: t.value for t in run.trials} == run.told  # every told value stored, each by one worker
+    assert sum(n for n, _ in run.per_worker) == budget
+    for t in run.trials:
+        assert t.intermediate_values == {step: t.number + step / 10 for step in range(STEPS)}
+
+
+def report(backend: str, run: Run) -> None:
+    """The storage overhead, as benchmarks/storage_overhead.py measures it: one worker's wall time per trial."""
+    workers, trials = len(run.per_worker), len(run.trials)
+    print(
+        f"\nstorage {backend}: {workers} workers, {trials} trials in {run.seconds:.2f} s = "
+        f"{trials / run.seconds:.1f} trials/s, {1000 * workers * run.seconds / trials:.0f} ms per trial per worker; "
+        f"peak connections {run.peak_connections}; retries logged {len(run.retries)}; "
+        f"workers started and connected in {run.startup:.1f} s"
+    )
+    for line in run.retries[:5]:
+        print(f"  retry: {line}")
+
+
+# ---- real servers ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    """An admin connection to a real database server and one fresh database on it for the test."""
+
+    admin_url: str
+    database: str
+    users: list[str] = field(default_factory=list)
+
+    @property
+    def is_pg(self) -> bool:
+        return self.admin_url.startswith("postgres")
+
+    def connect(self) -> Any:
+        u = make_url(self.admin_url)
+        if self.is_pg:
+            import psycopg2
+
+            conn = psycopg2.connect(
+                host=u.host, port=u.port or 5432, user=u.username, password=u.password or "", dbname=u.database
+            )
+            conn.autocommit = True
+            return conn
+        import pymysql
+
+        return pymysql.connect(
+            host=u.host,
+            port=u.port or 3306,
+            user=u.username,
+            password=u.password or "",
+            database=u.database,
+            autocommit=True,
+        )
+
+    def sql(self, statement: str, params: tuple = ()) -> list[tuple]:
+        conn = self.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(statement, params or None)
+                return list(cur.fetchall()) if cur.description else []
+        finally:
+            conn.close()
+
+    def url(self, user: str | None = None, password: str | None = None, database: str | None = None) -> str:
+        u = make_url(self.admin_url)
+        scheme = "postgresql" if self.is_pg else "mysql+pymysql"
+        creds = user or u.username
+        if password is not None:
+            creds += f":{password}"
+        port = f":{u.port}" if u.port else ""
+        return f"{scheme}://{creds}@{u.host}{port}/{database or self.database}"
+
+    def sessions(self) -> list[int]:
+        if self.is_pg:
+            query = "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
+        else:
+            query = "SELECT id FROM information_schema.processlist WHERE db = %s AND id <> CONNECTION_ID()"
+        return [row[0] for row in self.sql(query, (self.database,))]
+
+    def connections(self) -> int:
+        return len(self.sessions())
+
+    def kill(self, *ids: int) -> int:
+        """Kill sessions on the server side and wait until they are gone."""
+        for i in ids:
+            try:
+                self.sql(
+                    "SELECT pg_terminate_backend(%s)" if self.is_pg else f"KILL {int(i)}", (i,) if self.is_pg else ()
+                )
+            except Exception:  # already gone
+                pass
+        deadline = time.monotonic() + 5
+        while set(ids) & set(self.sessions()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return len(ids)
+
+    def kill_all(self) -> int:
+        return self.kill(*self.sessions())
+
+    def refuse_connections_for(self, seconds: float) -> None:
+        """PostgreSQL only: kill every session and refuse new ones for a while, as a restarting server does."""
+        self.sql(f'ALTER DATABASE "{self.database}" ALLOW_CONNECTIONS false')
+        self.kill_all()
+        timer = threading.Timer(seconds, self.sql, (f'ALTER DATABASE "{self.database}" ALLOW_CONNECTIONS true',))
+        timer.daemon = True
+        timer.start()
+
+    def create_user(self, password: str) -> str:
+        user = f"sweep_pw_{uuid.uuid4().hex[:8]}"
+        self.sql(f"CREATE USER '{user}'@'%%' IDENTIFIED BY %s", (password,))
+        self.sql(f"GRANT ALL PRIVILEGES ON `{self.database}`.* TO '{user}'@'%'")
+        self.users.append(user)
+        return user
+
+    def backend_id(self, dbapi_connection: Any) -> int:
+        return dbapi_connection.get_backend_pid() if self.is_pg else dbapi_connection.thread_id()
+
+
+def kill_on_next_write(storage: Any, server: Server) -> list[str]:
+    """Kill the storage's own connection on the server just before its next INSERT/UPDATE runs: a connection
+    lost in the middle of a transaction, for real. Returns the list the killed statement is appended to."""
+    killed: list[str] = []
+
+    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not killed and statement.lstrip().upper().startswith(("UPDATE", "INSERT")):
+            killed.append(statement)
+            server.kill(server.backend_id(conn.connection.dbapi_connection))
+
+    event.listen(storage.engine, "before_cursor_execute", before)
+    return killed
+
+
+def _server(admin_url: str) -> Iterator[Server]:
+    server = Server(admin_url, f"sweep_t_{uuid.uuid4().hex[:10]}")
+    try:
+        server.sql(f"CREATE DATABASE {server.database}")
+    except Exception as exc:
+        pytest.fail(
+            f"these tests need the database server at {mask(admin_url)} (set SWEEP_TEST_POSTGRES / "
+            f"SWEEP_TEST_MYSQL to another one): {exc}"
+        )
+    try:
+        yield server
+    finally:
+        if server.is_pg:
+            server.sql(f'ALTER DATABASE "{server.database}" ALLOW_CONNECTIONS true')
+            server.sql(f'DROP DATABASE "{server.database}" WITH (FORCE)')
+        else:
+            server.kill_all()
+            server.sql(f"DROP DATABASE `{server.database}`")
+            for user in server.users:
+                server.sql(f"DROP USER '{user}'@'%'")
+
+
+@pytest.fixture
+def pg() -> Iterator[Server]:
+    yield from _server(PG_ADMIN)
+
+
+@pytest.fixture
+def mysql() -> Iterator[Server]:
+    yield from _server(MY_ADMIN)

@@ -1,0 +1,457 @@
+"""`sweep report`: one self-contained HTML page per study, to read offline, attach to a mail or archive.
+
+Everything the page needs is inside the file (plotly.js inlined once, the figures as JSON), so it opens
+without a network and without the database. It reads a snapshot of the study and works at any moment:
+while trials are still running, with only pruned or failed trials, or with none; a plot that the study
+cannot support yet is replaced by a sentence saying what it waits for.
+
+The intermediate-values plot is drawn here rather than by Optuna so that pruned trials stand out (dotted,
+ending in a cross where the pruner stopped them). Importances use PED-ANOVA, which needs no scikit-learn.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from sweep import __version__
+from sweep.config import dump_yaml
+from sweep.study import CONFIG_ATTR, VOID, counts
+
+PLOTS = ("history", "intermediate", "importance", "parallel", "slice")
+_COLORS = {"complete": "#1f77b4", "pruned": "#d62728", "running": "#2ca02c", "fail": "#7f7f7f"}
+MAX_CURVE_TRACES = 100  # more trials than this share one trace per state in the learning-curve plot
+
+
+@dataclass
+class Savings:
+    """What the pruner saved: epochs that pruned trials did not train, and the worker time that is."""
+
+    pruned: int
+    epochs_trained: int  # by every finished trial of the budget
+    epochs_saved: int  # sum over pruned trials of train.epochs - epochs run
+    seconds_per_epoch: float | None  # mean over finished trials' epochs, None without any timing
+    worker_seconds: float  # wall time spent in finished trials, all workers together
+
+    @property
+    def seconds_saved(self) -> float | None:
+        return None if self.seconds_per_epoch is None else self.epochs_saved * self.seconds_per_epoch
+
+
+@dataclass
+class Report:
+    path: Path
+    trials: int
+    plots: dict[str, bool]  # which plots were drawn (else a note stands in their place)
+    seconds: float
+    size: int
+
+
+def write_report(study: optuna.Study, path: Path, storage: str = "") -> Report:
+    """Write the study's report to `path` (atomically: a browser reloading it never sees half a file)."""
+    started = time.perf_counter()
+    trials = study.get_trials(deepcopy=False)
+    page, drawn = build(study, storage, trials)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, path)
+    return Report(path, len(trials), drawn, time.perf_counter() - started, path.stat().st_size)
+
+
+def build(
+    study: optuna.Study, storage: str = "", trials: Sequence[FrozenTrial] | None = None
+) -> tuple[str, dict[str, bool]]:
+    """The page as one string, and which plots it draws; `trials` is the snapshot to show (default: now)."""
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    counted = [t for t in trials if counts(t)]
+    complete = [t for t in counted if t.state == TrialState.COMPLETE]
+    config = study.user_attrs.get(CONFIG_ATTR) or {}
+    metric = config.get("study", {}).get("metric", "value")
+    names = sorted({name for t in complete for name in t.params})
+    top = _best(study, complete)
+
+    vis = optuna.visualization
+    sections, drawn = [], {}
+    for key, title, needs, figure in (
+        ("history", "Optimization history", _need(complete, 1), vis.plot_optimization_history),
+        ("intermediate", f"Learning curves ({metric})", _curves_need(counted), lambda _: _curves(counted, metric)),
+        ("importance", "Hyperparameter importances", _need(complete, 2, names), _importances),
+        ("parallel", "Parallel coordinates", _need(complete, 1, names), vis.plot_parallel_coordinate),
+        ("slice", "Slice plots", _need(complete, 1, names), vis.plot_slice),
+    ):
+        body, drawn[key] = _section_plot(key, study, needs, figure)
+        sections.append(_section(key, title, body))
+
+    parts = [
+        _header(study, trials, counted, metric, storage),
+        _section("best", "Best trial", _best_html(top, metric)),
+        _section("pruning", "What pruning saved", _savings_html(pruning_savings(study, trials))),
+        *sections,
+        _section("trials", "Trials", _table(trials, top, metric, _default_epochs(study))),
+    ]
+    return _page(study.study_name, "\n".join(parts)), drawn
+
+
+def pruning_savings(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None) -> Savings:
+    """Epochs pruned trials did not train (their config's train.epochs minus the epochs they ran), and the
+    worker time that is at the study's mean seconds per epoch."""
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    default = _default_epochs(study)
+    finished = [t for t in trials if counts(t) and t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    pruned = [t for t in finished if t.state == TrialState.PRUNED]
+    saved = sum(max(0, _planned(t, default) - _epochs(t)) for t in pruned if _planned(t, default) is not None)
+    trained = sum(_epochs(t) for t in finished)
+    timed = [x for x in map(_epoch_time, finished) if x is not None]
+    epochs = sum(n for _, n in timed)
+    rate = sum(seconds for seconds, _ in timed) / epochs if epochs else None
+    worker = sum(_wall(t) or 0.0 for t in finished)
+    return Savings(len(pruned), trained, saved, rate, worker)
+
+
+# ---- figures -----------------------------------------------------------------------------------------
+
+
+def _need(complete: Sequence[FrozenTrial], n: int, names: Sequence[str] | None = None) -> str | None:
+    """None when the plot can be drawn, else the sentence that stands in for it."""
+    if len(complete) < n:
+        return f"Needs at least {n} completed trial{'s' if n > 1 else ''}; the study has {len(complete)} so far."
+    if names is not None and not names:
+        return "The completed trials have no hyperparameters (the search space is empty)."
+    return None
+
+
+def _curves_need(counted: Sequence[FrozenTrial]) -> str | None:
+    if any(t.intermediate_values for t in counted):
+        return None
+    return "No trial has reported an epoch yet."
+
+
+def _importances(study: optuna.Study) -> Any:
+    evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+    fig = optuna.visualization.plot_param_importances(study, evaluator=evaluator)
+    n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    fig.update_layout(title=f"Hyperparameter importances (PED-ANOVA over {n} completed trials)")
+    return fig
+
+
+def _curves(trials: Sequence[FrozenTrial], metric: str) -> Any:
+    """Every trial's curve; pruned ones dotted and ending in a cross where they were stopped.
+
+    Up to `MAX_CURVE_TRACES` trials each get a trace (and a legend entry to hide it by); beyond that, one trace
+    per state with gaps between trials, as a browser takes seconds per thousand traces but not per thousand points.
+    """
+    import plotly.graph_objects as go
+
+    curves = [t for t in trials if t.intermediate_values and t.state != TrialState.WAITING]
+    fig = go.Figure()
+    if len(curves) <= MAX_CURVE_TRACES:
+        shown: set[str] = set()
+        for t in curves:
+            state, steps = t.state.name.lower(), sorted(t.intermediate_values)
+            pruned = t.state == TrialState.PRUNED
+            fig.add_trace(
+                go.Scatter(
+                    x=steps,
+                    y=[t.intermediate_values[s] for s in steps],
+                    mode="lines+markers",
+                    name=f"trial {t.number}",
+                    legendgroup=state,
+                    legendgrouptitle_text=None if state in shown else state,
+                    line=_line(state),
+                    marker={
+                        "symbol": ["circle"] * (len(steps) - 1) + ["x" if pruned else "circle"],
+                        "size": [5] * (len(steps) - 1) + [11 if pruned else 5],
+                    },
+                    opacity=0.85,
+                    hovertemplate=f"{_label(t)}<br>epoch %{{x}}<br>{metric} %{{y:.4f}}<extra></extra>",
+                )
+            )
+            shown.add(state)
+    else:
+        for state in dict.fromkeys(t.state.name.lower() for t in curves):
+            group = [t for t in curves if t.state.name.lower() == state]
+            xs: list[Any] = []
+            ys: list[Any] = []
+            labels: list[Any] = []
+            for t in group:
+                steps = sorted(t.intermediate_values)
+                xs += [*steps, None]
+                ys += [*(t.intermediate_values[s] for s in steps), None]
+                labels += [_label(t)] * len(steps) + [None]
+            fig.add_trace(
+                go.Scatter(
+                    x=xs, y=ys, text=labels, mode="lines", name=f"{state} ({len(group)} trials)", line=_line(state),
+                    opacity=0.6, hovertemplate=f"%{{text}}<br>epoch %{{x}}<br>{metric} %{{y:.4f}}<extra></extra>",
+                )
+            )
+            if state == "pruned":
+                fig.add_trace(
+                    go.Scatter(
+                        x=[max(t.intermediate_values) for t in group],
+                        y=[t.intermediate_values[max(t.intermediate_values)] for t in group],
+                        text=[_label(t) for t in group], mode="markers", name="where pruned",
+                        marker={"symbol": "x", "size": 9, "color": _COLORS["pruned"]},
+                        hovertemplate="%{text}<br>pruned after epoch %{x}<extra></extra>",
+                    )
+                )
+    fig.update_layout(
+        title=f"{metric} per epoch — complete solid, pruned dotted (× where pruned), running green",
+        xaxis_title="epoch",
+        yaxis_title=metric,
+        legend={"groupclick": "togglegroup"},
+    )
+    return fig
+
+
+def _line(state: str) -> dict[str, Any]:
+    return {"color": _COLORS.get(state, "#7f7f7f"), "dash": "dot" if state == "pruned" else "solid", "width": 1.5}
+
+
+def _label(t: FrozenTrial) -> str:
+    return f"trial {t.number} ({t.state.name.lower()})<br>{html.escape(_params(t.params))}"
+
+
+def _section_plot(key: str, study: optuna.Study, needs: str | None, figure: Callable[[optuna.Study], Any]):
+    if needs is not None:
+        return f'<p class="note" id="note-{key}">{html.escape(needs)}</p>', False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # experimental-API and small-sample warnings: the page says so itself
+            level = optuna.logging.get_verbosity()
+            optuna.logging.set_verbosity(optuna.logging.ERROR)
+            try:
+                fig = figure(study)
+            finally:
+                optuna.logging.set_verbosity(level)
+    except Exception as exc:  # a study mid-write can be odd; one plot failing must not cost the whole page
+        why = html.escape(f"{type(exc).__name__}: {exc}")
+        return f'<p class="note" id="note-{key}">Could not draw: {why}</p>', False
+    fig.update_layout(template="plotly_white", height=520, margin={"t": 60, "l": 60, "r": 20, "b": 50})
+    div = fig.to_html(
+        full_html=False, include_plotlyjs=False, div_id=f"plot-{key}", config={"displaylogo": False, "responsive": True}
+    )
+    return f'<div class="plot" data-plot="{key}">{div}</div>', True
+
+
+# ---- text --------------------------------------------------------------------------------------------
+
+
+def _header(study: optuna.Study, trials, counted, metric: str, storage: str) -> str:
+    n = {s: sum(1 for t in counted if t.state == s) for s in TrialState}
+    void = len(trials) - len(counted)
+    direction = study.direction.name.lower()
+    parts = [f"{n[TrialState.COMPLETE]} complete", f"{n[TrialState.PRUNED]} pruned", f"{n[TrialState.FAIL]} failed"]
+    live = n[TrialState.RUNNING] + n[TrialState.WAITING]
+    if live:
+        parts.append(f"{n[TrialState.RUNNING]} running, {n[TrialState.WAITING]} waiting")
+    now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+    lines = [
+        f"<h1>Study {html.escape(study.study_name)}</h1>",
+        f"<p>{html.escape(direction)} <b>{html.escape(metric)}</b> · {len(counted)} trials in the budget: "
+        + ", ".join(parts)
+        + (f" · {void} voided (interrupted and retried, not counted)" if void else "")
+        + "</p>",
+        f'<p class="meta">storage {html.escape(storage or "?")} · written {now} by sweep {__version__}</p>',
+    ]
+    if live:
+        lines.append(
+            f'<p class="live">The study is still running: this is a snapshot as of {now}. '
+            "Run <code>sweep report</code> again for a newer one.</p>"
+        )
+    return "<header>" + "\n".join(lines) + "</header>"
+
+
+def _best_html(top: FrozenTrial | None, metric: str) -> str:
+    if top is None:
+        return '<p class="note">No trial has completed yet.</p>'
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in top.params.items())
+    text = (
+        f"<p>Trial <b>{top.number}</b>: {html.escape(metric)} = <b>{top.value:.4f}</b> at epoch "
+        f"{top.user_attrs.get('best_epoch', '?')} of {_epochs(top)}"
+        + (f", {_hms(_wall(top))}" if _wall(top) is not None else "")
+        + ". <code>sweep best</code> writes this configuration as a runnable study file.</p>"
+    )
+    text += f'<table class="kv" id="best-params">{rows}</table>' if rows else ""
+    config = top.user_attrs.get("config")
+    if isinstance(config, dict):
+        text += (
+            "<details><summary>Full resolved config of this trial</summary>"
+            f'<pre id="best-config">{html.escape(dump_yaml(config))}</pre></details>'
+        )
+    return text
+
+
+def _savings_html(s: Savings) -> str:
+    if not s.pruned:
+        return f'<p class="note">No trial has been pruned (yet); {s.epochs_trained} epochs trained in total.</p>'
+    share = s.epochs_saved / max(1, s.epochs_saved + s.epochs_trained)
+    rows = [
+        ("pruned trials", str(s.pruned)),
+        ("epochs trained (finished trials)", str(s.epochs_trained)),
+        ("epochs not trained thanks to pruning", f"{s.epochs_saved} ({share:.0%} of what the trials would have run)"),
+    ]
+    if s.seconds_per_epoch is not None:
+        rows += [
+            ("mean time per epoch", f"{s.seconds_per_epoch:.2f} s"),
+            ("worker time spent (finished trials)", _hms(s.worker_seconds)),
+            ("worker time saved (estimate)", _hms(s.seconds_saved or 0.0)),
+        ]
+    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    return (
+        f'<table class="kv" id="savings">{body}</table><p class="meta">Time per epoch comes from the trainer\'s '
+        "timings (metrics.json) where the trial folders are readable here, else from each trial's wall time. "
+        "Worker time adds up every worker: with W workers in parallel the study's elapsed time shrinks by roughly "
+        "the saving divided by W.</p>"
+    )
+
+
+def _table(trials: Sequence[FrozenTrial], top: FrozenTrial | None, metric: str, default: int | None) -> str:
+    head = ["trial", "state", metric, "epochs", "wall time", "host", "worker", "SLURM job", "params", "note"]
+    rows = []
+    for t in trials:
+        if t.state == TrialState.WAITING:
+            continue  # placeholders of the budget: counted in the header, nothing to show yet
+        state = t.state.name.lower() + (" (void)" if VOID in t.user_attrs else "")
+        note = t.user_attrs.get(VOID) or t.user_attrs.get("fail_reason") or ""
+        planned = _planned(t, default)
+        cells = [
+            str(t.number),
+            state,
+            _value(t),
+            f"{_epochs(t)}/{planned}" if planned else str(_epochs(t)),
+            _hms(_wall(t)) if _wall(t) is not None else "-",
+            str(t.user_attrs.get("host", "-")),
+            str(t.user_attrs.get("worker", "-")),
+            str(t.user_attrs.get("slurm_job_id") or "-"),
+            _params(t.params),
+            str(note),
+        ]
+        cls = ' class="best"' if top is not None and t.number == top.number else ""
+        rows.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    return (
+        '<table class="trials" id="trial-table"><thead><tr>'
+        + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+        + "</tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
+
+
+def _section(key: str, title: str, body: str) -> str:
+    return f'<section id="{key}"><h2>{html.escape(title)}</h2>\n{body}\n</section>'
+
+
+def _page(name: str, body: str) -> str:
+    from plotly.offline import get_plotlyjs
+
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>sweep report: {html.escape(name)}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body {{ font: 14px/1.45 system-ui, sans-serif; margin: 24px auto; max-width: 1280px; padding: 0 16px; color: #222; }}
+h1 {{ margin-bottom: 4px; }} h2 {{ border-bottom: 1px solid #ddd; padding-bottom: 4px; margin-top: 32px; }}
+.meta {{ color: #666; font-size: 12px; }} .note {{ color: #666; font-style: italic; }}
+.live {{ background: #fff6d5; padding: 6px 10px; border-left: 4px solid #e0b000; }}
+table {{ border-collapse: collapse; }} td, th {{ padding: 3px 10px; text-align: left; vertical-align: top; }}
+table.kv th {{ font-weight: normal; color: #555; }}
+table.trials {{ font-size: 12px; width: 100%; }}
+table.trials thead th {{ background: #f2f2f2; position: sticky; top: 0; }}
+table.trials tbody tr:nth-child(even) {{ background: #fafafa; }} tr.best {{ background: #e6f4e6 !important; }}
+pre {{ background: #f6f6f6; padding: 10px; overflow-x: auto; font-size: 12px; }}
+</style>
+<script>window.PlotlyConfig = {{MathJaxConfig: 'local'}};</script>
+<script>{get_plotlyjs()}</script>
+</head><body>
+{body}
+</body></html>
+"""
+
+
+# ---- trial facts -------------------------------------------------------------------------------------
+
+
+def _best(study: optuna.Study, complete: Sequence[FrozenTrial]) -> FrozenTrial | None:
+    if not complete:
+        return None
+    pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+    return pick(complete, key=lambda t: (t.value, -t.number))
+
+
+def _default_epochs(study: optuna.Study) -> int | None:
+    return (study.user_attrs.get(CONFIG_ATTR) or {}).get("train", {}).get("epochs")
+
+
+def _planned(t: FrozenTrial, default: int | None) -> int | None:
+    """The epochs a trial was to run: its own config's (train.epochs may be searched), else the study's."""
+    planned = (t.user_attrs.get("config") or {}).get("train", {}).get("epochs", default)
+    return None if planned is None else int(planned)
+
+
+def _epoch_time(t: FrozenTrial) -> tuple[float, int] | None:
+    """(seconds, epochs) of a trial's training: the trainer's per-epoch timings when its folder is readable
+    here (setup and data loading left out, as pruning does not save them), else the worker's wall time —
+    except for a retried trial, whose wall time lacks the epochs its predecessor ran."""
+    folder = t.user_attrs.get("trial_dir")
+    if folder:
+        try:
+            epochs = json.loads((Path(folder) / "metrics.json").read_text())["epochs"]
+            if epochs:
+                return float(sum(e["seconds"] for e in epochs)), len(epochs)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    wall = _wall(t)
+    if wall is None or _epochs(t) == 0 or "sweep_retry_of" in t.user_attrs:
+        return None
+    return wall, _epochs(t)
+
+
+def _epochs(t: FrozenTrial) -> int:
+    return int(t.user_attrs.get("epochs_run", len(t.intermediate_values)))
+
+
+def _wall(t: FrozenTrial) -> float | None:
+    """The worker's own measure when it wrote one, else what the storage's timestamps say."""
+    if isinstance(t.user_attrs.get("wall_seconds"), (int, float)):
+        return float(t.user_attrs["wall_seconds"])
+    if t.datetime_start is not None and t.datetime_complete is not None:
+        return (t.datetime_complete - t.datetime_start).total_seconds()
+    return None
+
+
+def _value(t: FrozenTrial) -> str:
+    if t.state == TrialState.COMPLETE and t.value is not None:
+        return f"{t.value:.4f}"
+    if t.intermediate_values:  # pruned, failed or running: its last reported value, in parentheses
+        return f"({t.intermediate_values[max(t.intermediate_values)]:.4f})"
+    return "-"
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) and math.isfinite(v) else str(v)
+
+
+def _params(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={_fmt(v)}" for k, v in params.items())
+
+
+def _hms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

@@ -1,0 +1,185 @@
+"""Sweeps on the real single-node SLURM of cluster/: a job array of workers sharing one study in
+PostgreSQL, MariaDB or a journal file, finishing exactly its budget."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import ROOT, sweep_cli
+from optuna.trial import TrialState
+
+from sweep.storage import open_storage
+
+URLS = {
+    "postgresql": "postgresql+psycopg2://postgres@127.0.0.1:5432/test",
+    "mariadb": "mysql+pymysql://root@127.0.0.1:3306/test",
+    "journal": "journal:///{home}/journal/study.log",
+}
+
+
+def _sacct(array_id: str, timeout: float = 30) -> dict[str, str]:
+    """The array's task states once every task has ended (slurmdbd records an end a moment after it)."""
+    deadline = time.time() + timeout
+    while True:
+        out = subprocess.run(
+            ["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", array_id], capture_output=True, text=True
+        ).stdout
+        states = dict(line.split("|") for line in out.splitlines() if "|" in line)
+        active = {"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "RESIZING", "SUSPENDED"}
+        if states and not any(s.split()[0] in active for s in states.values()) or time.time() > deadline:
+            return states
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize("backend", sorted(URLS))
+def test_two_slurm_workers_finish_the_exact_budget(
+    slurm_cluster: str, home: Path, tiny_file: Path, backend: str
+) -> None:
+    name = f"slurm-{backend}-{uuid.uuid4().hex[:8]}"
+    url = URLS[backend].format(home=home)
+    run = sweep_cli(
+        "launch",
+        str(tiny_file),
+        "--executor",
+        "slurm",
+        "--cluster",
+        str(ROOT / "cluster" / "local.yaml"),
+        "--workers",
+        "2",
+        "--trials",
+        "8",
+        "--study",
+        name,
+        "--storage",
+        url,
+        cwd=home,
+    )
+    storage = open_storage(url)
+    try:
+        assert run.returncode == 0, run.stdout + run.stderr
+        study = optuna.load_study(study_name=name, storage=storage)
+        trials = study.get_trials()
+        assert len(trials) == 8 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+        assert sorted(t.number for t in trials) == list(range(8))
+        (job,) = study.user_attrs["sweep_jobs"][:1]
+        array_id = job["id"].split("_")[0]
+        assert {t.user_attrs["slurm_job_id"] for t in trials} <= {f"{array_id}_0", f"{array_id}_1"}
+        states = _sacct(array_id)
+        assert states == {f"{array_id}_0": "COMPLETED", f"{array_id}_1": "COMPLETED"}, states
+        assert list((home / "studies" / name / "logs").glob(f"{array_id}_*/*_log.out"))
+        status = sweep_cli("status", name, "--storage", url, cwd=home)
+        assert status.returncode == 0, status.stderr
+        assert f"study {name}: " in status.stdout and "running" not in status.stdout
+    finally:
+        optuna.delete_study(study_name=name, storage=storage)
+
+
+def test_bad_profiles_fail_before_anything_is_submitted(home: Path, tiny_file: Path) -> None:
+    profile = home / "bad.yaml"
+    cases = {
+        "partition: debug\ngpus: 1\n": "`gpus`: unknown profile key; accepted: partition,",
+        "partition: debug\nsbatch: {mail_usr: me}\n": "`sbatch.mail_usr`: 'mail_usr' is not an sbatch option "
+        "(did you mean 'mail-user'?)",
+        "cpus_per_task: 0\n": "`cpus_per_task`: expected an integer >= 1, got 0",
+    }
+    for text, message in cases.items():
+        profile.write_text(text)
+        run = sweep_cli("launch", str(tiny_file), "--executor", "slurm", "--cluster", str(profile), cwd=home)
+        assert run.returncode == 2 and message in run.stderr, run.stderr
+    missing = sweep_cli("launch", str(tiny_file), "--executor", "slurm", "--cluster", "cluster/nope.yaml", cwd=ROOT)
+    assert missing.returncode == 2 and "no such SLURM profile" in missing.stderr and "a100.yaml" in missing.stderr
+    assert not (home / "studies").exists()
+
+
+FAST = [
+    "--set",
+    "executor.heartbeat_seconds=0.5",
+    "--set",
+    "executor.stale_after_seconds=30",
+    "--set",
+    "train.epochs=8",
+    "--set",
+    "pruner.n_warmup_steps=100",
+]
+
+
+def _launch_in_background(home: Path, tiny_file: Path, *args: str) -> subprocess.Popen:
+    import sys
+
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sweep",
+            "launch",
+            str(tiny_file),
+            "--executor",
+            "slurm",
+            "--cluster",
+            str(ROOT / "cluster" / "local.yaml"),
+            *FAST,
+            *args,  # after FAST: a later --set wins
+        ],
+        cwd=home,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _running_trial(home: Path, launcher: subprocess.Popen, epoch: int = 2) -> optuna.trial.FrozenTrial:
+    deadline = time.time() + 120
+    while time.time() < deadline and launcher.poll() is None:
+        try:
+            trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{home}/studies/tiny/study.db").trials
+        except Exception:  # the study is still being created
+            trials = []
+        for t in trials:
+            if t.state == TrialState.RUNNING and len(t.intermediate_values) >= epoch and "slurm_job_id" in t.user_attrs:
+                return t
+        time.sleep(0.1)
+    raise AssertionError(launcher.communicate()[0] if launcher.poll() is not None else "no trial reached its epoch")
+
+
+def test_slurm_preemption_signal_requeues_the_job_and_resumes_the_trial(
+    slurm_cluster: str, home: Path, tiny_file: Path
+) -> None:
+    launcher = _launch_in_background(home, tiny_file, "--workers", "1", "--trials", "2")
+    victim = _running_trial(home, launcher)
+    job = victim.user_attrs["slurm_job_id"]
+    assert subprocess.run(["scancel", "--signal=USR2", job], capture_output=True).returncode == 0
+    out, _ = launcher.communicate(timeout=300)
+    assert launcher.returncode == 0, out
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{home}/studies/tiny/study.db").trials
+    lost = next(t for t in trials if t.number == victim.number)
+    assert lost.state == TrialState.FAIL and "preempted or timed out" in lost.user_attrs["sweep_void"]
+    (again,) = [t for t in trials if t.user_attrs.get("sweep_retry_of") == victim.number]
+    assert again.state == TrialState.COMPLETE and again.params == victim.params
+    for step, value in victim.intermediate_values.items():  # resumed from the checkpoint, not retrained
+        assert again.intermediate_values[step] == value
+    restarts = subprocess.run(
+        ["sacct", "-n", "-P", "-X", "-D", "-o", "JobID,State", "-j", job.split("_")[0]], capture_output=True, text=True
+    ).stdout
+    assert "REQUEUED" in restarts or "PREEMPTED" in restarts, restarts  # SLURM saw the job go back to the queue
+    counted = [t for t in trials if "sweep_void" not in t.user_attrs]
+    assert len(counted) == 2 and all(t.state == TrialState.COMPLETE for t in counted)
+
+
+def test_cancel_stops_the_studys_jobs(slurm_cluster: str, home: Path, tiny_file: Path) -> None:
+    launcher = _launch_in_background(home, tiny_file, "--workers", "2", "--trials", "20", "--set", "train.epochs=300")
+    victim = _running_trial(home, launcher, epoch=1)
+    cancel = sweep_cli("cancel", "tiny", cwd=home)
+    assert cancel.returncode == 0, cancel.stderr
+    array_id = victim.user_attrs["slurm_job_id"].split("_")[0]
+    assert f"cancelled 1 job(s) of study tiny: {array_id}" in cancel.stdout
+    out, _ = launcher.communicate(timeout=120)
+    assert launcher.returncode == 1 and "still to run" in out
+    states = _sacct(array_id, timeout=60)
+    assert states and all(s.startswith("CANCELLED") for s in states.values()), states
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{home}/studies/tiny/study.db")
+    assert not study.get_trials(states=(TrialState.RUNNING,))  # handed back to the queue, to resume later
