@@ -116,8 +116,8 @@ class Worker:
     the study (to be resumed from its last epoch) and asks submitit to requeue the job."""
 
     def __init__(self) -> None:
-        self.current: tuple[optuna.Study, optuna.Trial] | None = None
         self.max_retries = 0
+        self.preempted = False
 
     def __call__(
         self, config: dict[str, Any], storage_url: str, study_dir: str, index: int, context: dict[str, Any]
@@ -125,17 +125,13 @@ class Worker:
         return run_worker(config, storage_url, study_dir, index, context, self)
 
     def checkpoint(self, *args: Any, **kwargs: Any):
+        """Runs inside submitit's signal handler, which may have interrupted a storage call holding a lock or
+        a transaction: no storage work here. submitit then requeues the job and raises SystemExit, and
+        `run_worker` hands the trial back while unwinding, with every lock released."""
         import submitit
 
-        if self.current is not None:
-            study, trial = self.current
-            retry(
-                study,
-                study._storage.get_trial(trial._trial_id),
-                "its SLURM job was preempted or timed out",
-                self.max_retries + 1,
-            )
-            print(f"trial {trial.number} handed back to the study; requeueing this worker", flush=True)
+        self.preempted = True
+        print("preempted or near the time limit: requeueing this worker", flush=True)
         return submitit.helpers.DelayedSubmission(Worker(), *args, **kwargs)
 
 
@@ -169,10 +165,9 @@ def run_worker(
                     break
                 time.sleep(min(ex["heartbeat_seconds"], 2.0))  # a running trial may yet need a retry: stay
                 continue
-            job.current = (study, trial)
             with Heartbeat(study, trial, ex["heartbeat_seconds"]):
                 outcome = run_trial(study, trial, config, params, Path(study_dir), index, host, context)
-            done[trial.number], trial, job.current = outcome, None, None
+            done[trial.number], trial = outcome, None
             errors = errors + 1 if outcome == "error" else 0
             if errors >= MAX_CONSECUTIVE_ERRORS:
                 raise RuntimeError(
@@ -181,8 +176,10 @@ def run_worker(
                 )
     except (KeyboardInterrupt, SystemExit):
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and submitit's cancel both arrive: finish this
-        if trial is not None:  # the next launch resumes it from its last epoch
-            retry(study, study._storage.get_trial(trial._trial_id), "interrupted", job.max_retries + 1)
+        if trial is not None:  # a requeued job, another worker or the next launch resumes it from its last epoch
+            reason = "its SLURM job was preempted or timed out" if job.preempted else "interrupted"
+            retry(study, study._storage.get_trial(trial._trial_id), reason, job.max_retries + 1)
+            print(f"trial {trial.number} handed back to the study ({reason})", flush=True)
         raise
     return WorkerReport(index, host, done, time.time() - started)
 

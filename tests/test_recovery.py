@@ -21,7 +21,7 @@ FAST = [
     "--set",
     "executor.stale_after_seconds=4",
     "--set",
-    "train.epochs=8",
+    "train.epochs=30",
     "--set",
     "pruner.n_warmup_steps=100",
 ]
@@ -50,7 +50,7 @@ def _assert_resumed(home: Path, lost: FrozenTrial, reason: str) -> FrozenTrial:
     assert lost.state == TrialState.FAIL and reason in lost.user_attrs["sweep_void"]
     (again,) = [t for t in trials if t.user_attrs.get("sweep_retry_of") == lost.number]
     assert again.state == TrialState.COMPLETE and again.params == lost.params
-    assert len(again.intermediate_values) == 8
+    assert len(again.intermediate_values) == 30
     for step, value in lost.intermediate_values.items():  # re-reported from the checkpoint, not retrained
         assert again.intermediate_values[step] == value
     before = {

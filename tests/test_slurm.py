@@ -102,7 +102,7 @@ FAST = [
     "--set",
     "executor.stale_after_seconds=30",
     "--set",
-    "train.epochs=8",
+    "train.epochs=30",
     "--set",
     "pruner.n_warmup_steps=100",
 ]
