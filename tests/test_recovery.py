@@ -62,18 +62,24 @@ def _assert_resumed(home: Path, lost: FrozenTrial, reason: str) -> FrozenTrial:
     return again
 
 
-def test_sigkilled_worker_trial_resumes_from_checkpoint(home: Path, tiny_file: Path) -> None:
+def _signal_a_running_trial(home: Path, tiny_file: Path, sig: signal.Signals, *args: str) -> tuple[FrozenTrial, str]:
+    """Launch, send `sig` to the worker of the first trial to reach epoch 2, and wait for the launch to end."""
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "sweep", "launch", str(tiny_file), "--trials", "4", *FAST],
+        [sys.executable, "-m", "sweep", "launch", str(tiny_file), *args, *FAST],
         cwd=home,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
     victim = _wait_for_trial_in_epoch(home, launcher, 2)
-    os.kill(victim.user_attrs["pid"], signal.SIGKILL)
+    os.kill(victim.user_attrs["pid"], sig)
     out, _ = launcher.communicate(timeout=240)
     assert launcher.returncode == 0, out
+    return victim, out
+
+
+def test_sigkilled_worker_trial_resumes_from_checkpoint(home: Path, tiny_file: Path) -> None:
+    victim, out = _signal_a_running_trial(home, tiny_file, signal.SIGKILL, "--trials", "4")
     assert "ended without finishing" in out  # the killed worker is reported, the study still finished
     _assert_resumed(home, victim, "no heartbeat")
     counted = [t for t in _trials(home) if "sweep_void" not in t.user_attrs]
@@ -82,17 +88,7 @@ def test_sigkilled_worker_trial_resumes_from_checkpoint(home: Path, tiny_file: P
 
 def test_timeout_signal_hands_the_trial_back_and_requeues(home: Path, tiny_file: Path) -> None:
     """submitit sends USR2 before a job's time limit (SLURM's --signal, or the local executor's timer)."""
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "sweep", "launch", str(tiny_file), "--trials", "3", "--workers", "1", *FAST],
-        cwd=home,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    victim = _wait_for_trial_in_epoch(home, launcher, 2)
-    os.kill(victim.user_attrs["pid"], signal.SIGUSR2)
-    out, _ = launcher.communicate(timeout=240)
-    assert launcher.returncode == 0, out
+    victim, _ = _signal_a_running_trial(home, tiny_file, signal.SIGUSR2, "--trials", "3", "--workers", "1")
     again = _assert_resumed(home, victim, "preempted or timed out")
     assert again.user_attrs["pid"] != victim.user_attrs["pid"]  # the requeued job is a new process
     counted = [t for t in _trials(home) if "sweep_void" not in t.user_attrs]
