@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from sweep.storage import open_storage
 
+ON_CLUSTER = ["--executor", "slurm", "--cluster", str(ROOT / "cluster" / "local.yaml")]
 URLS = {
     "postgresql": "postgresql+psycopg2://postgres@127.0.0.1:5432/test",
     "mariadb": "mysql+pymysql://root@127.0.0.1:3306/test",
@@ -45,10 +46,7 @@ def test_two_slurm_workers_finish_the_exact_budget(
     run = sweep_cli(
         "launch",
         str(tiny_file),
-        "--executor",
-        "slurm",
-        "--cluster",
-        str(ROOT / "cluster" / "local.yaml"),
+        *ON_CLUSTER,
         "--workers",
         "2",
         "--trials",
@@ -118,10 +116,7 @@ def _launch_in_background(home: Path, tiny_file: Path, *args: str) -> subprocess
             "sweep",
             "launch",
             str(tiny_file),
-            "--executor",
-            "slurm",
-            "--cluster",
-            str(ROOT / "cluster" / "local.yaml"),
+            *ON_CLUSTER,
             *FAST,
             *args,  # after FAST: a later --set wins
         ],
