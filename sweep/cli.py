@@ -1,4 +1,4 @@
-"""The `sweep` command: launch, status, best, cancel, report, dashboard, tensorboard."""
+"""The `sweep` command: launch, status, best, cancel, report, final, dashboard, tensorboard."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from sweep import __version__
-from sweep.config import ConfigError, check_study_name, load, parse_set
+from sweep.config import ConfigError, check_study_name, load, parse_set, resolve
 
 DASHBOARD_PORT, TENSORBOARD_PORT = 8080, 6006  # the tools' own defaults
 
@@ -103,6 +103,36 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_final(args: argparse.Namespace) -> int:
+    """STUDY (a name, or its YAML file) → its best trial; a config without a search space (best.yaml) as is."""
+    from sweep.export import best_config
+    from sweep.final import final
+
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
+    if args.cv and args.seeds != 1:
+        raise ConfigError("--cv trains one model per fold with the config's seed; leave out --seeds")
+    if args.epochs is not None and args.epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
+    target = Path(args.study)
+    given = load(target) if target.suffix in (".yaml", ".yml") and target.is_file() else None
+    if given is not None and not given["search_space"]:  # a study's own file has one: it names the study
+        config = given
+        name, epochs = config["study"]["name"], config["train"]["epochs"]
+        origin = {"source": str(target.resolve()), "trial": None, "params": None}
+    else:
+        name, _, _, study = _existing(args)
+        top, config = best_config(study)
+        epochs = top.user_attrs.get("best_epoch", config["train"]["epochs"])
+        origin = {"source": f"best trial {top.number} of study {name}", "trial": top.number, "params": top.params}
+    overrides = [("train.epochs", args.epochs or epochs)]
+    for flag, key in (("executor", "executor.name"), ("cluster", "executor.cluster")):
+        if getattr(args, flag) is not None:
+            overrides.append((key, getattr(args, flag)))
+    config = resolve(config, origin["source"], overrides)
+    return final(config, name, seeds=args.seeds, cv=args.cv, origin=origin)
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from sweep.serve import dashboard
 
@@ -161,6 +191,16 @@ def parser() -> argparse.ArgumentParser:
         if name == "dashboard":
             _server_args(cmd, DASHBOARD_PORT)
         cmd.set_defaults(run=run)
+
+    fin = sub.add_parser("final", help="retrain the best config on train + val and evaluate it once on the test folds")
+    fin.add_argument("study", help="study name or its YAML file (its best trial), or a best.yaml to train as is")
+    fin.add_argument("--seeds", type=int, default=1, help="runs with seeds train.seed + 0..K-1 (default 1)")
+    fin.add_argument("--cv", action="store_true", help="one run per fold of the dataset: test = fold k, train = rest")
+    fin.add_argument("--epochs", type=int, help="epochs to train (default: the best trial's best epoch)")
+    fin.add_argument("--executor", choices=("debug", "local", "slurm"), help="where the runs go (executor.name)")
+    fin.add_argument("--cluster", help="SLURM profile for --executor slurm (executor.cluster)")
+    fin.add_argument("--storage", help="storage URL (else $SWEEP_STORAGE, or SQLite under studies/)")
+    fin.set_defaults(run=cmd_final)
 
     board = sub.add_parser("tensorboard", help="serve TensorBoard on studies/STUDY/trials until Ctrl-C")
     board.add_argument("study", help="study name, or the study's YAML file")

@@ -101,10 +101,10 @@ class Variants:
 
 METRICS = {"val_acc": "maximize", "val_f1": "maximize", "val_loss": "minimize"}
 
-FOLDS = {
-    "train": Field(list, [1, 2, 3], item=int),
-    "val": Field(list, [4], item=int),
-    "test": Field(list, [5], item=int),
+FOLDS = {  # null: the dataset's standard protocol (UrbanSound8K 1–8 / 9 / 10, ESC-50 1–3 / 4 / 5, …)
+    "train": Field(list, None, item=int, nullable=True),
+    "val": Field(list, None, item=int, nullable=True),
+    "test": Field(list, None, item=int, nullable=True),
 }
 
 
@@ -130,19 +130,20 @@ def _schema() -> dict[str, Any]:
             "_variants": Variants("name", study.pruner_params, lambda: tuple(study.PRUNERS)),
         },
         "data": {
-            "dataset": Field(str, "synthetic", choices=tuple(data.DATASETS)),
+            "dataset": Field(str, "synthetic", choices=tuple(sorted(data.DATASETS))),
             "root": Field(str, None, nullable=True),
             "folds": FOLDS,
+            "split_seed": Field(int, 0),  # divides a fold shared by val and test; fixed for a study, not per trial
             "sample_rate": Field(int, 16000, low=1000),
             "clip_seconds": Field(float, 1.0, low=0.05),
-            "_variants": Variants("dataset", data.dataset_params, lambda: tuple(data.DATASETS)),
+            "_variants": Variants("dataset", data.dataset_params, lambda: tuple(sorted(data.DATASETS))),
         },
         "features": {
-            "name": Field(str, "logmel", choices=("logmel",)),
+            "name": Field(str, "auto", choices=("auto", *models.INPUTS)),
             "n_mels": Field(int, 64, low=8),
             "n_fft": Field(int, 512, low=16),
             "hop_length": Field(int, 256, low=1),
-            "f_min": Field(float, 0.0, low=0),
+            "f_min": Field(float, None, low=0, nullable=True),
             "f_max": Field(float, None, low=0, nullable=True),
         },
         "augment": {
@@ -153,17 +154,20 @@ def _schema() -> dict[str, Any]:
             "time_mask": Field(float, 0.2, low=0.0, high=1.0),
             "mixup": Field(bool, True),
             "mixup_alpha": Field(float, 0.4, low=0.0),
+            "waveform": Field(bool, False),
         },
         "model": {
-            "name": Field(str, "audio_cnn", choices=tuple(models.MODELS)),
+            "name": Field(str, "audio_cnn", choices=tuple(sorted(models.MODELS))),
             "pretrained": Field(bool, False),
-            "_variants": Variants("name", models.model_params, lambda: tuple(models.MODELS)),
+            "_variants": Variants("name", models.model_params, lambda: tuple(sorted(models.MODELS))),
         },
         "train": {
             "epochs": Field(int, 10, low=1),
+            "freeze_epochs": Field(int, 0, low=0),
             "batch_size": Field(int, 32, low=1),
             "eval_batch_size": Field(int, 128, low=1),
             "lr": Field(float, 1e-3, low=0.0),
+            "body_lr_mult": Field(float, 1.0, low=0.0),
             "optimizer": Field(str, "adamw", choices=("adam", "adamw", "sgd", "rmsprop")),
             "momentum": Field(float, 0.9, low=0.0, high=1.0),
             "weight_decay": Field(float, 0.01, low=0.0),
@@ -329,11 +333,12 @@ def resolve(raw: Any, source: str, overrides: list[tuple[str, Any]] = ()) -> dic
             key="study.direction",
         )
     folds = resolved["data"]["folds"]
-    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+    for a, b in (("train", "val"), ("train", "test")):
         shared = sorted(set(folds[a]) & set(folds[b]))
         if shared:
             raise ConfigError(
-                f"folds {shared} are in both `{a}` and `{b}`; each fold belongs to one split",
+                f"folds {shared} are in both `{a}` and `{b}`; a fold belongs to one split "
+                "(only `val` and `test` may share a fold: it is then divided between them by recording source)",
                 source=where("data.folds"),
                 key="data.folds",
             )
@@ -342,17 +347,21 @@ def resolve(raw: Any, source: str, overrides: list[tuple[str, Any]] = ()) -> dic
     from sweep import space
 
     params = space.parse(resolved["search_space"], resolved, source=where("search_space"))
-    for param in params:  # a searched model.name / data.dataset must suit the rest of the file too
-        if space.is_discriminator(param.path):
-            for choice in param.distribution.choices:
-                variant = copy.deepcopy(merged)
-                set_path(variant, param.path, choice)
-                try:
-                    _resolve_tree(variant, where)
-                except ConfigError as exc:
-                    raise ConfigError(
-                        f"when the search picks {param.path}={choice}: {exc.detail}", source=exc.source, key=exc.key
-                    ) from None
+    for param in params:  # every value the search can pick must make a valid config with the rest of the file
+        if any(space.is_discriminator(p) for p in param.when):
+            continue  # checked under that variant, below
+        dist = param.distribution
+        for value in dist.choices if hasattr(dist, "choices") else (dist.low, dist.high):
+            variant = copy.deepcopy(merged)
+            for cond_path, values in param.when.items():
+                set_path(variant, cond_path, values[0])
+            set_path(variant, param.path, value)
+            try:
+                _resolve_tree(variant, where)
+            except ConfigError as exc:
+                raise ConfigError(
+                    f"when the search picks {param.path}={value}: {exc.detail}", source=exc.source, key=exc.key
+                ) from None
     return resolved
 
 
@@ -365,9 +374,34 @@ def _resolve_tree(tree: dict[str, Any], where: Callable[[str], str]) -> dict[str
         return value if isinstance(value, str) else None
 
     resolved = _resolve_node(schema(), tree, "", where, variant_of)
+    from sweep.data import DATASETS
     from sweep.models import MODELS
 
-    model = resolved["model"]
+    folds = resolved["data"]["folds"]
+    for split, default in DATASETS[resolved["data"]["dataset"]].folds.items():
+        if folds[split] is None:
+            folds[split] = list(default)
+    model, spec = resolved["model"], MODELS[resolved["model"]["name"]]
+    kind = resolved["features"]["name"]
+    if kind != "auto" and kind not in spec.inputs:
+        raise ConfigError(
+            f"model {model['name']} does not read {kind} input; accepted: {', '.join(('auto', *spec.inputs))}",
+            source=where("features.name"),
+            key="features.name",
+        )
+    if spec.validate is not None:
+        try:
+            spec.validate(model)
+        except ConfigError as exc:
+            raise ConfigError(exc.detail, source=where(exc.key or "model"), key=exc.key) from None
+    train = resolved["train"]
+    if train["freeze_epochs"] >= train["epochs"]:
+        raise ConfigError(
+            f"freeze_epochs ({train['freeze_epochs']}) must be less than train.epochs ({train['epochs']}): "
+            "the body is trained after the head-only epochs",
+            source=where("train.freeze_epochs"),
+            key="train.freeze_epochs",
+        )
     if model["pretrained"] and not MODELS[model["name"]].pretrained:
         with_weights = sorted(n for n, spec in MODELS.items() if spec.pretrained) or ["none yet"]
         raise ConfigError(

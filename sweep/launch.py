@@ -19,10 +19,10 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
-from submitit.core.utils import UncompletedJobError
+from submitit.core.utils import FailedJobError, UncompletedJobError
 
 from sweep import status
-from sweep.config import ConfigError
+from sweep.config import ConfigError, resolve
 from sweep.jobs import record as jobs_record
 from sweep.profile import load_profile, submitit_parameters
 from sweep.storage import mask, open_storage, study_dir
@@ -94,6 +94,52 @@ def check_executor(config: Mapping[str, Any]) -> dict[str, Any] | None:
     return profile
 
 
+def preflight(config: Mapping[str, Any]) -> None:
+    """Check the dataset's metadata and the pretrained weights before anything is stored or submitted."""
+    from sweep import data, models, space
+
+    problems = []
+    try:
+        problems += empty_splits(data.DATASETS[config["data"]["dataset"]].index(config), config, ("train", "val"))
+    except data.DataError as exc:
+        problems.append(str(exc))
+    names = {config["model"]["name"]}
+    for param in space.parse(config["search_space"], config):
+        if param.path == "model.name":
+            names.update(param.distribution.choices)
+    for name in sorted(names):
+        try:
+            models.check_weights(resolve(space.apply(config, {"model.name": name}), "preflight")["model"])
+        except models.WeightsMissing as exc:
+            problems.append(str(exc))
+    settle(config, problems)
+
+
+def empty_splits(index: Any, config: Mapping[str, Any], splits: tuple[str, ...], run: str = "") -> list[str]:
+    """A problem line for each split of the config that holds no clip of the dataset's index."""
+    from sweep.data import split_items
+
+    folds, present = config["data"]["folds"], sorted({it.fold for it in index.items})
+    return [
+        f"{run}{': ' if run else ''}data.folds.{split} {folds[split]} holds no clips (the dataset's folds: {present})"
+        for split in splits
+        if not split_items(index.items, folds, split, config["data"]["split_seed"])
+    ]
+
+
+def settle(config: Mapping[str, Any], problems: list[str]) -> None:
+    """Problems found before submitting stop the command, except on SLURM, where they are warnings.
+
+    The jobs may see other paths there than the login node (node-local scratch, their own HF_HOME in the
+    profile's setup); elsewhere they run on this machine, so what is missing here is missing for them.
+    """
+    if problems and config["executor"]["name"] == "slurm":
+        for problem in problems:
+            print(f"sweep: warning: {problem} (checked on this machine; the SLURM jobs may see otherwise)")
+    elif problems:
+        raise ConfigError("; ".join(problems))
+
+
 def make_executor(config: Mapping[str, Any], logs: Path, workers: int, profile: Mapping[str, Any] | None):
     import submitit
 
@@ -112,6 +158,7 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
 
     name = config["study"]["name"]
     profile = check_executor(config)
+    preflight(config)
     if detach and config["executor"]["name"] == "debug":
         raise ConfigError("--detach needs workers that outlive this process: use --executor local or slurm")
     storage = open_storage(url)
@@ -144,13 +191,13 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
         for index, job in enumerate(jobs):
             try:
                 job.result()
-            except UncompletedJobError:  # killed, node lost, preempted for good: its trial was retried
-                lost.append(f"worker {index} (job {job.job_id}) ended without finishing; log: {job.paths.stderr}")
-            except Exception as exc:  # the worker's own traceback is in its log
-                failed.append(
-                    f"worker {index} (job {job.job_id}) failed: {str(exc).strip().splitlines()[-1]}\n"
-                    f"  log: {job.paths.stderr}"
-                )
+            except Exception as exc:  # FailedJobError (or, in debug, the exception itself): the worker raised
+                if isinstance(exc, UncompletedJobError) and not isinstance(exc, FailedJobError):
+                    # killed, node lost, preempted for good: its trial was retried
+                    lost.append(f"worker {index} (job {job.job_id}) ended without finishing; log: {job.paths.stderr}")
+                else:
+                    failed.append(f"worker {index} (job {job.job_id}) failed: {job_error(exc)}")
+                    failed.append(f"  log: {job.paths.stderr}")
     except KeyboardInterrupt:
         print("\ninterrupted: stopping workers", flush=True)
         for job in jobs:
@@ -167,6 +214,18 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
     if unfinished:
         print(f"{len(unfinished)} trial(s) of the budget still to run: launch again to run them", file=sys.stderr)
     return 1 if failed or unfinished else 0
+
+
+def job_error(exc: BaseException) -> str:
+    """The job's own exception line: submitit wraps a failed job's traceback between dashed lines."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    if "----------------------" in lines:
+        start = lines.index("----------------------")
+        end = lines.index("----------------------", start + 1) if lines.count("----------------------") > 1 else None
+        trace = lines[start + 1 : end]
+        if trace:
+            return trace[-1].strip()
+    return lines[-1] if lines else type(exc).__name__
 
 
 @contextlib.contextmanager

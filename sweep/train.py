@@ -3,6 +3,9 @@
 Each epoch: train, evaluate on the validation folds, write metrics.json / TensorBoard / an atomic
 checkpoint, then `trial.report` the metric and stop if the pruner says so. A checkpoint in `out_dir`
 is resumed from, so a trial restarted after its worker died continues where it stopped.
+
+The final run (`final=True`, `sweep final`) is the same loop on the train and validation folds together,
+with nothing to validate on and nothing to prune; the test folds are evaluated once, after the last epoch.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import optuna
 import torch
 import torch.nn.functional as F
 
-from sweep.data import Clips, load_split
+from sweep.data import Clips, crop, load_split
 from sweep.data.augment import Augment
 from sweep.data.features import build_features
 from sweep.models import build_model
@@ -33,12 +36,20 @@ class NonFiniteLoss(RuntimeError):
 
 @dataclass
 class Result:
+    """A search run: the metric's best epoch. A final run: its last epoch, test accuracy and confusion matrix."""
+
     best_value: float
     best_epoch: int
     history: list[dict[str, float]]
+    confusion: torch.Tensor | None = None  # final run: test counts, rows the true class, columns the predicted
 
 
-def train(config: Mapping[str, Any], out_dir: Path, trial: optuna.Trial | None = None) -> Result:
+def train(
+    config: Mapping[str, Any], out_dir: Path, trial: optuna.Trial | None = None, *, final: bool = False
+) -> Result:
+    """Train one config into `out_dir`; with `final`, on train + val, then evaluate the test folds once."""
+    if final and trial is not None:
+        raise ValueError("a final run has no trial: it is neither reported nor pruned")
     t, metric = config["train"], config["study"]["metric"]
     better = max if config["study"]["direction"] == "maximize" else min
     device = torch.device(
@@ -50,46 +61,56 @@ def train(config: Mapping[str, Any], out_dir: Path, trial: optuna.Trial | None =
     )
     amp = t["amp"] and device.type == "cuda"
     torch.manual_seed(t["seed"])
-    train_set, val_set = load_split(config, "train"), load_split(config, "val")
+    if final:  # the test folds are read before training, so a broken file stops the run at once
+        train_set, test_set = train_and_val(config), load_split(config, "test")
+    else:
+        train_set, val_set = load_split(config, "train"), load_split(config, "val")
     n_classes = len(train_set.classes)
+    samples = round(config["data"]["clip_seconds"] * config["data"]["sample_rate"])
     features = build_features(config).to(device)
-    shape = tuple(features(train_set.waves[:1].to(device)).shape[1:])
+    shape = tuple(features(crop(train_set, torch.arange(1), samples, None).to(device)).shape[1:])
     model = build_model(config, n_classes, shape).to(device)
     steps = math.ceil(len(train_set) / t["batch_size"])
-    optimizer = make_optimizer(model, t)
-    scheduler = make_scheduler(optimizer, t, steps)
+    optimizer = make_optimizer(param_groups(model, t), t)
+    freeze = Freeze(model)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     augment = Augment(config)
     history: list[dict[str, float]] = []
 
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "checkpoint.pt"
-    if ckpt_path.exists():  # resume: same config, so the same shapes; epochs already run are re-reported
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        for name, obj in (("model", model), ("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
-            if obj is not None:
-                obj.load_state_dict(state[name])
+    state = torch.load(ckpt_path, map_location=device, weights_only=False) if ckpt_path.exists() else None
+    if state is not None:  # resume: same config, so the same shapes; epochs already run are re-reported
         history = state["history"]
         for row in history:
             if trial is not None:
                 trial.report(row[metric], int(row["epoch"]))
+    scheduler = make_scheduler(optimizer, t, steps, len(history) + 1)
+    if state is not None:
+        for name, obj in (("model", model), ("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
+            if obj is not None:
+                obj.load_state_dict(state[name])
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(out_dir / "tb"))
     try:
         for epoch in range(len(history) + 1, t["epochs"] + 1):
             started = time.perf_counter()
+            if epoch == t["freeze_epochs"] + 1 and epoch > 1:  # head-only epochs are over: a new schedule
+                scheduler = make_scheduler(optimizer, t, steps, epoch)
+            freeze(epoch <= t["freeze_epochs"])
             model.train()
             torch.manual_seed(t["seed"] * 100_003 + epoch)  # dropout; reseeded per epoch so resume is exact
             augment.reseed(t["seed"] * 100_003 + epoch)
-            order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(t["seed"] + epoch))
+            shuffle = torch.Generator().manual_seed(t["seed"] + epoch)
+            order = torch.randperm(len(train_set), generator=shuffle)
             total = torch.zeros((), device=device)
             for i in range(0, len(train_set), t["batch_size"]):
                 idx = order[i : i + t["batch_size"]]
-                x = train_set.waves[idx].to(device, non_blocking=True)
+                x = crop(train_set, idx, samples, shuffle).to(device, non_blocking=True)
                 y = train_set.labels[idx].to(device, non_blocking=True)
                 with torch.no_grad():
-                    x = augment.spec(features(x))
+                    x = augment.spec(features(augment.wave(x)))
                 x, target = augment.mixup(x, y, n_classes)
                 with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
                     loss = F.cross_entropy(model(x), target, label_smoothing=t["label_smoothing"])
@@ -106,19 +127,18 @@ def train(config: Mapping[str, Any], out_dir: Path, trial: optuna.Trial | None =
             train_loss = total.item() / len(train_set)
             if not math.isfinite(train_loss):
                 raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch} (lr={t['lr']:g})")
-            row = {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                **evaluate(model, features, val_set, device, amp, t["eval_batch_size"], t["label_smoothing"]),
-                "lr": optimizer.param_groups[0]["lr"],
-                "seconds": time.perf_counter() - started,
-            }
+            row = {"epoch": epoch, "train_loss": train_loss}
+            if not final:  # a final run has no validation folds: nothing to score, report or prune on
+                row |= evaluate(
+                    model, features, val_set, samples, device, amp, t["eval_batch_size"], t["label_smoothing"]
+                )
+            row |= {"lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
             history.append(row)
             for key, value in row.items():
                 if key != "epoch":
                     writer.add_scalar(key, value, epoch)
             writer.flush()
-            _save(out_dir, model, optimizer, scheduler, scaler, history, metric, better)
+            _save(out_dir, model, optimizer, scheduler, scaler, history, None if final else metric, better)
             if trial is not None:
                 trial.report(row[metric], epoch)
                 if trial.should_prune():
@@ -128,68 +148,154 @@ def train(config: Mapping[str, Any], out_dir: Path, trial: optuna.Trial | None =
         if trial is not None:  # one write per trial, whether it completes, is pruned or fails
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # handed back meanwhile
                 trial.set_user_attr("epochs_run", len(history))
+    if final:
+        matrix = confusion(model, features, test_set, samples, device, amp, t["eval_batch_size"])[1].cpu()
+        return Result((matrix.diag().sum() / matrix.sum()).item(), len(history), history, matrix)
     best = better(history, key=lambda r: r[metric])
     return Result(best[metric], int(best["epoch"]), history)
 
 
-@torch.no_grad()
+def train_and_val(config: Mapping[str, Any]) -> Clips:
+    """The final run's training clips: the train folds, then the validation folds (none in cross-validation)."""
+    train_set = load_split(config, "train")
+    if not config["data"]["folds"]["val"]:
+        return train_set
+    val_set = load_split(config, "val")
+    width = max(train_set.waves.shape[1], val_set.waves.shape[1])  # each split is padded to its longest clip
+    pad = [F.pad(c.waves, (0, width - c.waves.shape[1])) for c in (train_set, val_set)]
+    return Clips(
+        waves=torch.cat(pad),
+        lengths=torch.cat([train_set.lengths, val_set.lengths]),
+        labels=torch.cat([train_set.labels, val_set.labels]),
+        classes=train_set.classes,
+        sample_rate=train_set.sample_rate,
+        keys=train_set.keys + val_set.keys,
+        skipped=train_set.skipped + val_set.skipped,
+    )
+
+
 def evaluate(
     model: torch.nn.Module,
     features: torch.nn.Module,
     clips: Clips,
+    samples: int,
     device: torch.device,
     amp: bool,
     batch_size: int,
     label_smoothing: float = 0.0,
 ) -> dict[str, float]:
-    """Loss, accuracy and macro-F1 over a whole split (centre clips, no augmentation)."""
-    model.eval()
+    """Loss, accuracy and macro-F1 over a whole split (centre windows, no augmentation)."""
+    loss, matrix = confusion(model, features, clips, samples, device, amp, batch_size, label_smoothing)
+    tp = matrix.diag().float()
+    f1 = 2 * tp / (matrix.sum(0) + matrix.sum(1)).clamp(min=1)
+    return {"val_loss": loss / len(clips), "val_acc": (tp.sum() / len(clips)).item(), "val_f1": f1.mean().item()}
+
+
+@torch.no_grad()
+def confusion(
+    model: torch.nn.Module,
+    features: torch.nn.Module,
+    clips: Clips,
+    samples: int,
+    device: torch.device,
+    amp: bool,
+    batch_size: int,
+    label_smoothing: float = 0.0,
+) -> tuple[float, torch.Tensor]:
+    """(summed loss, confusion matrix [true class, predicted class]) over a whole split."""
     n_classes = len(clips.classes)
     loss = torch.zeros((), device=device)
-    confusion = torch.zeros(n_classes, n_classes, dtype=torch.long, device=device)
+    matrix = torch.zeros(n_classes, n_classes, dtype=torch.long, device=device)
+    for logits, y in _predict(model, features, clips, samples, device, amp, batch_size):
+        loss += F.cross_entropy(logits, y, label_smoothing=label_smoothing, reduction="sum")
+        matrix += _counts(logits, y, n_classes)
+    return loss.item(), matrix
+
+
+def _predict(model, features, clips: Clips, samples: int, device: torch.device, amp: bool, batch_size: int):
+    """(logits, labels) batch by batch: the one evaluation loop (centre windows, no augmentation, eval mode).
+
+    Its callers hold `torch.no_grad()`; grad mode is global to the thread, so it covers the generator too."""
+    model.eval()
     for i in range(0, len(clips), batch_size):
-        x = features(clips.waves[i : i + batch_size].to(device))
-        y = clips.labels[i : i + batch_size].to(device)
+        idx = torch.arange(i, min(i + batch_size, len(clips)))
+        x = features(crop(clips, idx, samples, None).to(device))
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             logits = model(x).float()
-        loss += F.cross_entropy(logits, y, label_smoothing=label_smoothing, reduction="sum")
-        confusion += torch.bincount(y * n_classes + logits.argmax(1), minlength=n_classes**2).view(n_classes, -1)
-    tp = confusion.diag().float()
-    f1 = 2 * tp / (confusion.sum(0) + confusion.sum(1)).clamp(min=1)
-    return {"val_loss": loss.item() / len(clips), "val_acc": (tp.sum() / len(clips)).item(), "val_f1": f1.mean().item()}
+        yield logits, clips.labels[idx].to(device)
 
 
-def make_optimizer(model: torch.nn.Module, t: Mapping[str, Any]) -> torch.optim.Optimizer:
-    params, lr, wd = model.parameters(), t["lr"], t["weight_decay"]
+def _counts(logits: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tensor:
+    return torch.bincount(y * n_classes + logits.argmax(1), minlength=n_classes**2).view(n_classes, -1)
+
+
+def param_groups(model: torch.nn.Module, t: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The head at `train.lr`, the body (pretrained layers, usually) at `lr × body_lr_mult`."""
+    head = {id(p) for p in model.head.parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if id(p) in head], "lr": t["lr"]}]
+    body = [p for p in trainable if id(p) not in head]
+    if body:
+        groups.append({"params": body, "lr": t["lr"] * t["body_lr_mult"]})
+    return groups
+
+
+class Freeze:
+    """Switches the body off and on for `train.freeze_epochs` (fastai's fine_tune: BatchNorm keeps training).
+
+    Only parameters trainable at build are switched: layers a family froze for good stay frozen.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        head = {id(p) for p in model.head.parameters()}
+        norms = {
+            id(p)
+            for m in model.modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+            for p in m.parameters(recurse=False)
+        }
+        self.params = [p for p in model.parameters() if p.requires_grad and id(p) not in head | norms]
+
+    def __call__(self, frozen: bool) -> None:
+        for p in self.params:
+            p.requires_grad_(not frozen)
+
+
+def make_optimizer(groups: list[dict[str, Any]], t: Mapping[str, Any]) -> torch.optim.Optimizer:
+    wd = t["weight_decay"]
     if t["optimizer"] == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+        return torch.optim.Adam(groups, weight_decay=wd)
     if t["optimizer"] == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+        return torch.optim.AdamW(groups, weight_decay=wd)
     if t["optimizer"] == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=t["momentum"], weight_decay=wd, nesterov=t["momentum"] > 0)
-    return torch.optim.RMSprop(params, lr=lr, momentum=t["momentum"], weight_decay=wd)
+        return torch.optim.SGD(groups, momentum=t["momentum"], weight_decay=wd, nesterov=t["momentum"] > 0)
+    return torch.optim.RMSprop(groups, momentum=t["momentum"], weight_decay=wd)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, t: Mapping[str, Any], steps_per_epoch: int):
-    total = t["epochs"] * steps_per_epoch
+def make_scheduler(optimizer: torch.optim.Optimizer, t: Mapping[str, Any], steps_per_epoch: int, epoch: int):
+    """The schedule of the phase `epoch` falls in: the head-only epochs, then the rest (each one cycle)."""
+    frozen = t["freeze_epochs"]
+    total = (frozen if epoch <= frozen else t["epochs"] - frozen) * steps_per_epoch
     if t["scheduler"] == "cosine":
+        for group in optimizer.param_groups:  # a new phase anneals from the group's own peak again
+            group["lr"] = group.setdefault("initial_lr", group["lr"])
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     if t["scheduler"] == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=t["lr"], total_steps=total)
+        peaks = [group.get("max_lr", group["lr"]) for group in optimizer.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=total)
     return None
 
 
-def _save(out_dir: Path, model, optimizer, scheduler, scaler, history, metric: str, better) -> None:
-    """metrics.json and checkpoint.pt, each replaced atomically so a kill never leaves half a file."""
-    best = better(history, key=lambda r: r[metric])
-    _atomic(
-        out_dir / "metrics.json",
-        lambda p: p.write_text(
-            json.dumps(
-                {"metric": metric, "best_epoch": best["epoch"], "best_value": best[metric], "epochs": history}, indent=1
-            )
-        ),
-    )
+def _save(out_dir: Path, model, optimizer, scheduler, scaler, history, metric: str | None, better) -> None:
+    """metrics.json and checkpoint.pt, each replaced atomically so a kill never leaves half a file.
+
+    `metric` None (a final run): no validation, so no best epoch, only the per-epoch rows."""
+    if metric is None:
+        summary: dict[str, Any] = {"epochs": history}
+    else:
+        best = better(history, key=lambda r: r[metric])
+        summary = {"metric": metric, "best_epoch": best["epoch"], "best_value": best[metric], "epochs": history}
+    _atomic(out_dir / "metrics.json", lambda p: p.write_text(json.dumps(summary, indent=1)))
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),

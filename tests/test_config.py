@@ -19,9 +19,11 @@ from sweep.config import ConfigError, Field, load, parse_set, parse_yaml, resolv
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "search_spaces" / "demo.yaml"
+MODELS = "ast, audio_cnn, eat_m, eat_s, resnet18, resnet34, resnet50, simple_cnn, vit"
+DATASETS = "esc50, folder, speechcommands, synthetic, urbansound8k"
 TRAIN_KEYS = (
-    "epochs, batch_size, eval_batch_size, lr, optimizer, momentum, weight_decay, scheduler, label_smoothing, "
-    "grad_clip, amp, device, seed"
+    "epochs, freeze_epochs, batch_size, eval_batch_size, lr, body_lr_mult, optimizer, momentum, weight_decay, "
+    "scheduler, label_smoothing, grad_clip, amp, device, seed"
 )
 
 
@@ -219,8 +221,8 @@ def test_unknown_key_without_a_close_match_has_no_suggestion(tmp_path: Path) -> 
         ("augment: {mixup: 1}", "augment.mixup", "expected true or false, got 1 (int)"),
         ("augment: {mixup: 'yes please'}", "augment.mixup", "expected true or false, got 'yes please' (str)"),
         ("study: {name: 42}", "study.name", "expected a string (or null), got 42 (int)"),
-        ("data: {folds: {train: 1}}", "data.folds.train", "expected a list of integers, got 1 (int)"),
-        ("data: {folds: {val: [4, '5']}}", "data.folds.val", "expected a list of integers, got '5' (str)"),
+        ("data: {folds: {train: 1}}", "data.folds.train", "expected a list of integers (or null), got 1 (int)"),
+        ("data: {folds: {val: [4, '5']}}", "data.folds.val", "expected a list of integers (or null), got '5' (str)"),
         ("train: {optimizer: 3}", "train.optimizer", "expected one of adam, adamw, sgd, rmsprop, got 3 (int)"),
         ("search_space: [train.lr]", "search_space", "expected dict, got ['train.lr'] (list)"),
         ("train: {lr: null}", "train.lr", "expected a number >= 0.0, got null"),
@@ -270,8 +272,8 @@ def test_bad_choice_lists_choices_and_suggests(tmp_path: Path) -> None:
     [
         ("sampler: {name: bayes}", "sampler.name", "one of tpe, random, grid, cmaes, qmc, gp, got 'bayes'"),
         ("pruner: {name: asha}", "pruner.name", "one of median, percentile, hyperband, successive_halving, none"),
-        ("model: {name: resnet18}", "model.name", "one of audio_cnn, got 'resnet18'"),
-        ("data: {dataset: esc50}", "data.dataset", "one of synthetic, got 'esc50'"),
+        ("model: {name: resnet}", "model.name", f"one of {MODELS}, got 'resnet' (did you mean 'resnet50'?)"),
+        ("data: {dataset: esc-50}", "data.dataset", f"one of {DATASETS}, got 'esc-50' (did you mean 'esc50'?)"),
         ("study: {metric: accuracy}", "study.metric", "one of val_acc, val_f1, val_loss, got 'accuracy'"),
         ("executor: {name: k8s}", "executor.name", "one of debug, local"),
     ],
@@ -290,8 +292,8 @@ def test_unknown_registry_name(tmp_path: Path, text: str, key: str, accepted: st
         ("sampler: {name: tpee, n_startup_trials: 5}", "sampler.name", "got 'tpee' (did you mean 'tpe'?)"),
         ("pruner: {name: medain, n_warmup_steps: 2}", "pruner.name", "got 'medain' (did you mean 'median'?)"),
         ("model: {name: audiocnn, width: 8, depth: 2}", "model.name", "got 'audiocnn' (did you mean 'audio_cnn'?)"),
-        ("model: {name: 3, width: 8}", "model.name", "expected one of audio_cnn, got 3 (int)"),
-        ("data: {dataset: synth, clips_per_class: 4}", "data.dataset", "one of synthetic, got 'synth'"),
+        ("model: {name: 3, width: 8}", "model.name", f"expected one of {MODELS}, got 3 (int)"),
+        ("data: {dataset: synth, clips_per_class: 4}", "data.dataset", f"one of {DATASETS}, got 'synth'"),
     ],
 )
 def test_bad_variant_name_is_reported_before_its_keys(tmp_path: Path, text: str, key: str, message: str) -> None:
@@ -351,7 +353,7 @@ def test_pretrained_needs_a_model_with_weights(tmp_path: Path) -> None:
     assert (err.source, err.key) == (str(path), "model.pretrained")
     assert str(err) == (
         f"{path}: `model.pretrained`: model audio_cnn has no pretrained weights; set model.pretrained: false "
-        "(models with weights: none yet)"
+        "(models with weights: ast, resnet18, resnet34, resnet50, vit)"
     )
 
 
@@ -368,7 +370,6 @@ def test_metric_direction_mismatch(tmp_path: Path) -> None:
     [
         ("{train: [1, 2], val: [2], test: [5]}", "folds [2] are in both `train` and `val`"),
         ("{train: [1, 2, 3], val: [4], test: [3, 1]}", "folds [1, 3] are in both `train` and `test`"),
-        ("{val: [5]}", "folds [5] are in both `val` and `test`"),
         ("{train: [], val: [4]}", "train and val need at least one fold each"),
         ("{val: []}", "train and val need at least one fold each"),
     ],
@@ -463,7 +464,7 @@ def test_set_later_wins(tmp_path: Path) -> None:
         ("train.epochs=many", "train.epochs", "expected an integer >= 1, got 'many' (str)"),
         ("train.lr=-1", "train.lr", "expected a number >= 0.0, got -1.0"),
         ("train.optimizer=adam_w", "train.optimizer", "(did you mean 'adamw'?)"),
-        ("model.name=resnet", "model.name", "expected one of audio_cnn, got 'resnet'"),
+        ("model.name=resnet", "model.name", f"expected one of {MODELS}, got 'resnet'"),
     ],
 )
 def test_set_errors_name_the_flag(tmp_path: Path, item: str, key: str, message: str) -> None:
@@ -547,3 +548,45 @@ def test_cli_bad_search_space_exits_2(tmp_path: Path) -> None:
         "sweep: error: space.yaml: `search_space.train.lr`: log scale needs low > 0, got low=0"
     )
     assert_nothing_started(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "folds"),
+    [
+        ("synthetic", {"train": [1, 2, 3], "val": [4], "test": [5]}),
+        ("esc50", {"train": [1, 2, 3], "val": [4], "test": [5]}),
+        ("urbansound8k", {"train": [1, 2, 3, 4, 5, 6, 7, 8], "val": [9], "test": [10]}),
+        ("speechcommands", {"train": [1], "val": [2], "test": [3]}),
+    ],
+)
+def test_folds_not_given_follow_the_datasets_protocol(tmp_path: Path, dataset: str, folds: dict) -> None:
+    assert load(write(tmp_path, f"data: {{dataset: {dataset}}}\n"))["data"]["folds"] == folds
+    given = load(write(tmp_path, f"data: {{dataset: {dataset}, folds: {{test: [99]}}}}\n"))["data"]["folds"]
+    assert given == dict(folds, test=[99])
+
+
+def test_val_and_test_may_share_a_fold(tmp_path: Path) -> None:
+    config = load(write(tmp_path, "data: {dataset: esc50, folds: {train: [2, 3, 4, 5], val: [1], test: [1]}}\n"))
+    assert config["data"]["folds"] == {"train": [2, 3, 4, 5], "val": [1], "test": [1]}
+
+
+def test_freeze_epochs_must_leave_epochs_for_the_body(tmp_path: Path) -> None:
+    path = write(tmp_path, "train: {epochs: 5, freeze_epochs: 5}\n")
+    err = load_error(path)
+    assert err.key == "train.freeze_epochs"
+    assert "freeze_epochs (5) must be less than train.epochs (5)" in str(err)
+    searched = write(
+        tmp_path, "train: {epochs: 8}\nsearch_space:\n  train.freeze_epochs: {type: int, low: 1, high: 10}\n"
+    )
+    err = load_error(searched)
+    assert (err.source, err.key) == (str(searched), "train.freeze_epochs")
+    assert str(err).startswith(
+        f"{searched}: `train.freeze_epochs`: when the search picks train.freeze_epochs=10: freeze_epochs (10) must be"
+    )
+
+
+def test_a_searched_input_kind_must_suit_the_model(tmp_path: Path) -> None:
+    path = write(tmp_path, "model: {name: audio_cnn}\nsearch_space:\n  features.name: [logmel, waveform]\n")
+    assert "when the search picks features.name=waveform: model audio_cnn does not read waveform input" in str(
+        load_error(path)
+    )

@@ -13,7 +13,8 @@ import torch
 from sweep.data import load_split
 from sweep.data.augment import Augment
 from sweep.data.features import build_features
-from sweep.data.synthetic import CLASSES, generate, write_esc50
+from sweep.data.layouts import write_esc50
+from sweep.data.synthetic import CLASSES, generate
 
 
 def test_synthetic_is_deterministic_balanced_and_split_by_fold() -> None:

@@ -44,7 +44,7 @@ def test_readme_starts_with_the_two_commands() -> None:
 
 def test_reference_documents_every_config_key() -> None:
     reference = README.split("### Reference", 1)[1]
-    documented = set(re.findall(r"`([a-z_]+(?:\.[a-z_]+)*)`", reference))
+    documented = set(re.findall(r"`([a-z_0-9]+(?:\.[a-z_0-9]+)*)`", reference))
     missing = sorted(_keys() - documented)
     assert not missing, f"README reference lacks {missing}"
 

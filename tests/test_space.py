@@ -195,7 +195,7 @@ def test_search_space_must_be_a_mapping() -> None:
     [
         ("train.lrr", "not a config key: unknown key `lrr` in section `train` (did you mean 'lr'?); accepted: epochs,"),
         ("trainer.lr", "not a config key: unknown key `trainer` at the top level (did you mean 'train'?)"),
-        ("train", "not a config key: `train` is a section; name one of its keys: epochs, batch_size,"),
+        ("train", "not a config key: `train` is a section; name one of its keys: epochs, freeze_epochs,"),
         ("train.lr.value", "not a config key: `train.lr` is a value, not a section"),
         ("model.size", "not a config key: unknown key `size` in section `model`; accepted: name, pretrained, width,"),
     ],
@@ -251,7 +251,7 @@ def test_variant_key_follows_the_base_variant(two_models: None) -> None:
         ("train.amp: {type: int, low: 0, high: 1}", "value 0 does not fit `train.amp`: expected true or false"),
         ("train.epochs: [5, ten]", "value 'ten' does not fit `train.epochs`: expected an integer >= 1"),
         ("train.lr: [0.1, null]", "value None does not fit `train.lr`: expected a number >= 0.0, got null"),
-        ("model.name: [audio_cnn, resnet]", "value 'resnet' does not fit `model.name`: expected one of audio_cnn"),
+        ("model.name: [audio_cnn, resnet]", "value 'resnet' does not fit `model.name`: expected one of ast,"),
     ],
 )
 def test_values_must_fit_the_key(text: str, message: str) -> None:

@@ -64,10 +64,17 @@ class PruneAtEpoch(optuna.pruners.BasePruner):
         return max(trial.intermediate_values) >= self.epoch
 
 
-@pytest.mark.parametrize("scheduler", ["cosine", "onecycle"])
-def test_resume_from_checkpoint_matches_uninterrupted_run(tiny_config: dict, tmp_path: Path, scheduler: str) -> None:
+@pytest.mark.parametrize(
+    ("scheduler", "freeze_epochs", "waveform_augment"),
+    [("cosine", 0, False), ("onecycle", 0, False), ("onecycle", 2, True), ("cosine", 1, True)],
+)
+def test_resume_from_checkpoint_matches_uninterrupted_run(
+    tiny_config: dict, tmp_path: Path, scheduler: str, freeze_epochs: int, waveform_augment: bool
+) -> None:
+    """Stopped after epoch 2 and resumed: at the head-only → whole-model boundary, or inside either phase."""
     config = copy.deepcopy(tiny_config)
-    config["train"]["scheduler"] = scheduler
+    config["train"].update(scheduler=scheduler, freeze_epochs=freeze_epochs, body_lr_mult=0.1)
+    config["augment"].update(waveform=waveform_augment, strength=1.0)
     reference = train(config, tmp_path / "straight")
 
     study = optuna.create_study(direction="maximize", pruner=PruneAtEpoch(2))
@@ -83,3 +90,32 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tiny_config: dict, tmp
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (key, a["epoch"])
     # the retried trial carries the whole curve, epochs before the restart included
     assert sorted(second.study.trials[0].intermediate_values) == [1, 2, 3]
+
+
+def test_freeze_epochs_train_the_head_alone_then_everything_at_the_body_rate(tiny_config: dict, tmp_path: Path) -> None:
+    from sweep.data import crop, load_split
+    from sweep.data.features import build_features
+    from sweep.models import build_model
+
+    config = copy.deepcopy(tiny_config)
+    config["train"].update(epochs=3, freeze_epochs=1, body_lr_mult=0.25, scheduler="none", lr=0.01)
+    with pytest.raises(optuna.TrialPruned):  # stop after the head-only epoch and look at the weights
+        train(config, tmp_path / "run", optuna.create_study(pruner=PruneAtEpoch(1)).ask())
+    after_frozen = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+
+    torch.manual_seed(config["train"]["seed"])  # the trainer's initial weights, rebuilt
+    clips = load_split(config, "train")
+    shape = tuple(build_features(config)(crop(clips, torch.arange(1), 4000, None)).shape[1:])
+    initial = build_model(config, 4, shape).state_dict()
+    changed = {k for k, v in after_frozen["model"].items() if not torch.equal(v, initial[k])}
+    assert {k for k in changed if k.startswith("head.")} == {"head.1.weight", "head.1.bias"}
+    conv = {k for k in initial if ".weight" in k and initial[k].dim() == 4}  # every conv of the body
+    assert conv and not conv & changed, "the body's convolutions must not move in a head-only epoch"
+    assert {"norm.weight", "norm.bias"} <= changed, "BatchNorm keeps training, as in fastai's fine_tune"
+    groups = after_frozen["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == [0.01, 0.0025]
+
+    resumed = train(config, tmp_path / "run")  # the rest: the body trains too
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
+    final = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"]
+    assert all(not torch.equal(final[k], after_frozen["model"][k]) for k in conv)

@@ -1,13 +1,19 @@
-"""Datasets: a name → loader registry, and the clips a trainer consumes.
+"""Datasets: a name → (index, reader) registry, fold selection, and the clips a trainer consumes.
 
-A loader returns every clip of the folds asked for as one float32 waveform tensor (decoded, mono,
-resampled, fixed length), so features and augmentation can run batched on the training device.
+A dataset only says which clips it has (`index`: label, fold, recording source of each) and how to read a
+list of them (`read`). Choosing the clips of a split happens here, once for every dataset, so the rules
+hold everywhere: a split loads only its own folds (a search never reads a test-fold file), and a fold
+named in both `val` and `test` is divided between them by recording source, never splitting one source.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,44 +21,147 @@ import torch
 from sweep.config import Field
 
 
+class DataError(ValueError):
+    """A dataset problem (missing root, bad metadata, unreadable file), naming the path at fault."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One clip in a dataset's index."""
+
+    key: str | int  # a file path for datasets on disk; a clip number for generated ones
+    label: int
+    fold: int
+    group: str  # its recording source (ESC-50 src_file, UrbanSound8K fsID, a speaker): never split apart
+
+
+@dataclass(frozen=True)
+class Index:
+    classes: list[str]
+    items: list[Item]
+
+
 @dataclass
 class Clips:
-    """Fixed-length mono clips of one split, with their labels."""
+    """The clips of one split: zero-padded mono waveforms, their real lengths and labels."""
 
-    waves: torch.Tensor  # float32 [N, samples]
+    waves: torch.Tensor  # float32 [N, samples], each row zero-padded after its `lengths[i]` samples
+    lengths: torch.Tensor  # int64 [N]
     labels: torch.Tensor  # int64 [N]
     classes: list[str]
     sample_rate: int
+    keys: list[str | int] = field(default_factory=list)  # the item keys, in row order
+    skipped: int = 0  # files left out under `on_bad_file: skip`
 
     def __len__(self) -> int:
         return len(self.labels)
 
 
+# read(config, items) → (waves [N, samples] zero-padded, lengths [N], indices of the items kept)
+Reader = Callable[[Mapping[str, Any], Sequence[Item]], tuple[torch.Tensor, torch.Tensor, list[int]]]
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     params: dict[str, Field]
-    load: Callable[[Mapping[str, Any], Sequence[int]], Clips]
+    folds: dict[str, list[int]]  # the dataset's standard train/val/test protocol, used for folds not given
+    index: Callable[[Mapping[str, Any]], Index]
+    read: Reader
+    root_env: str | None = None  # environment variable naming the root when `data.root` is null
 
 
 DATASETS: dict[str, DatasetSpec] = {}
 
 
-def register(name: str, params: dict[str, Field]) -> Callable:
-    def wrap(load: Callable[[Mapping[str, Any], Sequence[int]], Clips]) -> Callable:
-        DATASETS[name] = DatasetSpec(params, load)
-        return load
-
-    return wrap
+def register(name: str, spec: DatasetSpec) -> DatasetSpec:
+    DATASETS[name] = spec
+    return spec
 
 
 def dataset_params(name: str) -> dict[str, Field]:
     return DATASETS[name].params
 
 
+def data_root(config: Mapping[str, Any]) -> Path:
+    """`data.root` with `${VAR}` expanded, or the dataset's environment variable; it must be a directory."""
+    data = config["data"]
+    spec = DATASETS[data["dataset"]]
+    raw = data["root"]
+    if raw is None:
+        if spec.root_env is None or not os.environ.get(spec.root_env):
+            hint = f" or export {spec.root_env}" if spec.root_env else ""
+            raise DataError(f"data.root is not set for dataset {data['dataset']}: set data.root{hint}")
+        raw = os.environ[spec.root_env]
+
+    def expand(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise DataError(f"data.root {raw!r} uses ${{{name}}}, which is not set in the environment")
+        return os.environ[name]
+
+    root = Path(re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", expand, raw)).expanduser()
+    if not root.is_dir():
+        raise DataError(f"dataset root {root} does not exist (data.root: {raw!r}, dataset {data['dataset']})")
+    return root
+
+
+def split_items(items: Sequence[Item], folds: Mapping[str, Sequence[int]], split: str, seed: int) -> list[Item]:
+    """The items of one split. A fold in both `val` and `test` goes half to each, by hashed source group."""
+    mine = set(folds[split])
+    shared = set(folds["val"]) & set(folds["test"]) if split in ("val", "test") else set()
+    picked = [it for it in items if it.fold in mine]
+    if not shared:
+        return picked
+    groups = sorted({it.group for it in picked if it.fold in shared}, key=lambda g: _hash(seed, g))
+    first_half = set(groups[: (len(groups) + 1) // 2])
+    keep_first = split == "val"
+    return [it for it in picked if it.fold not in shared or (it.group in first_half) == keep_first]
+
+
+def _hash(seed: int, text: str) -> str:
+    return hashlib.sha1(f"{seed}:{text}".encode()).hexdigest()
+
+
 def load_split(config: Mapping[str, Any], split: str) -> Clips:
     """The clips of one split (`train`, `val` or `test`) as the config's folds define it."""
     data = config["data"]
-    return DATASETS[data["dataset"]].load(config, data["folds"][split])
+    spec = DATASETS[data["dataset"]]
+    index = spec.index(config)
+    items = split_items(index.items, data["folds"], split, config["data"]["split_seed"])
+    if not items:
+        raise DataError(
+            f"split {split} (folds {data['folds'][split]}) of dataset {data['dataset']} holds no clips; "
+            f"the dataset's folds are {sorted({it.fold for it in index.items})}"
+        )
+    waves, lengths, kept = spec.read(config, items)
+    return Clips(
+        waves=waves,
+        lengths=lengths,
+        labels=torch.tensor([items[i].label for i in kept], dtype=torch.long),
+        classes=index.classes,
+        sample_rate=data["sample_rate"],
+        keys=[items[i].key for i in kept],
+        skipped=len(items) - len(kept),
+    )
 
 
-from sweep.data import synthetic  # noqa: E402,F401  (registers itself)
+def crop(clips: Clips, index: torch.Tensor, samples: int, generator: torch.Generator | None) -> torch.Tensor:
+    """`samples`-long windows of the clips at `index`: random offsets with a generator, centred without.
+
+    Training sees a different window of a long clip each epoch; evaluation always the centre one.
+    Clips shorter than the window keep their zero padding.
+    """
+    lengths = clips.lengths[index]
+    room = (lengths - samples).clamp(min=0)
+    if generator is None:
+        start = room // 2
+    else:
+        start = (torch.rand(len(index), generator=generator) * (room + 1).float()).long().clamp(max=room)
+    waves = clips.waves[index]
+    if waves.shape[1] < samples:
+        waves = torch.nn.functional.pad(waves, (0, samples - waves.shape[1]))
+    positions = start.unsqueeze(1) + torch.arange(samples).unsqueeze(0)
+    return waves.gather(1, positions)
+
+
+from sweep.data import esc50, folder, speechcommands, synthetic, urbansound8k  # noqa: E402,F401  (registers itself)

@@ -1,4 +1,8 @@
-"""Log-mel spectrograms, computed batched on the training device."""
+"""Model inputs computed batched on the training device: log-mel, Kaldi fbank, or the waveform itself.
+
+`features.name: auto` picks the model family's own input (the first of its `inputs`), so a search over
+`model.name` gives every architecture what it expects.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ class LogMel(torch.nn.Module):
     """Waveforms [B, samples] → log-mel [B, 1, n_mels, frames]."""
 
     def __init__(
-        self, sample_rate: int, n_mels: int, n_fft: int, hop_length: int, f_min: float, f_max: float | None
+        self, sample_rate: int, n_mels: int, n_fft: int, hop_length: int, f_min: float | None, f_max: float | None
     ) -> None:
         super().__init__()
         self.mel = torchaudio.transforms.MelSpectrogram(
@@ -21,7 +25,7 @@ class LogMel(torch.nn.Module):
             n_fft=n_fft,
             hop_length=hop_length,
             n_mels=n_mels,
-            f_min=f_min,
+            f_min=f_min or 0.0,
             f_max=f_max,
         )
 
@@ -30,6 +34,55 @@ class LogMel(torch.nn.Module):
             return torch.log(self.mel(waves.float()) + 1e-6).unsqueeze(1)
 
 
+class Fbank(torch.nn.Module):
+    """Waveforms [B, samples] → Kaldi fbank [B, 1, n_mels, frames], as AST's feature extractor makes them.
+
+    Window and hop come from n_fft and hop_length (AST: 400 and 160 samples at 16 kHz = 25 ms and 10 ms);
+    f_min null means Kaldi's 20 Hz (at 0 Hz the lowest bins are too narrow to hold any energy).
+    """
+
+    def __init__(
+        self, sample_rate: int, n_mels: int, n_fft: int, hop_length: int, f_min: float | None, f_max: float | None
+    ) -> None:
+        super().__init__()
+        self.options = dict(
+            sample_frequency=sample_rate,
+            num_mel_bins=n_mels,
+            frame_length=n_fft * 1000 / sample_rate,
+            frame_shift=hop_length * 1000 / sample_rate,
+            low_freq=20.0 if f_min is None else f_min,
+            high_freq=f_max or 0.0,  # Kaldi: 0 means the Nyquist frequency
+            htk_compat=True,
+            window_type="hanning",
+            use_energy=False,
+            dither=0.0,
+        )
+
+    def forward(self, waves: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=waves.device.type, enabled=False):
+            rows = [torchaudio.compliance.kaldi.fbank(w.float().unsqueeze(0), **self.options) for w in waves]
+            return torch.stack(rows).transpose(1, 2).unsqueeze(1)
+
+
+class Waveform(torch.nn.Module):
+    """Raw-waveform models (EAT) read the clip itself."""
+
+    def forward(self, waves: torch.Tensor) -> torch.Tensor:
+        return waves.float()
+
+
+def input_kind(config: Mapping[str, Any]) -> str:
+    """The features a run computes: `features.name`, or the model's own input when it is `auto`."""
+    from sweep.models import MODELS
+
+    kind = config["features"]["name"]
+    return MODELS[config["model"]["name"]].inputs[0] if kind == "auto" else kind
+
+
 def build_features(config: Mapping[str, Any]) -> torch.nn.Module:
+    kind = input_kind(config)
+    if kind == "waveform":
+        return Waveform()
     f = config["features"]
-    return LogMel(config["data"]["sample_rate"], f["n_mels"], f["n_fft"], f["hop_length"], f["f_min"], f["f_max"])
+    make = LogMel if kind == "logmel" else Fbank
+    return make(config["data"]["sample_rate"], f["n_mels"], f["n_fft"], f["hop_length"], f["f_min"], f["f_max"])

@@ -7,17 +7,15 @@ a random SNR and a random onset, so accuracy depends on the hyperparameters inst
 
 from __future__ import annotations
 
-import csv
 import functools
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from sweep.config import Field
-from sweep.data import Clips, register
+from sweep.data import DatasetSpec, Index, Item, register
 
 CLASSES = (
     "tone",
@@ -158,43 +156,25 @@ def _settings(config: Mapping[str, Any]) -> dict[str, Any]:
     return dict({k: data[k] for k in PARAMS}, sample_rate=data["sample_rate"], clip_seconds=data["clip_seconds"])
 
 
-@register("synthetic", PARAMS)
-def load(config: Mapping[str, Any], folds: Sequence[int]) -> Clips:
-    settings = _settings(config)
-    waves, labels, clip_folds = generate(**settings)
-    pick = np.isin(clip_folds, list(folds))
-    return Clips(
-        waves=torch.from_numpy(waves[pick]),
-        labels=torch.from_numpy(labels[pick]),
-        classes=list(CLASSES[: settings["n_classes"]]),
-        sample_rate=settings["sample_rate"],
-    )
+def _index(config: Mapping[str, Any]) -> Index:
+    """generate()'s order without generating: clip k of class c is row c * clips_per_class + k."""
+    data = config["data"]
+    per_class, n_folds = data["clips_per_class"], data["n_folds"]
+    items = [
+        Item(c * per_class + k, c, k % n_folds + 1, str(c * per_class + k))
+        for c in range(data["n_classes"])
+        for k in range(per_class)
+    ]
+    return Index(list(CLASSES[: data["n_classes"]]), items)
 
 
-def write_esc50(
-    root: str | Path,
-    *,
-    n_classes: int = 10,
-    clips_per_class: int = 40,
-    sample_rate: int = 44100,
-    clip_seconds: float = 5.0,
-    seed: int = 0,
-) -> Path:
-    """Write the synthetic set in ESC-50's layout (meta/esc50.csv, audio/F-SRC-TAKE-TARGET.wav, 5 folds)."""
-    import soundfile
+def _read(config: Mapping[str, Any], items: Sequence[Item]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    waves = torch.from_numpy(generate(**_settings(config))[0][[int(it.key) for it in items]])
+    return waves, torch.full((len(items),), waves.shape[1], dtype=torch.long), list(range(len(items)))
 
-    root = Path(root)
-    (root / "meta").mkdir(parents=True, exist_ok=True)
-    (root / "audio").mkdir(parents=True, exist_ok=True)
-    waves, labels, folds = generate(n_classes, clips_per_class, 5, sample_rate, clip_seconds, seed)
-    rows = []
-    for i, (wave, label, fold) in enumerate(zip(waves, labels, folds)):
-        src, take = 100000 + i, "A"
-        name = f"{fold}-{src}-{take}-{label}.wav"
-        soundfile.write(root / "audio" / name, wave, sample_rate, subtype="PCM_16")
-        rows.append([name, int(fold), int(label), CLASSES[label], label % 2 == 0, src, take])
-    with open(root / "meta" / "esc50.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["filename", "fold", "target", "category", "esc10", "src_file", "take"])
-        writer.writerows(rows)
-    return root
+
+register(
+    "synthetic",
+    DatasetSpec(PARAMS, {"train": [1, 2, 3], "val": [4], "test": [5]}, index=_index, read=_read),
+)
+

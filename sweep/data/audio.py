@@ -1,0 +1,254 @@
+"""What every dataset on disk shares: its config keys, its metadata CSVs, the class subset and the audio reader.
+
+Real collections mix formats (UrbanSound8K alone has 8-bit, 24-bit, float, stereo, 22.05 to 96 kHz files),
+so one reader turns any file soundfile decodes into mono float32 at the study's rate. A broken file stops
+the load with its path (or, asked to, is left out with a warning), so a bad download is found at once
+rather than as a silently smaller dataset.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import math
+import os
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sweep.config import Field
+from sweep.data import DataError, Index, Item
+
+FILE_PARAMS: dict[str, Field] = {
+    "classes": Field(list, None, item=str, nullable=True),
+    "on_bad_file": Field(str, "error", choices=("error", "skip")),
+    "max_seconds": Field(float, None, low=0.05, nullable=True),
+}
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+
+_CHUNK = 64  # files decoded at a time: bounds the audio waiting to be resampled
+_BATCH_SAMPLES = 1 << 24  # padded samples resampled in one call (64 MB of float32)
+_SHOWN = 3  # bad paths named in a skip warning
+
+
+# ---- metadata ----------------------------------------------------------------------------------------
+
+
+def read_csv(
+    path: Path, columns: Sequence[str], *, optional: Sequence[str] = (), hint: str = ""
+) -> list[tuple[int, dict[str, str]]]:
+    """(line number, row) pairs of a metadata CSV whose header must hold `columns`.
+
+    The line numbers let a bad value be reported where the person would look for it.
+    """
+    if not path.is_file():
+        raise DataError(f"metadata file {path} does not exist{'; ' + hint if hint else ''}")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in reader.fieldnames or []]
+        reader.fieldnames = header
+        missing = [c for c in columns if c not in header]
+        if missing:
+            expected = ", ".join([*columns, *(f"{c} (optional)" for c in optional)])
+            raise DataError(
+                f"{path}: missing column(s) {', '.join(missing)}; expected the columns {expected} "
+                f"(its header has: {', '.join(header) or 'nothing'})"
+            )
+        rows = []
+        for row in reader:
+            rows.append((reader.line_num, row))
+    return rows
+
+
+def value(path: Path, line: int, row: Mapping[str, str | None], column: str, kind: type = str) -> Any:
+    """One cell as `kind` (str, int or bool), or DataError naming the file, line, column and value."""
+    raw = row.get(column)
+    text = (raw or "").strip()
+    if not text:
+        raise DataError(f"{path}, line {line}: column {column} is empty")
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise DataError(f"{path}, line {line}: column {column} must be an integer, got {raw!r}") from None
+    if kind is bool:
+        if text.lower() not in ("true", "false"):
+            raise DataError(f"{path}, line {line}: column {column} must be True or False, got {raw!r}")
+        return text.lower() == "true"
+    return text
+
+
+def visible(name: str, folder: bool = True) -> bool:
+    """Not hidden: skips `.DS_Store`, macOS `._x.wav` sidecars and (folders) `_background_noise_`-style ones."""
+    return not name.startswith((".", "_") if folder else ".")
+
+
+# ---- the class subset --------------------------------------------------------------------------------
+
+
+def csv_index(
+    config: Mapping[str, Any],
+    path: Path,
+    rows: Sequence[tuple[int, Mapping[str, str]]],
+    *,
+    label: str,
+    name: str,
+    group: str,
+    file: Callable[[int, Mapping[str, str]], str],
+    keep: Callable[[int, Mapping[str, str]], bool] = lambda line, row: True,
+) -> Index:
+    """The items of a metadata CSV that numbers classes in one column and names them in another.
+
+    Classes are numbered by that column (ESC-50 `target`, UrbanSound8K `classID`), so labels match the
+    dataset's own; a number that comes with two names is an error in the file.
+    """
+    names: dict[int, str] = {}
+    entries = []
+    for line, row in rows:
+        number, text = value(path, line, row, label, int), value(path, line, row, name)
+        if names.setdefault(number, text) != text:
+            raise DataError(f"{path}, line {line}: {label} {number} is {text!r}, but {names[number]!r} above")
+        if keep(line, row):
+            fold = value(path, line, row, "fold", int)
+            entries.append((file(line, row), number, fold, value(path, line, row, group)))
+    numbers = sorted({number for _, number, _, _ in entries})
+    labels = {number: i for i, number in enumerate(numbers)}
+    items = [Item(key, labels[number], fold, src) for key, number, fold, src in entries]
+    return select_classes(config, [names[n] for n in numbers], items)
+
+
+def select_classes(config: Mapping[str, Any], classes: Sequence[str], items: Sequence[Item]) -> Index:
+    """Apply `data.classes`: keep those classes only, labelled 0.. in the order the config lists them."""
+    data = config["data"]
+    wanted = data.get("classes")
+    if wanted is None:
+        return Index(list(classes), list(items))
+    name = data["dataset"]
+    if not wanted:
+        raise DataError(f"data.classes is an empty list; use null for all classes of dataset {name}")
+    doubled = sorted({c for c in wanted if wanted.count(c) > 1})
+    if doubled:
+        raise DataError(f"data.classes lists {', '.join(doubled)} more than once")
+    unknown = [c for c in wanted if c not in classes]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], classes, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise DataError(
+            f"data.classes: dataset {name} has no class {', '.join(map(repr, unknown))}{hint}; "
+            f"its classes are: {', '.join(classes)}"
+        )
+    relabel = {classes.index(c): new for new, c in enumerate(wanted)}
+    return Index(list(wanted), [replace(it, label=relabel[it.label]) for it in items if it.label in relabel])
+
+
+# ---- audio -------------------------------------------------------------------------------------------
+
+
+def _decode(path: str) -> tuple[np.ndarray | None, int, str]:
+    """(mono float32 samples, sample rate, "") or (None, 0, why it cannot be read)."""
+    import soundfile
+
+    if not os.path.isfile(path):
+        return None, 0, "no such file"
+    try:
+        audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    except (RuntimeError, OSError, ValueError, EOFError, TypeError) as exc:
+        return None, 0, str(exc).replace(f"'{path}'", "it").strip() or type(exc).__name__
+    if audio.shape[0] == 0:
+        return None, 0, "it holds no audio (0 frames)"
+    mono = audio[:, 0] if audio.shape[1] == 1 else audio.mean(axis=1, dtype=np.float32)
+    return np.ascontiguousarray(mono), int(rate), ""
+
+
+def _resample(batch: Sequence[np.ndarray], rate: int, target: int) -> list[torch.Tensor]:
+    """Resample clips of one source rate in one call, so the sinc kernel is built once for all of them.
+
+    Zero padding to the longest clip changes nothing: the resampler pads each signal with zeros anyway,
+    and each output is cut back to the length resampling that clip alone gives.
+    """
+    import torchaudio.functional
+
+    longest = max(len(a) for a in batch)
+    padded = torch.zeros(len(batch), longest)
+    for row, audio in enumerate(batch):
+        padded[row, : len(audio)] = torch.from_numpy(audio)
+    out = torchaudio.functional.resample(padded, rate, target)
+    g = math.gcd(rate, target)
+    lengths = [-(-(target // g) * len(a) // (rate // g)) for a in batch]
+    return [out[row, :n].clone() for row, n in enumerate(lengths)]
+
+
+def read_files(config: Mapping[str, Any], items: Sequence[Item]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Decode the files the items name (their keys are paths): mono, at `data.sample_rate`, zero-padded.
+
+    Only these files are opened, which is what keeps a search from ever touching a test-fold file.
+    """
+    data = config["data"]
+    target = int(data["sample_rate"])
+    skip = data.get("on_bad_file", "error") == "skip"
+    max_seconds = data.get("max_seconds")
+    limit = None if max_seconds is None else max(1, round(max_seconds * target))
+    clips: list[torch.Tensor | None] = [None] * len(items)
+    bad: list[tuple[str, str]] = []
+    pending: dict[int, list[tuple[int, np.ndarray]]] = {}
+
+    def flush(rate: int) -> None:
+        group = pending.pop(rate, [])
+        if group:
+            for (i, _), wave in zip(group, _resample([a for _, a in group], rate, target)):
+                clips[i] = _centre(wave, limit)
+
+    paths = [str(it.key) for it in items]
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for start in range(0, len(paths), _CHUNK):
+            chunk = paths[start : start + _CHUNK]
+            for i, (path, (audio, rate, reason)) in enumerate(zip(chunk, pool.map(_decode, chunk)), start):
+                if audio is None:
+                    if not skip:
+                        raise DataError(
+                            f"cannot read audio file {path}: {reason} "
+                            "(set data.on_bad_file: skip to leave unreadable files out)"
+                        )
+                    bad.append((path, reason))
+                elif rate == target:
+                    clips[i] = _centre(torch.from_numpy(audio), limit)
+                else:
+                    group = pending.setdefault(rate, [])
+                    group.append((i, audio))
+                    if len(group) * max(len(a) for _, a in group) >= _BATCH_SAMPLES:
+                        flush(rate)
+        for rate in list(pending):
+            flush(rate)
+
+    kept = [i for i, clip in enumerate(clips) if clip is not None]
+    if bad:
+        shown = "; ".join(f"{p}: {r}" for p, r in bad[:_SHOWN])
+        more = f"; and {len(bad) - _SHOWN} more" if len(bad) > _SHOWN else ""
+        if not kept:
+            raise DataError(f"none of the {len(items)} audio files could be read: {shown}{more}")
+        warnings.warn(
+            f"skipped {len(bad)} of {len(items)} audio files that could not be read "
+            f"(data.on_bad_file: skip): {shown}{more}",
+            stacklevel=2,
+        )
+    lengths = torch.tensor([len(clips[i]) for i in kept], dtype=torch.long)
+    width = max(int(lengths.max()) if kept else 0, round(data["clip_seconds"] * target))
+    waves = torch.zeros(len(kept), width)
+    for row, i in enumerate(kept):
+        waves[row, : lengths[row]] = clips[i]
+    return waves, lengths, kept
+
+
+def _centre(wave: torch.Tensor, limit: int | None) -> torch.Tensor:
+    """The middle `limit` samples: where a longer recording's event most likely is, at every load alike."""
+    if limit is None or len(wave) <= limit:
+        return wave
+    start = (len(wave) - limit) // 2
+    return wave[start : start + limit].clone()

@@ -1,0 +1,295 @@
+"""`sweep final`: retrain the chosen configuration on train + validation and score it once on the test folds.
+
+A search picks its hyperparameters by their validation score, so that score is optimistic; the test folds,
+which no search ever reads, give the number to report. Every run trains with the common trainer
+(`train(final=True)`) through the same submitit executors as a search, one job per run: one per seed (the
+spread over seeds says how much of a difference is noise), or with `--cv` one per fold of the dataset's
+cross-validation protocol (test = fold k, train = every other fold). Each run leaves its own folder
+(metrics.json, checkpoint.pt, config.yaml, confusion.html, confusion.png) and the command ends with
+summary.json: per-run accuracy and macro-F1 and their mean ± standard deviation.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sweep.config import ConfigError, dump_yaml, resolve
+from sweep.storage import study_dir
+
+
+def plan(config: Mapping[str, Any], seeds: int = 1, cv: bool = False) -> dict[str, dict[str, Any]]:
+    """Run name → the config that run trains: `seed-S` for seeds train.seed + 0..seeds-1, or `cv-fold-K`.
+
+    A cross-validation run has no validation fold (the final trainer trains on train + val alike), so its
+    folds are set after `resolve`, which insists on one because every search needs it.
+    """
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {seeds}")
+    if cv:
+        if seeds != 1:
+            raise ConfigError("--cv trains one model per fold with the config's seed; leave out --seeds")
+        folds = sorted({it.fold for it in _index(config).items})
+        if len(folds) < 2:
+            raise ConfigError(f"cross-validation needs at least two folds; the dataset has {folds}", key="data.folds")
+        runs = {}
+        for k in folds:
+            run = copy.deepcopy(dict(config))
+            run["data"]["folds"] = {"train": [f for f in folds if f != k], "val": [], "test": [k]}
+            runs[f"cv-fold-{k}"] = run
+        return runs
+    first = config["train"]["seed"]
+    return {f"seed-{s}": resolve(config, f"seed {s}", [("train.seed", s)]) for s in range(first, first + seeds)}
+
+
+def final(
+    config: Mapping[str, Any],
+    name: str,
+    *,
+    seeds: int = 1,
+    cv: bool = False,
+    origin: Mapping[str, Any] | None = None,
+) -> int:
+    """Run every planned run through the config's executor, wait, write summary.json; returns the exit code.
+
+    `name` is the study the runs belong to (their folder: studies/NAME/final/); `origin` says where the config
+    came from (`source`: the study or file; `trial` and `params`: the best trial's), copied into every result.
+    """
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
+    from sweep.launch import check_executor, job_error, make_executor
+
+    profile = check_executor(config)
+    runs = plan(config, seeds, cv)
+    _preflight(config, runs)
+    home = study_dir(name) / "final"
+    for run in runs:  # a run folder holds one run: nothing of an earlier one may be mistaken for it
+        shutil.rmtree(home / run, ignore_errors=True)
+    (home / "summary.json").unlink(missing_ok=True)
+    executor_name = config["executor"]["name"]
+    concurrent = 1 if executor_name == "debug" else len(runs)
+    executor = make_executor(config, home / "logs", len(runs), profile)
+    record = {"study": name, "source": "", "trial": None, "params": None, **(origin or {})}
+    jobs = executor.map_array(
+        run_one,
+        list(runs.values()),
+        [str(home / run) for run in runs],
+        [dict(record, run=run) for run in runs],
+        [concurrent] * len(runs),
+    )
+    epochs = config["train"]["epochs"]
+    print(f"final runs of {name} ({record['source']}): {', '.join(runs)}, {epochs} epochs each, on {executor_name}")
+    print(f"logs in {home / 'logs'}", flush=True)
+    results: dict[str, dict[str, Any]] = {}
+    failed: list[str] = []
+    try:
+        for run, job in zip(runs, jobs):
+            exc = job.exception()  # waits; the debug executor runs the job here (and, unlike result(), no pdb)
+            if exc is None:
+                results[run] = job.result()
+                print(f"{run}: test accuracy {results[run]['accuracy']:.4f}", flush=True)
+            elif isinstance(exc, FailedJobError) or not isinstance(exc, UncompletedJobError):
+                failed.append(f"{run} (job {job.job_id}) failed: {job_error(exc)}\n  log: {job.paths.stderr}")
+            else:  # killed, timed out, its node lost: no error of its own
+                failed.append(f"{run} (job {job.job_id}) ended without finishing; log: {job.paths.stderr}")
+    except KeyboardInterrupt:
+        print("\ninterrupted: cancelling the final runs", flush=True)
+        for job in jobs:
+            job.cancel(check=False)
+        return 130
+    for line in failed:
+        print(line, file=sys.stderr)
+    if failed:
+        return 1
+    summary = summarize(results)
+    _write(home / "summary.json", json.dumps(summary, indent=1))
+    print(table(summary))
+    print(f"wrote {home / 'summary.json'}")
+    return 0
+
+
+def run_one(config: dict[str, Any], out_dir: str, record: dict[str, Any], concurrent: int) -> dict[str, Any]:
+    """The submitit job of one run: train on train + val, score the test folds, write the run's folder."""
+    from sweep.train import train
+    from sweep.worker import threads_per_worker
+
+    torch.set_num_threads(threads_per_worker(dict(config, executor=dict(config["executor"], workers=concurrent))))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(dump_yaml(config))
+    started = time.time()
+    result = train(config, out, final=True)
+    classes = _classes(config)
+    metrics = {
+        **record,
+        "seed": config["train"]["seed"],
+        "epochs": config["train"]["epochs"],
+        "folds": config["data"]["folds"],
+        **scores(result.confusion, classes),
+        "config": str(out / "config.yaml"),
+        "checkpoint": str(out / "checkpoint.pt"),
+        "seconds": round(time.time() - started, 3),
+        "history": result.history,
+    }
+    _write(out / "metrics.json", json.dumps(metrics, indent=1))  # replaces the trainer's per-epoch file
+    title = f"{record['study']} {record['run']}: test accuracy {metrics['accuracy']:.4f}"
+    write_confusion_html(out / "confusion.html", result.confusion, classes, title)
+    write_confusion_png(out / "confusion.png", result.confusion, classes, title)
+    return metrics
+
+
+def scores(matrix: torch.Tensor, classes: list[str]) -> dict[str, Any]:
+    """Accuracy, macro-F1 (as the trainer's val_f1) and per-class precision/recall/F1 of a confusion matrix.
+
+    Rows are the true class, columns the predicted one; a class never predicted (or never present) scores 0.
+    """
+    m = matrix.to(torch.float64)
+    tp, predicted, true = m.diag(), m.sum(0), m.sum(1)
+    precision, recall = tp / predicted.clamp(min=1), tp / true.clamp(min=1)
+    f1 = 2 * tp / (predicted + true).clamp(min=1)
+    return {
+        "test_clips": int(m.sum()),
+        "accuracy": (tp.sum() / m.sum()).item(),
+        "macro_f1": f1.mean().item(),
+        "per_class": {
+            c: {
+                "precision": precision[i].item(),
+                "recall": recall[i].item(),
+                "f1": f1[i].item(),
+                "support": int(true[i]),
+            }
+            for i, c in enumerate(classes)
+        },
+        "classes": list(classes),
+        "confusion": matrix.tolist(),
+    }
+
+
+def summarize(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Per-run accuracy and macro-F1, and their mean ± sample standard deviation (0 for a single run)."""
+    keys = ("accuracy", "macro_f1", "seed", "test_clips")
+    runs = {run: {**{k: r[k] for k in keys}, "test_folds": r["folds"]["test"]} for run, r in results.items()}
+    summary: dict[str, Any] = {"runs": runs}
+    for key in ("accuracy", "macro_f1"):
+        values = [r[key] for r in runs.values()]
+        summary[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+    first = next(iter(results.values()))
+    summary.update({key: first[key] for key in ("study", "source", "trial", "params", "epochs")})
+    return summary
+
+
+def table(summary: Mapping[str, Any]) -> str:
+    rows = [(run, f"{r['accuracy']:.4f}", f"{r['macro_f1']:.4f}") for run, r in summary["runs"].items()]
+    rows.append(
+        (
+            "mean ± std",
+            f"{summary['accuracy']['mean']:.4f} ± {summary['accuracy']['std']:.4f}",
+            f"{summary['macro_f1']['mean']:.4f} ± {summary['macro_f1']['std']:.4f}",
+        )
+    )
+    header = ("run", "test accuracy", "test macro-F1")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows])
+
+
+def write_confusion_html(path: Path, matrix: torch.Tensor, classes: list[str], title: str) -> None:
+    """A self-contained page (plotly.js inlined, as `sweep report`): it opens offline and can be archived."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure(
+        go.Heatmap(
+            z=matrix.tolist(),
+            x=classes,
+            y=classes,
+            colorscale="Blues",
+            text=matrix.tolist(),
+            texttemplate="%{text}",
+            hovertemplate="true %{y}<br>predicted %{x}<br>%{z} clips<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=title,
+        xaxis={"title": "predicted class", "side": "bottom"},
+        yaxis={"title": "true class", "autorange": "reversed"},
+        template="plotly_white",
+        width=max(520, 60 * len(classes) + 220),
+        height=max(480, 60 * len(classes) + 180),
+    )
+    _write(path, fig.to_html(full_html=True, include_plotlyjs=True, config={"displaylogo": False}))
+
+
+def write_confusion_png(path: Path, matrix: torch.Tensor, classes: list[str], title: str) -> None:
+    """The same matrix as an image, for a paper or a slide (matplotlib, which fastai already needs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a compute node
+    import matplotlib.pyplot as plt
+
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * n + 2.5), max(3.5, 0.45 * n + 2.0)), dpi=120)
+    image = ax.imshow(matrix.numpy(), cmap="Blues")
+    fig.colorbar(image, ax=ax)
+    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted class", ylabel="true class")
+    ax.set_title(title, fontsize=9)
+    ax.set_xticklabels(classes, rotation=90, fontsize=8)
+    ax.set_yticklabels(classes, fontsize=8)
+    if n <= 20:  # counts stay readable up to ESC-10 / UrbanSound8K sizes; ESC-50 shows colour only
+        top = int(matrix.max()) or 1
+        for (i, j), count in zip(((i, j) for i in range(n) for j in range(n)), matrix.flatten().tolist()):
+            ax.text(j, i, count, ha="center", va="center", fontsize=7, color="white" if count > top / 2 else "black")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _preflight(config: Mapping[str, Any], runs: Mapping[str, Mapping[str, Any]]) -> None:
+    """Every split a run reads holds clips and pretrained weights are cached, before anything is submitted."""
+    from sweep import models
+    from sweep.launch import empty_splits, settle
+
+    problems = []
+    try:
+        index = _index(config)
+        for run, c in runs.items():
+            problems += empty_splits(
+                index, c, ("train", "val", "test") if c["data"]["folds"]["val"] else ("train", "test"), run
+            )
+    except ConfigError as exc:
+        problems.append(str(exc))
+    try:
+        models.check_weights(config["model"])
+    except models.WeightsMissing as exc:
+        problems.append(str(exc))
+    settle(config, problems)
+
+
+def _index(config: Mapping[str, Any]):
+    from sweep.data import DATASETS, DataError
+
+    try:
+        return DATASETS[config["data"]["dataset"]].index(config)
+    except DataError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _classes(config: Mapping[str, Any]) -> list[str]:
+    return _index(config).classes
+
+
+def _write(path: Path, text: str) -> None:
+    """Replace a file atomically, so a reader never sees half of it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
