@@ -1,4 +1,4 @@
-"""The `sweep` command: launch, status, best, cancel, report, final, dashboard, tensorboard."""
+"""The `sweep` command: launch, status, best, cancel, report, final, predict, dashboard, tensorboard."""
 
 from __future__ import annotations
 
@@ -103,6 +103,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from sweep.predict import predict
+
+    checkpoint = Path(args.checkpoint)
+    if checkpoint.is_dir():
+        checkpoint = checkpoint / "checkpoint.pt"
+    for path, top in zip(args.files, predict(checkpoint, [Path(f) for f in args.files], args.top_k)):
+        print(path)
+        for name, p in top:
+            print(f"  {p:7.2%}  {name}")
+    return 0
+
+
 def cmd_final(args: argparse.Namespace) -> int:
     """STUDY (a name, or its YAML file) → its best trial; a config without a search space (best.yaml) as is."""
     from sweep.export import best_config
@@ -201,6 +214,12 @@ def parser() -> argparse.ArgumentParser:
     fin.add_argument("--cluster", help="SLURM profile for --executor slurm (executor.cluster)")
     fin.add_argument("--storage", help="storage URL (else $SWEEP_STORAGE, or SQLite under studies/)")
     fin.set_defaults(run=cmd_final)
+
+    guess = sub.add_parser("predict", help="a checkpoint's top classes for audio files")
+    guess.add_argument("checkpoint", help="a run's checkpoint.pt (its config.yaml beside it), or its folder")
+    guess.add_argument("files", nargs="+", help="audio files (wav, flac, ogg)")
+    guess.add_argument("--top-k", type=int, default=5, help="classes shown per file (default 5)")
+    guess.set_defaults(run=cmd_predict)
 
     board = sub.add_parser("tensorboard", help="serve TensorBoard on studies/STUDY/trials until Ctrl-C")
     board.add_argument("study", help="study name, or the study's YAML file")

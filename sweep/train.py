@@ -138,7 +138,7 @@ def train(
                 if key != "epoch":
                     writer.add_scalar(key, value, epoch)
             writer.flush()
-            _save(out_dir, model, optimizer, scheduler, scaler, history, None if final else metric, better)
+            _save(out_dir, model, optimizer, scheduler, scaler, history, train_set.classes, metric, better, final)
             if trial is not None:
                 trial.report(row[metric], epoch)
                 if trial.should_prune():
@@ -286,11 +286,11 @@ def make_scheduler(optimizer: torch.optim.Optimizer, t: Mapping[str, Any], steps
     return None
 
 
-def _save(out_dir: Path, model, optimizer, scheduler, scaler, history, metric: str | None, better) -> None:
+def _save(out_dir: Path, model, optimizer, scheduler, scaler, history, classes, metric, better, final: bool) -> None:
     """metrics.json and checkpoint.pt, each replaced atomically so a kill never leaves half a file.
 
-    `metric` None (a final run): no validation, so no best epoch, only the per-epoch rows."""
-    if metric is None:
+    A final run has no validation, so no best epoch: only the per-epoch rows."""
+    if final:
         summary: dict[str, Any] = {"epochs": history}
     else:
         best = better(history, key=lambda r: r[metric])
@@ -302,6 +302,7 @@ def _save(out_dir: Path, model, optimizer, scheduler, scaler, history, metric: s
         "scaler": scaler.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "history": history,
+        "classes": classes,  # what the outputs mean, for `sweep predict`
     }
     _atomic(out_dir / "checkpoint.pt", lambda p: torch.save(state, p))
 

@@ -77,6 +77,7 @@ def test_final_retrains_the_best_trial_with_seeds_and_scores_the_test_folds(home
         assert "heatmap" in page and "chirp_down" in page and "Plotly" in page
         assert "<script src=" not in page  # plotly.js is inside: the page opens offline
         assert (folder / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _check_predict(final / "seed-0", home)
     mean = sum(accuracies) / 2
     assert summary["accuracy"]["mean"] == pytest.approx(mean)
     assert summary["accuracy"]["std"] == pytest.approx(abs(accuracies[0] - accuracies[1]) / 2**0.5)
@@ -90,6 +91,39 @@ def test_final_retrains_the_best_trial_with_seeds_and_scores_the_test_folds(home
     assert metrics["epochs"] == 1 and metrics["params"] is None
     assert metrics["source"] == str((home / "studies" / "tiny" / "best.yaml").resolve())
     assert metrics["accuracy"] == _independent_scores(home / "studies" / "tiny-best" / "final" / "seed-0")[0]
+
+
+def _check_predict(run: Path, home: Path) -> None:
+    """`sweep predict` on the test clips written as wav files: the same top class the checkpoint gives them."""
+    import soundfile
+
+    from sweep.data import crop, load_split
+    from sweep.data.features import build_features
+    from sweep.models import build_model
+
+    config = load(run / "config.yaml")
+    clips = load_split(config, "test")
+    files = []
+    for i in range(3):
+        files.append(home / f"clip{i}.wav")
+        soundfile.write(files[-1], clips.waves[i, : int(clips.lengths[i])].numpy(), clips.sample_rate, subtype="FLOAT")
+    samples = round(config["data"]["clip_seconds"] * config["data"]["sample_rate"])
+    with torch.no_grad():
+        x = build_features(config)(crop(clips, torch.arange(3), samples, None))
+        model = build_model(config, len(clips.classes), tuple(x.shape[1:]))
+        model.load_state_dict(torch.load(run / "checkpoint.pt", weights_only=False)["model"])
+        probs = torch.softmax(model.eval()(x), 1)
+    out = sweep_cli("predict", str(run), *map(str, files), "--top-k", "2", cwd=home)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0::3] == [str(f) for f in files]
+    for i in range(3):
+        top = probs[i].argmax().item()
+        assert lines[3 * i + 1].split() == [f"{probs[i, top].item():.2%}", clips.classes[top]]
+    bad = sweep_cli("predict", str(run), str(home / "missing.wav"), cwd=home)
+    assert bad.returncode == 2 and f"cannot read audio file {home / 'missing.wav'}" in bad.stderr
+    bad = sweep_cli("predict", str(home / "nowhere"), str(files[0]), cwd=home)
+    assert bad.returncode == 2 and f"no checkpoint at {home / 'nowhere'}" in bad.stderr
 
 
 def test_cross_validation_tests_each_fold_once(home: Path, capsys: pytest.CaptureFixture) -> None:
