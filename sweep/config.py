@@ -134,6 +134,9 @@ def _schema() -> dict[str, Any]:
             "root": Field(str, None, nullable=True),
             "folds": FOLDS,
             "split_seed": Field(int, 0),  # divides a fold shared by val and test; fixed for a study, not per trial
+            "cache": Field(bool, True),
+            "cache_dir": Field(str, None, nullable=True),
+            "cache_local": Field(str, None, nullable=True),
             "sample_rate": Field(int, 16000, low=1000),
             "clip_seconds": Field(float, 1.0, low=0.05),
             "_variants": Variants("dataset", data.dataset_params, lambda: tuple(sorted(data.DATASETS))),

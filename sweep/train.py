@@ -24,9 +24,10 @@ import optuna
 import torch
 import torch.nn.functional as F
 
-from sweep.data import Clips, crop, load_split
+from sweep.data import Clips, load_split
 from sweep.data.augment import Augment
 from sweep.data.features import build_features
+from sweep.data.inputs import Inputs
 from sweep.models import build_model
 
 
@@ -66,15 +67,15 @@ def train(
     else:
         train_set, val_set = load_split(config, "train"), load_split(config, "val")
     n_classes = len(train_set.classes)
-    samples = round(config["data"]["clip_seconds"] * config["data"]["sample_rate"])
+    augment = Augment(config)
     features = build_features(config).to(device)
-    shape = tuple(features(crop(train_set, torch.arange(1), samples, None).to(device)).shape[1:])
-    model = build_model(config, n_classes, shape).to(device)
+    batches = Inputs(config, train_set, features, device, augment)
+    evaluated = Inputs(config, test_set if final else val_set, features, device)
+    model = build_model(config, n_classes, tuple(batches(torch.arange(1)).shape[1:])).to(device)
     steps = math.ceil(len(train_set) / t["batch_size"])
     optimizer = make_optimizer(param_groups(model, t), t)
     freeze = Freeze(model)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    augment = Augment(config)
     history: list[dict[str, float]] = []
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -107,10 +108,10 @@ def train(
             total = torch.zeros((), device=device)
             for i in range(0, len(train_set), t["batch_size"]):
                 idx = order[i : i + t["batch_size"]]
-                x = crop(train_set, idx, samples, shuffle).to(device, non_blocking=True)
+                x = batches(idx, shuffle)  # windows of the clips, as the model's input, on the device
                 y = train_set.labels[idx].to(device, non_blocking=True)
                 with torch.no_grad():
-                    x = augment.spec(features(augment.wave(x)))
+                    x = augment.spec(x)
                 x, target = augment.mixup(x, y, n_classes)
                 with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
                     loss = F.cross_entropy(model(x), target, label_smoothing=t["label_smoothing"])
@@ -129,9 +130,7 @@ def train(
                 raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch} (lr={t['lr']:g})")
             row = {"epoch": epoch, "train_loss": train_loss}
             if not final:  # a final run has no validation folds: nothing to score, report or prune on
-                row |= evaluate(
-                    model, features, val_set, samples, device, amp, t["eval_batch_size"], t["label_smoothing"]
-                )
+                row |= evaluate(model, evaluated, amp, t["eval_batch_size"], t["label_smoothing"])
             row |= {"lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
             history.append(row)
             for key, value in row.items():
@@ -149,7 +148,7 @@ def train(
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # handed back meanwhile
                 trial.set_user_attr("epochs_run", len(history))
     if final:
-        matrix = confusion(model, features, test_set, samples, device, amp, t["eval_batch_size"])[1].cpu()
+        matrix = confusion(model, evaluated, amp, t["eval_batch_size"])[1].cpu()
         return Result((matrix.diag().sum() / matrix.sum()).item(), len(history), history, matrix)
     best = better(history, key=lambda r: r[metric])
     return Result(best[metric], int(best["epoch"]), history)
@@ -175,54 +174,35 @@ def train_and_val(config: Mapping[str, Any]) -> Clips:
 
 
 def evaluate(
-    model: torch.nn.Module,
-    features: torch.nn.Module,
-    clips: Clips,
-    samples: int,
-    device: torch.device,
-    amp: bool,
-    batch_size: int,
-    label_smoothing: float = 0.0,
+    model: torch.nn.Module, inputs: Inputs, amp: bool, batch_size: int, label_smoothing: float = 0.0
 ) -> dict[str, float]:
     """Loss, accuracy and macro-F1 over a whole split (centre windows, no augmentation)."""
-    loss, matrix = confusion(model, features, clips, samples, device, amp, batch_size, label_smoothing)
+    loss, matrix = confusion(model, inputs, amp, batch_size, label_smoothing)
     tp = matrix.diag().float()
     f1 = 2 * tp / (matrix.sum(0) + matrix.sum(1)).clamp(min=1)
-    return {"val_loss": loss / len(clips), "val_acc": (tp.sum() / len(clips)).item(), "val_f1": f1.mean().item()}
+    n = len(inputs.clips)
+    return {"val_loss": loss / n, "val_acc": (tp.sum() / n).item(), "val_f1": f1.mean().item()}
 
 
 @torch.no_grad()
 def confusion(
-    model: torch.nn.Module,
-    features: torch.nn.Module,
-    clips: Clips,
-    samples: int,
-    device: torch.device,
-    amp: bool,
-    batch_size: int,
-    label_smoothing: float = 0.0,
+    model: torch.nn.Module, inputs: Inputs, amp: bool, batch_size: int, label_smoothing: float = 0.0
 ) -> tuple[float, torch.Tensor]:
-    """(summed loss, confusion matrix [true class, predicted class]) over a whole split."""
+    """(summed loss, confusion matrix [true class, predicted class]) over a whole split: the one evaluation
+    loop (centre windows, no augmentation, eval mode)."""
+    model.eval()
+    clips, device = inputs.clips, inputs.device
     n_classes = len(clips.classes)
     loss = torch.zeros((), device=device)
     matrix = torch.zeros(n_classes, n_classes, dtype=torch.long, device=device)
-    for logits, y in _predict(model, features, clips, samples, device, amp, batch_size):
+    for i in range(0, len(clips), batch_size):
+        idx = torch.arange(i, min(i + batch_size, len(clips)))
+        x, y = inputs(idx), clips.labels[idx].to(device)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            logits = model(x).float()
         loss += F.cross_entropy(logits, y, label_smoothing=label_smoothing, reduction="sum")
         matrix += _counts(logits, y, n_classes)
     return loss.item(), matrix
-
-
-def _predict(model, features, clips: Clips, samples: int, device: torch.device, amp: bool, batch_size: int):
-    """(logits, labels) batch by batch: the one evaluation loop (centre windows, no augmentation, eval mode).
-
-    Its callers hold `torch.no_grad()`; grad mode is global to the thread, so it covers the generator too."""
-    model.eval()
-    for i in range(0, len(clips), batch_size):
-        idx = torch.arange(i, min(i + batch_size, len(clips)))
-        x = features(crop(clips, idx, samples, None).to(device))
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            logits = model(x).float()
-        yield logits, clips.labels[idx].to(device)
 
 
 def _counts(logits: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tensor:

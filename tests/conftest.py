@@ -42,6 +42,12 @@ def slurm_cluster() -> str:
     return os.environ.get("SWEEP_SLURM_PARTITION", "debug")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The decoded-audio cache of every test in one temporary folder, never the repository's studies/."""
+    os.environ["SWEEP_CACHE_DIR"] = str(tmp_path_factory.mktemp("audio-cache"))
+
+
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh working directory; studies/ lands inside it."""

@@ -52,6 +52,7 @@ class Clips:
     sample_rate: int
     keys: list[str | int] = field(default_factory=list)  # the item keys, in row order
     skipped: int = 0  # files left out under `on_bad_file: skip`
+    entry: Path | None = None  # their cache entry, where features computed from them are kept too
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -133,7 +134,9 @@ def load_split(config: Mapping[str, Any], split: str) -> Clips:
             f"split {split} (folds {data['folds'][split]}) of dataset {data['dataset']} holds no clips; "
             f"the dataset's folds are {sorted({it.fold for it in index.items})}"
         )
-    waves, lengths, kept = spec.read(config, items)
+    from sweep.data.cache import cached_read
+
+    waves, lengths, kept, entry = cached_read(config, spec.read, items)
     return Clips(
         waves=waves,
         lengths=lengths,
@@ -142,6 +145,7 @@ def load_split(config: Mapping[str, Any], split: str) -> Clips:
         sample_rate=data["sample_rate"],
         keys=[items[i].key for i in kept],
         skipped=len(items) - len(kept),
+        entry=entry,
     )
 
 

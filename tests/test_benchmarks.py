@@ -1,0 +1,116 @@
+"""The benchmarks run and say what they measured: BENCH lines well formed, the comparison like for like.
+
+No timing is asserted here (the machine is shared); `python benchmarks/run.py` measures.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NUMBER = r"-?\d+(?:\.\d+)?"
+LINE = re.compile(
+    rf"^BENCH (?P<name>[a-z0-9_]+) sweep=(?P<sweep>{NUMBER}) baseline=(?P<baseline>{NUMBER}) "
+    rf"ratio=(?P<ratio>{NUMBER}) goal=(?P<op><=|>=)(?P<goal>{NUMBER}) (?P<verdict>pass|fail)$"
+)
+
+
+def load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench_lines(script: str, *args: str) -> dict[str, re.Match]:
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT, capture_output=True,
+                         text=True, timeout=180)
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = [line for line in run.stdout.splitlines() if line.startswith("BENCH")]
+    matches = {}
+    for line in lines:
+        m = LINE.match(line)
+        assert m, f"malformed BENCH line: {line!r}"
+        assert float(m["sweep"]) > 0 and float(m["baseline"]) > 0, line
+        ratio, goal = float(m["ratio"]), float(m["goal"])
+        assert m["verdict"] == ("pass" if (ratio <= goal if m["op"] == "<=" else ratio >= goal) else "fail"), line
+        matches[m["name"]] = m
+    assert run.stdout.rstrip().splitlines()[-1].startswith("BENCH"), "a benchmark ends with its BENCH line(s)"
+    return matches
+
+
+def test_trainer_overhead_smoke() -> None:
+    lines = bench_lines("trainer_overhead.py", "--smoke")
+    assert set(lines) == {"trainer_overhead"}
+    m = lines["trainer_overhead"]
+    assert float(m["ratio"]) == pytest.approx(float(m["sweep"]) / float(m["baseline"]), rel=0.02)
+
+
+def test_pruning_smoke() -> None:
+    lines = bench_lines("pruning.py", "--smoke")
+    assert set(lines) == {f"pruning_{p}_{what}" for p in ("median", "hyperband") for what in ("epochs", "best_acc")}
+    for p in ("median", "hyperband"):
+        epochs, acc = lines[f"pruning_{p}_epochs"], lines[f"pruning_{p}_best_acc"]
+        assert float(epochs["ratio"]) > 0 and float(epochs["sweep"]) <= float(epochs["baseline"])
+        assert float(epochs["baseline"]) == 3 * 3  # --smoke: 3 trials × 3 epochs, none pruned without a pruner
+        assert acc["op"] == ">="  # a difference in accuracy points, sweep - baseline
+        assert float(acc["ratio"]) == pytest.approx(float(acc["sweep"]) - float(acc["baseline"]), abs=0.011)
+        assert 0 < float(acc["sweep"]) <= 100 and 0 < float(acc["baseline"]) <= 100
+
+
+def test_bare_loop_computes_what_sweeps_trainer_computes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same seed, same config: the bare loop's first epoch gives sweep's training loss bit for bit.
+
+    Both seed the model, the dropout, the augmentation streams and the shuffle the same way and run the same
+    CPU ops in the same order in one process (same thread count), so the float sums are the same; only the
+    validation accuracy is summed differently (a Python int count vs a float32 tensor), hence approx there.
+    """
+    from sweep.train import train
+
+    monkeypatch.setenv("SWEEP_CACHE_DIR", str(tmp_path / "cache"))
+    bench = load("trainer_overhead")
+    config = bench.make_config(epochs=1, smoke=True, seed=7)
+    assert config["augment"]["strength"] == 0.5 and config["augment"]["mixup"] and config["augment"]["specaugment"]
+    bare = bench.bare_train(config)
+    swept = train(config, tmp_path / "trial").history
+    assert len(bare) == len(swept) == 1
+    assert bare[0]["train_loss"] == swept[0]["train_loss"]
+    assert bare[0]["val_loss"] == pytest.approx(swept[0]["val_loss"], rel=1e-6)
+    assert bare[0]["val_acc"] == pytest.approx(swept[0]["val_acc"], abs=1e-6)
+    other = bench.bare_train(bench.make_config(epochs=1, smoke=True, seed=8))
+    assert other[0]["train_loss"] != bare[0]["train_loss"]  # the seed matters: the equality above is not vacuous
+
+
+def test_runner_collects_bench_lines_and_tells_a_crash(tmp_path: Path) -> None:
+    run = load("run")
+    script = tmp_path / "fake.py"
+    script.write_text("print('x 1 ms  BENCH fake_1 sweep=1.0 baseline=2.0 ratio=0.50 goal=<=1.0 pass')\n"
+                      "print('BENCH not a bench line')\nraise SystemExit(3)\n")
+    outcome = run.run_script(script, [], timeout=60)
+    assert outcome.crashed and outcome.returncode == 3
+    assert outcome.lines == ["BENCH fake_1 sweep=1.0 baseline=2.0 ratio=0.50 goal=<=1.0 pass"]
+    names = [p.stem for p in run.discover()]
+    assert "run" not in names and names[:3] == ["storage_overhead", "trainer_overhead", "pruning"]
+    assert run.arguments(ROOT / "benchmarks" / "pruning.py", quick=True) == (["--quick"], None)
+
+
+def test_runner_write_keeps_the_hand_written_part(tmp_path: Path) -> None:
+    run = load("run")
+    results = tmp_path / "RESULTS.md"
+    results.write_text(f"# old table\n\n{run.MARKER}\n\n## Why\n\nprose\n")
+    outcome = run.Outcome("fake.py", ["--quick"], returncode=0,
+                          lines=["BENCH fake_1 sweep=1.0 baseline=2.0 ratio=0.50 goal=<=1.0 pass"])
+    run.write(results, run.table([outcome], run.facts(), "quick"))
+    text = results.read_text()
+    assert "old table" not in text and text.count(run.MARKER) == 1
+    assert text.endswith("## Why\n\nprose\n")
+    assert "| fake_1 | 1.0 | 2.0 | 0.50 | <=1.0 | pass |" in text
