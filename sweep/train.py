@@ -29,6 +29,7 @@ from sweep.data.augment import Augment
 from sweep.data.features import build_features
 from sweep.data.inputs import Inputs
 from sweep.models import build_model
+from sweep.progress import Progress
 
 
 class NonFiniteLoss(RuntimeError):
@@ -106,6 +107,7 @@ def train(
             shuffle = torch.Generator().manual_seed(t["seed"] + epoch)
             order = torch.randperm(len(train_set), generator=shuffle)
             total = torch.zeros((), device=device)
+            progress = Progress(f"epoch {epoch}/{t['epochs']}", len(train_set))
             for i in range(0, len(train_set), t["batch_size"]):
                 idx = order[i : i + t["batch_size"]]
                 x = batches(idx, shuffle)  # windows of the clips, as the model's input, on the device
@@ -125,6 +127,8 @@ def train(
                 if scheduler is not None:
                     scheduler.step()
                 total += loss.detach() * len(idx)
+                progress.update(len(idx))
+            progress.close()
             train_loss = total.item() / len(train_set)
             if not math.isfinite(train_loss):
                 raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch} (lr={t['lr']:g})")

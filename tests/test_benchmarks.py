@@ -114,3 +114,12 @@ def test_runner_write_keeps_the_hand_written_part(tmp_path: Path) -> None:
     assert "old table" not in text and text.count(run.MARKER) == 1
     assert text.endswith("## Why\n\nprose\n")
     assert "| fake_1 | 1.0 | 2.0 | 0.50 | <=1.0 | pass |" in text
+
+
+@pytest.mark.parametrize(("script", "name"), [("throughput.py", "throughput_clips_per_s"),
+                                              ("memory.py", "memory_worker_anon_mb")])
+def test_data_pipeline_benchmarks_smoke(script: str, name: str) -> None:
+    lines = bench_lines(script, "--smoke")
+    assert set(lines) == {name}
+    m = lines[name]
+    assert float(m["ratio"]) == pytest.approx(float(m["sweep"]) / float(m["baseline"]), rel=0.05, abs=0.06)

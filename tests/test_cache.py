@@ -113,3 +113,23 @@ def test_cache_off_reads_every_time_and_local_copy_is_used(us8k: Path, tmp_path:
     copied = load_split(config(us8k, cache, cache_local=str(local)), "train")
     assert entries(local) == entries(cache)  # the shared entry, copied to node-local scratch
     assert torch.equal(copied.waves, load_split(off, "train").waves)
+
+
+def test_progress_is_drawn_on_a_terminal_and_silent_in_logs() -> None:
+    import io
+
+    from sweep.progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal, log = Terminal(), io.StringIO()
+    for stream in (terminal, log):
+        progress = Progress("decoding esc50", 3, stream)
+        for _ in range(3):
+            progress.update()
+        progress.close()
+    assert log.getvalue() == ""  # a worker's log file, SLURM's output, CI
+    drawn = terminal.getvalue()
+    assert drawn.startswith("\rdecoding esc50: ") and "3/3 (" in drawn and drawn.endswith("/s)\n")

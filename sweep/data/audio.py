@@ -24,6 +24,7 @@ import torch
 
 from sweep.config import Field
 from sweep.data import DataError, Index, Item
+from sweep.progress import Progress
 
 FILE_PARAMS: dict[str, Field] = {
     "classes": Field(list, None, item=str, nullable=True),
@@ -206,9 +207,11 @@ def read_files(config: Mapping[str, Any], items: Sequence[Item]) -> tuple[torch.
                 clips[i] = _centre(wave, limit)
 
     paths = [str(it.key) for it in items]
+    progress = Progress(f"decoding {data['dataset']}", len(paths))
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         for start in range(0, len(paths), _CHUNK):
             chunk = paths[start : start + _CHUNK]
+            progress.update(len(chunk))
             for i, (path, (audio, rate, reason)) in enumerate(zip(chunk, pool.map(_decode, chunk)), start):
                 if audio is None:
                     if not skip:
@@ -226,6 +229,7 @@ def read_files(config: Mapping[str, Any], items: Sequence[Item]) -> tuple[torch.
                         flush(rate)
         for rate in list(pending):
             flush(rate)
+    progress.close()
 
     kept = [i for i, clip in enumerate(clips) if clip is not None]
     if bad:

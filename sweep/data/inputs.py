@@ -24,6 +24,7 @@ from sweep.data import Clips, crop
 from sweep.data.augment import Augment
 from sweep.data.cache import publish
 from sweep.data.features import input_kind
+from sweep.progress import Progress
 
 CHUNK = 64  # clips featurised at a time
 
@@ -66,8 +67,13 @@ def precompute(config: Mapping[str, Any], clips: Clips, features: torch.nn.Modul
     path = clips.entry / f"features-{digest}.npy" if clips.entry is not None else None
     if path is not None and path.exists():
         return torch.from_numpy(np.load(path, mmap_mode="c"))
+    progress, parts = Progress(f"features of {len(clips)} clips", len(clips)), []
     with torch.no_grad():
-        out = torch.cat([features(clips.waves[i : i + CHUNK].to(device)).cpu() for i in range(0, len(clips), CHUNK)])
+        for i in range(0, len(clips), CHUNK):
+            parts.append(features(clips.waves[i : i + CHUNK].to(device)).cpu())
+            progress.update(len(parts[-1]))
+    progress.close()
+    out = torch.cat(parts)
     if path is not None:
         def write(tmp):
             with open(tmp, "wb") as f:  # a file object: np.save adds no suffix
