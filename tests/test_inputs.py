@@ -99,3 +99,31 @@ def test_waveform_augmentations_scale_with_strength_and_replay_from_the_seed() -
     assert (masked >= 1600).any()  # a 0.1 s time mask (1600 samples at 16 kHz) zeroed somewhere
     assert a.shape == x.shape and torch.isfinite(a).all()
     assert a.abs().max() <= x.abs().max() * 1.3 + 0.01  # gain at most 1.3, noise 30 dB down
+
+
+@pytest.mark.parametrize("kind", ["logmel", "fbank"])
+def test_cached_frame_windows_are_the_features_of_the_same_audio_window(kind: str) -> None:
+    from sweep.data.inputs import Inputs
+
+    config = config_for("audio_cnn", name=kind, n_mels=40, n_fft=400, hop_length=160)
+    samples, hop = 16000, 160
+    lengths = [samples, samples + 7 * hop]
+    waves = torch.zeros(2, samples + 7 * hop)
+    for i, n in enumerate(lengths):
+        waves[i, :n] = torch.randn(n, generator=torch.Generator().manual_seed(i)) * 0.1
+    c = Clips(waves, torch.tensor(lengths), torch.zeros(2, dtype=torch.long), ["a"], 16000)
+    features = build_features(config)
+    inputs = Inputs(config, c, features, torch.device("cpu"))
+    assert inputs.frames is not None  # spectrogram input, no waveform augmentation: precomputed
+    x = inputs(torch.arange(2))  # centred: clip 0 whole, clip 1 from frame 3 (room 7 frames)
+    expected = features(torch.stack([waves[0, :samples], waves[1, 3 * hop : 3 * hop + samples]]))
+    assert x.shape == expected.shape
+    # the whole clip: the same frames, but the last ones, which see the split's zero padding, not a reflection
+    torch.testing.assert_close(x[0, ..., :-2], expected[0, ..., :-2])
+    torch.testing.assert_close(x[1, ..., 2:-2], expected[1, ..., 2:-2], atol=1e-4, rtol=1e-4)  # but its edges
+    for seed in range(5):  # random windows stay inside the clip and on hop boundaries
+        g = torch.Generator().manual_seed(seed)
+        start = int((torch.rand(2, generator=torch.Generator().manual_seed(seed)) * 8).long()[1])
+        y = inputs(torch.arange(2), g)
+        window = features(waves[1:2, start * hop : start * hop + samples])
+        torch.testing.assert_close(y[1, ..., 2:-2], window[0, ..., 2:-2], atol=1e-4, rtol=1e-4)

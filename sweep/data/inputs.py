@@ -39,7 +39,8 @@ class Inputs:
         self.frames: torch.Tensor | None = None
         if input_kind(config) != "waveform" and not config["augment"]["waveform"]:
             self.hop = config["features"]["hop_length"]
-            self.window = self.samples // self.hop + 1  # frames of one window (centred STFT)
+            with torch.no_grad():  # frames of one window, as the features make them (log-mel and fbank differ)
+                self.window = features(torch.zeros(1, self.samples, device=device)).shape[-1]
             self.frames = precompute(config, clips, features, device)
 
     def __call__(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -47,7 +48,8 @@ class Inputs:
         if self.frames is None:
             x = crop(self.clips, idx, self.samples, generator).to(self.device, non_blocking=True)
             with torch.no_grad():
-                return self.features(self.augment.wave(x) if generator is not None and self.augment is not None else x)
+                augmented = generator is not None and self.augment is not None
+                return self.features(self.augment.wave(x) if augmented else x)
         room = (self.clips.lengths[idx] - self.samples).clamp(min=0) // self.hop
         if generator is None:
             start = room // 2
