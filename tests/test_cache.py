@@ -133,3 +133,16 @@ def test_progress_is_drawn_on_a_terminal_and_silent_in_logs() -> None:
     assert log.getvalue() == ""  # a worker's log file, SLURM's output, CI
     drawn = terminal.getvalue()
     assert drawn.startswith("\rdecoding esc50: ") and "3/3 (" in drawn and drawn.endswith("/s)\n")
+
+
+def test_default_cache_folder_is_hidden_among_the_studies(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sweep.data.cache import cache_root
+
+    monkeypatch.delenv("SWEEP_CACHE_DIR")
+    cfg = resolve({}, "default")
+    assert cache_root(cfg) == home / "studies" / ".cache"  # no study name can start with "."
+    monkeypatch.setenv("SWEEP_STUDIES_DIR", str(home / "shared"))
+    assert cache_root(cfg) == home / "shared" / ".cache"
+    monkeypatch.setenv("SWEEP_CACHE_DIR", str(home / "scratch"))
+    assert cache_root(cfg) == home / "scratch"
+    assert cache_root(resolve({"data": {"cache_dir": str(home / "given")}}, "given")) == home / "given"

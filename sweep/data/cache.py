@@ -36,11 +36,11 @@ Reader = Callable[[Mapping[str, Any], Sequence[Item]], tuple[torch.Tensor, torch
 
 
 def cache_root(config: Mapping[str, Any]) -> Path:
-    """`data.cache_dir`, else $SWEEP_CACHE_DIR, else cache/ beside the studies (a shared file system on a cluster)."""
+    """`data.cache_dir`, else $SWEEP_CACHE_DIR, else studies/.cache (a shared file system on a cluster)."""
     from sweep.storage import studies_dir
 
     given = config["data"]["cache_dir"] or os.environ.get("SWEEP_CACHE_DIR")
-    return Path(given).expanduser().resolve() if given else studies_dir() / "cache"
+    return Path(given).expanduser().resolve() if given else studies_dir() / ".cache"  # no study name starts with "."
 
 
 def entry_key(config: Mapping[str, Any], items: Sequence[Item]) -> str:
