@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime
 import os
 import shutil
 import sys
@@ -171,6 +172,7 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
         return 0
     workers = 1 if config["executor"]["name"] == "debug" else min(config["executor"]["workers"], waiting)
     context = dict(run_context(workers), launch=uuid.uuid4().hex[:12])
+    since = datetime.datetime.now()  # as Optuna stamps datetime_start: local, naive
     executor = make_executor(config, home / "logs", workers, profile)
     with _detached_output(detach and config["executor"]["name"] == "local"):
         jobs = executor.map_array(
@@ -203,10 +205,10 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
         for job in jobs:
             job.cancel(check=False)
         _wait_gone(jobs)
-        _hand_back_running(study, context["launch"], config["executor"]["max_retries"])
+        _hand_back_running(study, context["launch"], since, config["executor"]["max_retries"])
         status.summary(study, sys.stdout)
         return 130
-    _hand_back_running(study, context["launch"], config["executor"]["max_retries"])
+    _hand_back_running(study, context["launch"], since, config["executor"]["max_retries"])
     status.summary(study, sys.stdout)
     for line in lost + failed:
         print(line, file=sys.stderr)
@@ -269,9 +271,11 @@ def _wait_gone(jobs: list, timeout: float = 15.0) -> None:
         time.sleep(0.2)
 
 
-def _hand_back_running(study: optuna.Study, launch_id: str, max_retries: int) -> None:
+def _hand_back_running(study: optuna.Study, launch_id: str, since: datetime.datetime, max_retries: int) -> None:
     """Trials this launch's workers left RUNNING (every worker gone) are handed back: the next launch
-    resumes them from their checkpoints."""
+    resumes them from their checkpoints. A trial popped after this launch began whose worker stopped
+    before it recorded anything (no `launch` attribute yet) is this launch's too: no one else can finish it."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get("launch") == launch_id:
+        orphan = "launch" not in t.user_attrs and t.datetime_start is not None and t.datetime_start >= since
+        if t.user_attrs.get("launch") == launch_id or orphan:
             retry(study, t, "its worker stopped without finishing it", max_retries)

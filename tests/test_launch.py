@@ -189,3 +189,24 @@ def test_a_worker_whose_trials_keep_failing_is_reported_and_the_launch_fails(hom
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{home / 'studies' / 'tiny' / 'study.db'}")
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
     assert len(failed) == 3 and all("cannot read audio file" in t.user_attrs["fail_reason"] for t in failed)
+
+
+def test_a_trial_popped_by_a_worker_that_stopped_before_recording_anything_is_handed_back(home: Path) -> None:
+    """Ctrl-C can land between a worker's pop and its first attribute write: the launcher still hands it back."""
+    import datetime
+
+    from sweep.launch import _hand_back_running
+    from sweep.storage import open_storage
+    from sweep.study import VOID, pop_trial, top_up
+
+    study = optuna.create_study(study_name="orphan", storage=open_storage(f"sqlite:///{home / 'o.db'}"))
+    top_up(study, 3)
+    earlier = pop_trial(study)  # another launch's running trial, from before this one began
+    earlier.set_user_attr("launch", "other")
+    since = datetime.datetime.now()
+    orphan = pop_trial(study)  # popped by this launch's worker, which stopped before writing anything
+    _hand_back_running(study, "this", since, max_retries=2)
+    trials = {t.number: t for t in study.get_trials()}
+    assert trials[earlier.number].state == TrialState.RUNNING  # not this launch's
+    assert trials[orphan.number].state == TrialState.FAIL and VOID in trials[orphan.number].user_attrs
+    assert len([t for t in trials.values() if t.state == TrialState.WAITING]) == 2  # re-enqueued + the third
