@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from _bench import bench_line
 
 BATCH = 32
 
@@ -95,8 +96,7 @@ def main() -> None:
     mine = max(r["anon_mb"] for r in ours)
     base = max(r["anon_mb"] for r in theirs)
     ratio = mine / base
-    print(f"BENCH memory_worker_anon_mb sweep={mine:.1f} baseline={base:.1f} ratio={ratio:.3f} goal=<=0.25 "
-          f"{'pass' if ratio <= 0.25 else 'fail'}")
+    print(bench_line("memory_worker_anon_mb", mine, base, ratio, "<=0.25", ratio_digits=3))
 
 
 if __name__ == "__main__":

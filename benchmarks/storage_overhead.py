@@ -1,16 +1,29 @@
-"""Per-trial storage overhead of sweep's worker loop against plain Optuna, on every storage backend.
+"""Per-trial storage overhead of sweep's worker against plain Optuna, on every storage backend.
 
-    python benchmarks/storage_overhead.py [--backends sqlite,postgresql,mariadb,journal] [--workers 1,8,32]
+    python benchmarks/storage_overhead.py [--quick | --smoke] [--backends sqlite,postgresql,mariadb,journal]
+                                          [--workers 1,8,32]
 
-sweep: the launcher enqueues the whole budget as WAITING trials (`sweep.study.top_up`); each worker process
-loops `pop_trial` → `report` + `should_prune` per step → `tell` until the budget is used up.
-baseline: plain Optuna on the same storage URL opened by Optuna itself (`optuna.load_study(storage=URL)`):
-each worker runs its share of the budget as `study.ask()` → `report` + `should_prune` per step → `tell`.
+sweep: `sweep.worker.run_worker`, the function every sweep worker runs, with a trainer that trains nothing: it
+reports STEPS values (report + should_prune per step, as `sweep.train.train` does each epoch) and returns.
+Everything else is the worker's own code, timed in full: opening the storage and the study, stale-trial checks,
+the pop of the budget that `sweep.study.top_up` enqueued (as `sweep launch` does) with the trial's run
+attributes (host, worker, launch, git commit, versions, trial_dir), the search-space draw, the heartbeat thread
+(started and stopped per trial; it writes once every executor.heartbeat_seconds = 30 s of training, so never
+here), `tell` with the closing attributes (seed, config, epochs_run, wall_seconds, checkpoint), and the files a
+trial leaves (config.yaml, run.json, the TensorBoard hparams summary).
+baseline: plain Optuna as one writes it by hand: `optuna.load_study(storage=URL)` (Optuna's own storage for the
+URL, the journal through its file backend), then per trial `study.ask()`, the same two suggest calls, report +
+should_prune per step (tell PRUNED when it says so), tell.
+Both: the same sampler (RandomSampler, seed 0 + worker index), the same pruner (MedianPruner, 5 startup trials,
+1 warm-up step), the same reported values (a function of trial number and step), the same number of trials
+(sweep's workers share the enqueued budget; each baseline worker runs an equal share of it).
 
-Per-trial overhead = workers × wall time / trials, the time one worker spends per trial (no training: this is
-all storage). Workers are processes (forked from a forkserver that never connected) that connect first and
-start together. PostgreSQL and MariaDB are the servers at SWEEP_TEST_POSTGRES / SWEEP_TEST_MYSQL (default:
-127.0.0.1), each run in a fresh database, dropped afterwards. Each line ends with
+Workers are processes forked from a forkserver that imported everything (torch, Optuna, the drivers) but never
+connected; each connects after the go signal. Overhead per trial = workers × (time from go to the end of the
+last `tell`) / trials: the time one worker spends per trial. (A sweep worker that finds the budget drained
+stays until no trial may need a retry; that wait ends a study, it is not a per-trial cost.) PostgreSQL and
+MariaDB are the servers at SWEEP_TEST_POSTGRES / SWEEP_TEST_MYSQL (default: 127.0.0.1), each run in a fresh
+database, dropped afterwards. Each point ends with
 `BENCH storage_<backend>_<n> sweep=<ms> baseline=<ms> ratio=<r> goal=<=1.0 pass|fail`.
 """
 
@@ -29,55 +42,68 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from _bench import bench_line
 
-from sweep.storage import open_storage, pop_waiting_trial_id
-from sweep.study import pop_trial, top_up
+from sweep.config import resolve
+from sweep.storage import open_storage
+from sweep.study import top_up
+from sweep.train import Result
+from sweep.worker import run_context, run_worker
 
 PG_ADMIN = os.environ.get("SWEEP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 MY_ADMIN = os.environ.get("SWEEP_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test")
+BACKENDS = ("sqlite", "postgresql", "mariadb", "journal")
 STEPS = 5
-WORKERS = {"sqlite": (1, 8), "journal": (1, 8), "postgresql": (1, 8, 32), "mariadb": (1, 8, 32)}
+PRUNER = {"n_startup_trials": 5, "n_warmup_steps": 1}
+SPACE = {"train.lr": {"type": "float", "low": 1.0e-4, "high": 3.0e-2, "log": True}, "model.width": [8, 16]}
+PRELOAD = ["__main__", "torch", "sweep.worker", "sweep.train", "sweep.hparams", "psycopg2", "pymysql",
+           "alembic.script", "alembic.migration", "optuna.storages._rdb.models", "optuna.storages.journal"]
 
 
-def trials_for(n_workers: int) -> int:
-    """Enough trials per worker to average over, few enough to finish on a 2-core machine; equal shares."""
-    return n_workers * max(4, 30 // n_workers)
+def trials_for(n_workers: int, quick: bool) -> int:
+    """Enough trials per worker to average over, few enough for a 2-core machine; equal shares."""
+    return n_workers * max(3 if quick else 4, (24 if quick else 40) // n_workers)
 
 
-# ---- one worker process ------------------------------------------------------------------------------
+def value(number: int, step: int) -> float:
+    """What trial `number` reports at `step`: a spread of curves, so the median pruner prunes some trials."""
+    return ((number * 37) % 100) / 100 * (step + 1) / STEPS
 
 
-def worker(mode: str, url: str, name: str, share: int, ready: Any, go: Any, results: Any) -> None:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        storage = plain_storage(url) if mode == "baseline" else open_storage(url)
-        study = optuna.load_study(study_name=name, storage=storage)
-    finally:
-        ready.put(os.getpid())
-    go.wait()
-    started, count = time.perf_counter(), 0
-    try:
-        while mode != "baseline" or count < share:
-            trial = pop(study, mode)
-            if trial is None:
+# ---- the two workers -------------------------------------------------------------------------------------
+
+
+def reporting_trainer(config: dict[str, Any], out_dir: Path, trial: optuna.Trial) -> Result:
+    """`sweep.train.train` without the training: what it does with the storage each epoch."""
+    for step in range(STEPS):
+        trial.report(value(trial.number, step), step)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after step {step}")
+    return Result(value(trial.number, STEPS - 1), STEPS - 1, [])
+
+
+def sweep_worker(config: dict[str, Any], url: str, study_dir: str, index: int, context: dict[str, Any]) -> None:
+    run_worker(config, url, study_dir, index, context, trainer=reporting_trainer)
+
+
+def baseline_worker(url: str, name: str, index: int, share: int) -> None:
+    study = optuna.load_study(
+        study_name=name,
+        storage=plain_storage(url),
+        sampler=optuna.samplers.RandomSampler(seed=index),
+        pruner=optuna.pruners.MedianPruner(**PRUNER),
+    )
+    for _ in range(share):
+        trial = study.ask()
+        trial.suggest_float("train.lr", 1.0e-4, 3.0e-2, log=True)
+        trial.suggest_categorical("model.width", [8, 16])
+        for step in range(STEPS):
+            trial.report(value(trial.number, step), step)
+            if trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                 break
-            for step in range(STEPS):
-                trial.report(step / STEPS, step)
-                trial.should_prune()
-            study.tell(trial, float(trial.number))
-            count += 1
-    finally:  # the launcher waits for one result per worker, even from a worker that failed
-        results.put((count, time.perf_counter() - started))
-
-
-def pop(study: optuna.Study, mode: str) -> optuna.Trial | None:
-    """sweep's pop_trial, the one-transaction pop (`--pop storage`), or plain Optuna's ask."""
-    if mode == "baseline":
-        return study.ask()
-    if mode == "sweep":
-        return pop_trial(study)
-    trial_id = pop_waiting_trial_id(study)
-    return None if trial_id is None else optuna.Trial(study, trial_id)
+        else:
+            study.tell(trial, value(trial.number, STEPS - 1))
 
 
 def plain_storage(url: str) -> Any:
@@ -92,31 +118,70 @@ def plain_storage(url: str) -> Any:
     return url
 
 
-def run(mode: str, url: str, n_workers: int, n_trials: int) -> tuple[float, float]:
-    """(wall time per trial per worker in ms, trials per second overall), from the go signal to the last result."""
+def process(target: Any, args: tuple[Any, ...], ready: Any, go: Any, results: Any) -> None:
+    """One worker process: ready, wait for go, run; report when its last `tell` returned (or its error)."""
+    sys.stdout = open(os.devnull, "w")  # a worker's per-trial log lines, as on a cluster, but not on this screen
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    last_tell = [0.0]
+    tell = optuna.Study.tell
+
+    def timed_tell(self: optuna.Study, *args: Any, **kwargs: Any) -> Any:
+        result = tell(self, *args, **kwargs)
+        last_tell[0] = time.time()
+        return result
+
+    optuna.Study.tell = timed_tell  # measurement only: the same wrapper around both workers' tell
+    ready.put(os.getpid())
+    go.wait()
+    try:
+        target(*args)
+        results.put((last_tell[0], None))
+    except BaseException as exc:
+        results.put((last_tell[0], f"{type(exc).__name__}: {exc}"))
+
+
+def run(mode: str, url: str, n_workers: int, n_trials: int, ctx: Any) -> float:
+    """Per-trial time of one worker in ms: workers × (go → last tell) / trials."""
     name = f"{mode}-{uuid.uuid4().hex[:6]}"
-    study = optuna.create_study(study_name=name, storage=open_storage(url))
-    if mode != "baseline":
-        top_up(study, n_trials)
-    ctx = mp.get_context("forkserver")  # a fresh process that never connected, forked per worker: fast starts
-    ctx.set_forkserver_preload(["__main__", "psycopg2", "pymysql", "alembic.script", "optuna.storages.journal"])
-    ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
-    share = n_trials // n_workers
-    procs = [ctx.Process(target=worker, args=(mode, url, name, share, ready, go, results)) for _ in range(n_workers)]
-    for p in procs:
-        p.start()
-    for _ in procs:
-        ready.get(timeout=300)
-    started = time.perf_counter()
-    go.set()
-    outcomes = [results.get(timeout=600) for _ in procs]
-    elapsed = time.perf_counter() - started
-    for p in procs:
-        p.join(timeout=60)
-        if p.exitcode != 0:
-            raise RuntimeError(f"a {mode} worker exited with {p.exitcode}")
-    done = sum(c for c, _ in outcomes)
-    return 1000 * n_workers * elapsed / done, done / elapsed
+    optuna.create_study(study_name=name, storage=open_storage(url), direction="maximize")
+    with tempfile.TemporaryDirectory() as study_dir:
+        if mode == "sweep":
+            config = resolve(sweep_config(name, n_trials, n_workers), "storage_overhead.py")
+            top_up(optuna.load_study(study_name=name, storage=open_storage(url)), n_trials)
+            context = dict(run_context(n_workers), launch="bench")
+            jobs = [(sweep_worker, (config, url, study_dir, i, context)) for i in range(n_workers)]
+        else:
+            jobs = [(baseline_worker, (url, name, i, n_trials // n_workers)) for i in range(n_workers)]
+        ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+        procs = [ctx.Process(target=process, args=(*job, ready, go, results)) for job in jobs]
+        for p in procs:
+            p.start()
+        for _ in procs:
+            ready.get(timeout=300)
+        started = time.time()
+        go.set()
+        outcomes = [results.get(timeout=900) for _ in procs]
+        for p in procs:
+            p.join(timeout=60)
+    errors = [error for _, error in outcomes if error]
+    if errors:
+        raise RuntimeError(f"{len(errors)} {mode} worker(s) failed; the first: {errors[0]}")
+    trials = optuna.load_study(study_name=name, storage=open_storage(url)).get_trials(deepcopy=False)
+    finished = sum(t.state.is_finished() for t in trials)
+    if finished != n_trials:
+        raise RuntimeError(f"{mode}: {finished} trials finished, expected {n_trials}")
+    return 1000 * n_workers * (max(t for t, _ in outcomes) - started) / n_trials
+
+
+def sweep_config(name: str, n_trials: int, n_workers: int) -> dict[str, Any]:
+    return {
+        "study": {"name": name, "metric": "val_acc", "n_trials": n_trials},
+        "sampler": {"name": "random", "seed": 0},
+        "pruner": {"name": "median", **PRUNER},
+        "train": {"epochs": STEPS},
+        "executor": {"name": "local", "workers": n_workers},
+        "search_space": SPACE,
+    }
 
 
 # ---- backends --------------------------------------------------------------------------------------------
@@ -154,32 +219,26 @@ def server_database(admin_url: str) -> Iterator[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--backends", default="sqlite,postgresql,mariadb,journal")
-    p.add_argument("--workers", default="1,8,32", help="worker counts (32 only for the database servers)")
-    p.add_argument(
-        "--pop",
-        choices=("study", "storage"),
-        default="study",
-        help="sweep's pop: sweep.study.pop_trial (default), or sweep.storage.pop_waiting_trial_id",
-    )
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="fewer trials, 1 and 8 workers")
+    size.add_argument("--smoke", action="store_true", help="SQLite and the journal, 1 worker, 3 trials (tests)")
+    p.add_argument("--backends", default=",".join(BACKENDS))
+    p.add_argument("--workers", default=None, help="worker counts (default 1,8,32; --quick 1,8; --smoke 1)")
     args = p.parse_args(argv)
-    sweep_mode = "sweep" if args.pop == "study" else "sweep-storage-pop"
+    backends = "sqlite,journal" if args.smoke and args.backends == ",".join(BACKENDS) else args.backends
+    workers = [int(n) for n in (args.workers or ("1" if args.smoke else "1,8" if args.quick else "1,8,32")).split(",")]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    wanted = {int(n) for n in args.workers.split(",")}
-    for name in args.backends.split(","):
-        for n in (n for n in WORKERS[name] if n in wanted):
-            n_trials = trials_for(n)
+    ctx = mp.get_context("forkserver")  # forked from a process that imported everything and never connected
+    ctx.set_forkserver_preload(PRELOAD)
+    for name in backends.split(","):
+        for n in workers:
+            n_trials = 3 if args.smoke else trials_for(n, args.quick)
             with backend(name) as url:
-                sweep_ms, sweep_rate = run(sweep_mode, url, n, n_trials)
-                base_ms, base_rate = run("baseline", url, n, n_trials)
-            ratio = sweep_ms / base_ms
-            print(
-                f"{name:10s} {n:2d} workers, {n_trials} trials: sweep ({args.pop} pop) {sweep_ms:7.1f} ms/trial "
-                f"({sweep_rate:6.1f} trials/s), plain Optuna {base_ms:7.1f} ms/trial ({base_rate:6.1f} trials/s)  "
-                f"BENCH storage_{name}_{n} sweep={sweep_ms:.1f} baseline={base_ms:.1f} ratio={ratio:.2f} "
-                f"goal=<=1.0 {'pass' if ratio <= 1.0 else 'fail'}",
-                flush=True,
-            )
+                sweep_ms = run("sweep", url, n, n_trials, ctx)
+                base_ms = run("baseline", url, n, n_trials, ctx)
+            print(f"{name:10s} {n:2d} workers, {n_trials:3d} trials: sweep {sweep_ms:7.1f} ms/trial, "
+                  f"plain Optuna {base_ms:7.1f} ms/trial", flush=True)
+            print(bench_line(f"storage_{name}_{n}", sweep_ms, base_ms, sweep_ms / base_ms, "<=1.0"), flush=True)
     return 0
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import soundfile
 import torch
 import torchaudio
+from _bench import bench_line
 
 from sweep.config import resolve
 from sweep.data import load_split
@@ -125,8 +126,7 @@ def main() -> None:
     print(f"cache build (first epoch, once per study): {built:.2f} s ({clips / built:.1f} clips/s)")
     print(f"sweep, a later epoch: {seconds:.3f} s; baseline, every epoch: {base_seconds:.3f} s")
     ratio = ours / theirs
-    print(f"BENCH throughput_clips_per_s sweep={ours:.1f} baseline={theirs:.1f} ratio={ratio:.1f} goal=>=20 "
-          f"{'pass' if ratio >= 20 else 'fail'}")
+    print(bench_line("throughput_clips_per_s", ours, theirs, ratio, ">=20", ratio_digits=1))
 
 
 if __name__ == "__main__":

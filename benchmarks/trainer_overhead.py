@@ -43,6 +43,7 @@ import optuna
 import torch
 import torch.nn.functional as F
 import torchaudio
+from _bench import bench_line
 
 import sweep.train
 from sweep.config import resolve
@@ -291,11 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{k} {v:.1f} ms" for k, v in per_epoch.items()),
         flush=True,
     )
-    print(
-        f"BENCH trainer_overhead sweep={sweep_s:.4f} baseline={bare_s:.4f} ratio={ratio:.3f} goal=<={GOAL} "
-        f"{'pass' if ratio <= GOAL else 'fail'}",
-        flush=True,
-    )
+    print(bench_line("trainer_overhead", sweep_s, bare_s, ratio, f"<={GOAL}", digits=4, ratio_digits=3), flush=True)
     return 0
 
 

@@ -237,7 +237,9 @@ def parse_yaml(text: str, source: str) -> Any:
 
 
 def dump_yaml(config: Mapping[str, Any]) -> str:
-    return yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=None)
+    """libyaml's emitter where PyYAML has it: every trial writes its config, ~18 ms a time in pure Python."""
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return yaml.dump(dict(config), Dumper=dumper, sort_keys=False, default_flow_style=None)
 
 
 # ---- dotted paths ------------------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 Which storage to use when:
 
-- ``sqlite:///PATH`` (the default, ``studies/NAME/study.db``): every worker on ONE machine. WAL, a 60 s busy
-  timeout, and every storage call that writes is one ``BEGIN IMMEDIATE`` transaction (SQLite has no
-  SELECT … FOR UPDATE: with plain Optuna, two local workers could pop the same WAITING trial). Never on a
+- ``sqlite:///PATH`` (the default, ``studies/NAME/study.db``): every worker on ONE machine. WAL without an
+  fsync per commit (synchronous=NORMAL), a 60 s busy timeout, and every storage call that writes is one
+  ``BEGIN IMMEDIATE`` transaction (SQLite has no SELECT … FOR UPDATE: with plain Optuna, two local workers
+  could pop the same WAITING trial). Never on a
   network file system (NFS, Lustre, GPFS, BeeGFS, SMB): its locks are not reliable there and the file can
   be corrupted; `check_sqlite_location` warns.
 - ``postgresql://USER@HOST/DB`` (psycopg2): a cluster, workers on many nodes. ``mysql+pymysql://USER@HOST/DB``
@@ -42,6 +43,7 @@ from urllib.parse import quote, unquote
 
 import optuna
 from optuna.storages import RDBStorage
+from optuna.storages._cached_storage import _CachedStorage
 from optuna.trial import TrialState
 
 from sweep.config import ConfigError
@@ -354,7 +356,7 @@ def _open(url: str, retry_s: float) -> optuna.storages.BaseStorage:
 
         path = Path(url[len("journal:///") :])
         path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        return SweepJournalStorage(JournalFileBackend(str(path)))
     raise ConfigError(
         f"unknown storage URL {mask(url)}; accepted: sqlite:///PATH, postgresql://…, mysql+pymysql://…, "
         "journal:///PATH",
@@ -545,11 +547,12 @@ class RetryingRDBStorage(RDBStorage):
         self.retry_s = retry_s
         self._waiting: dict[int, dict[int, optuna.trial.FrozenTrial]] = {}  # study id → trial id → trial
         self._waiting_lock = threading.Lock()
+        self._closing: dict[int, dict[str, Any]] = {}  # trial id → attributes written when it finishes
         super().__init__(url, **kwargs)
         self._serialize_sqlite()
 
     def _serialize_sqlite(self) -> None:
-        """One SQLite transaction per storage call; a call that writes holds the write lock from its start.
+        """One SQLite transaction per storage call that writes, holding the write lock from its start.
 
         SQLite ignores Optuna's SELECT … FOR UPDATE, and pysqlite only begins a transaction at the first
         write, so Optuna's read-then-write steps raced between processes: two workers could both claim the
@@ -559,12 +562,14 @@ class RetryingRDBStorage(RDBStorage):
         if self.engine.dialect.name == "sqlite":
             from sqlalchemy import event
 
+            event.listen(self.engine, "connect", _sqlite_connect)
             event.listen(self.engine, "begin", _sqlite_begin)
+            self.engine.dispose()  # the connection Optuna opened to set up the schema predates the listeners
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
         del state["_waiting_lock"]
-        state["_waiting"] = {}
+        state["_waiting"], state["_closing"] = {}, {}
         return state
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
@@ -594,36 +599,80 @@ class RetryingRDBStorage(RDBStorage):
     ) -> list[optuna.trial.FrozenTrial]:
         if states is not None:
             return RDBStorage._get_trials(self, study_id, states, included, greater)
-        with self._waiting_lock:
-            cached = self._waiting.setdefault(study_id, {})
-            current = self._trial_states(study_id, included, greater)  # what this read must return
-            kept = [cached[i] for i, state in current.items() if state == TrialState.WAITING and i in cached]
-            stale = set(current) - {t._trial_id for t in kept}
-            loaded = RDBStorage._get_trials(self, study_id, None, stale, max(current)) if stale else []
-            for i in stale | (included - set(current)):
-                cached.pop(i, None)
-            cached.update((t._trial_id, t) for t in loaded if t.state == TrialState.WAITING)
-        return sorted(kept + loaded, key=lambda t: t._trial_id)
-
-    def _trial_states(self, study_id: int, included: set[int], greater: int) -> dict[int, TrialState]:
-        """(id → state) of the trials Optuna's incremental read asks for: `included` ones up to `greater`, and
-        every trial above it. One narrow query, instead of every trial with all its attributes."""
         import sqlalchemy
         from optuna.storages._rdb import models
         from optuna.storages._rdb.storage import _create_scoped_session
+        from sqlalchemy import orm
 
         model = models.TrialModel
-        ids = [i for i in included if i <= greater]
-        wanted = sqlalchemy.or_(model.trial_id.in_(ids), model.trial_id > greater) if ids else model.trial_id > greater
-        with _create_scoped_session(self.scoped_session) as session:
-            query = session.query(model.trial_id, model.state).filter(model.study_id == study_id, wanted)
-            return dict(query.all())
+        older = {i for i in included if i <= greater}
+        with self._waiting_lock:
+            cached = self._waiting.setdefault(study_id, {})
+            for i in [i for i in cached if i <= greater and i not in older]:  # finished, as Optuna's cache knows
+                del cached[i]
+            wanted = model.trial_id > greater
+            if older:
+                wanted = sqlalchemy.or_(model.trial_id.in_(older), wanted)
+            if cached:  # the same query as Optuna's, minus the cached WAITING trials that are still WAITING
+                still_waiting = sqlalchemy.and_(model.trial_id.in_(cached), model.state == TrialState.WAITING)
+                wanted = sqlalchemy.and_(wanted, sqlalchemy.not_(still_waiting))
+            with _create_scoped_session(self.scoped_session) as session:
+                query = session.query(model).filter(model.study_id == study_id, wanted).order_by(model.trial_id)
+                for relation in ("params", "values", "user_attributes", "system_attributes", "intermediate_values"):
+                    query = query.options(orm.selectinload(getattr(model, relation)))
+                loaded = [self._build_frozen_trial_from_trial_model(t) for t in query.all()]
+                if not loaded:  # a trial row proves its study exists; without one, ask (a deleted study raises)
+                    models.StudyModel.find_or_raise_by_id(study_id, session)
+            for t in loaded:
+                cached.pop(t._trial_id, None)
+            kept = list(cached.values())  # not read again: still WAITING, so unchanged
+            cached.update((t._trial_id, t) for t in loaded if t.state == TrialState.WAITING)
+        return sorted(kept + loaded, key=lambda t: t._trial_id)
+
+    def set_trial_user_attrs(self, trial_id: int, attrs: Mapping[str, Any]) -> None:
+        """Several user attributes of one trial in one transaction (upserts: a retry rewrites the same values)."""
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        def attempt(n: int) -> None:
+            with _create_scoped_session(self.scoped_session, True) as session:
+                trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+                self.check_trial_is_updatable(trial_id, trial.state)
+                self._upsert_user_attrs(session, trial_id, attrs)
+
+        call_with_retry(attempt, "set_trial_user_attrs", self.retry_s, self.url)
+
+    def _upsert_user_attrs(self, session: Any, trial_id: int, attrs: Mapping[str, Any]) -> None:
+        """Optuna's attribute upsert, one statement for all rows: INSERT … ON CONFLICT / ON DUPLICATE KEY UPDATE."""
+        import json
+
+        from optuna.storages._rdb import models
+        from sqlalchemy.dialects import mysql, postgresql, sqlite
+
+        model = models.TrialUserAttributeModel
+        rows = [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()]
+        dialect = self.engine.dialect.name
+        if not rows:
+            return
+        if dialect in ("mysql", "mariadb"):
+            stmt = mysql.insert(model).values(rows)
+            session.execute(stmt.on_duplicate_key_update(value_json=stmt.inserted.value_json))
+        elif dialect == "postgresql" or dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):
+            stmt = (postgresql if dialect == "postgresql" else sqlite).insert(model).values(rows)
+            conflict = {"index_elements": [model.trial_id, model.key], "set_": {"value_json": stmt.excluded.value_json}}
+            session.execute(stmt.on_conflict_do_update(**conflict))
+        else:
+            for key, value in attrs.items():
+                self._set_trial_attr_without_commit(session, model, trial_id, key, value)
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
         def attempt(n: int) -> bool:
             try:
+                closing = self._closing.get(trial_id) if state.is_finished() else None
                 if state == TrialState.RUNNING and values is None:
                     done = self._claim(trial_id)
+                elif closing:
+                    done = self._finish(trial_id, state, values, closing)
                 else:
                     done = RDBStorage.set_trial_state_values(self, trial_id, state, values)
             except optuna.exceptions.UpdateFinishedTrialError:
@@ -640,17 +689,50 @@ class RetryingRDBStorage(RDBStorage):
 
         return call_with_retry(attempt, "set_trial_state_values", self.retry_s, self.url)
 
-    def pop_waiting_trial_id(self, study_id: int) -> int | None:
+    def stage_closing_attrs(self, trial_id: int, attrs: Mapping[str, Any] | None) -> None:
+        """Attributes to write in the transaction that finishes the trial (None: forget them); see `tell_with`."""
+        if attrs is None:
+            self._closing.pop(trial_id, None)
+        else:
+            self._closing[trial_id] = dict(attrs)
+
+    def _finish(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None, attrs: Mapping[str, Any]
+    ) -> bool:
+        """`RDBStorage.set_trial_state_values` for a finishing state, with the trial's closing attributes."""
+        import sqlalchemy.exc
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        try:
+            with _create_scoped_session(self.scoped_session) as session:
+                trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+                self.check_trial_is_updatable(trial_id, trial.state)
+                self._upsert_user_attrs(session, trial_id, attrs)
+                for objective, v in enumerate(values or ()):
+                    self._set_trial_value_without_commit(session, trial, objective, v)
+                trial.state = state
+                trial.datetime_complete = datetime.now()
+        except sqlalchemy.exc.IntegrityError:
+            return False
+        return True
+
+    def pop_waiting_trial_id(
+        self, study_id: int, attrs: Callable[[int], Mapping[str, Any]] | None = None
+    ) -> int | None:
         """Claim the oldest WAITING trial of the study (→ RUNNING) in one transaction; None if there is none.
+        `attrs(number)`: user attributes written in the same transaction.
 
         Optuna's own pop tries the WAITING trials one by one, each a transaction that fails when another
         worker was faster, and all workers try them in the same order: with 32 workers on PostgreSQL that was
         ~10 claims (and twice the client CPU) per trial popped. Here one locking read takes the first trial no
         other worker is claiming (SKIP LOCKED where the server has it; SQLite serializes writers anyway).
         """
-        return call_with_retry(lambda n: self._pop_once(study_id), "pop_waiting_trial_id", self.retry_s, self.url)
+        return call_with_retry(
+            lambda n: self._pop_once(study_id, attrs), "pop_waiting_trial_id", self.retry_s, self.url
+        )
 
-    def _pop_once(self, study_id: int) -> int | None:
+    def _pop_once(self, study_id: int, attrs: Callable[[int], Mapping[str, Any]] | None) -> int | None:
         from optuna.storages._rdb import models
         from optuna.storages._rdb.storage import _create_scoped_session
 
@@ -665,6 +747,8 @@ class RetryingRDBStorage(RDBStorage):
                 return None
             trial.state = TrialState.RUNNING
             trial.datetime_start = datetime.now()
+            if attrs is not None:
+                self._upsert_user_attrs(session, trial.trial_id, attrs(trial.number))
             return trial.trial_id
 
     def _claim(self, trial_id: int) -> bool:
@@ -701,13 +785,17 @@ class RetryingRDBStorage(RDBStorage):
         return False
 
 
-def pop_waiting_trial_id(study: optuna.Study) -> int | None:
+def pop_waiting_trial_id(study: optuna.Study, attrs: Callable[[int], Mapping[str, Any]] | None = None) -> int | None:
     """Claim the study's next WAITING trial for this worker: `Study._pop_waiting_trial_id`, in one transaction
-    on a sweep SQL storage (see `RetryingRDBStorage.pop_waiting_trial_id`), Optuna's loop on the others."""
+    on a sweep SQL storage (see `RetryingRDBStorage.pop_waiting_trial_id`), Optuna's loop on the others.
+    `attrs(number)`: user attributes for the claimed trial, written with the claim where the storage can."""
     backend = getattr(study._storage, "_backend", study._storage)
     if not isinstance(backend, RetryingRDBStorage):
-        return study._pop_waiting_trial_id()
-    trial_id = backend.pop_waiting_trial_id(study._study_id)
+        trial_id = study._pop_waiting_trial_id()
+        if trial_id is not None and attrs is not None:
+            set_trial_user_attrs(study._storage, trial_id, attrs(study._storage.get_trial(trial_id).number))
+        return trial_id
+    trial_id = backend.pop_waiting_trial_id(study._study_id, attrs)
     cache = study._storage
     if trial_id is not None and cache is not backend:  # Optuna's cache must know the trial it did not pop
         cache._read_trials_from_remote_storage(study._study_id)
@@ -716,10 +804,115 @@ def pop_waiting_trial_id(study: optuna.Study) -> int | None:
     return trial_id
 
 
+class SweepJournalStorage(optuna.storages.JournalStorage):
+    """Optuna's journal storage, plus writing several records of one trial in one locked, fsynced append.
+
+    The records are the journal's own (one attribute each, as every reader of the file expects)."""
+
+    def __init__(self, backend: Any) -> None:
+        self._closing: dict[int, dict[str, Any]] = {}
+        super().__init__(backend)
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)
+        self._closing = {}
+
+    def set_trial_user_attrs(self, trial_id: int, attrs: Mapping[str, Any]) -> None:
+        self._append([self._attr_log(trial_id, key, value) for key, value in attrs.items()])
+
+    def stage_closing_attrs(self, trial_id: int, attrs: Mapping[str, Any] | None) -> None:
+        """Attributes to append with the record that finishes the trial (None: forget them); see `tell_with`."""
+        if attrs is None:
+            self._closing.pop(trial_id, None)
+        else:
+            self._closing[trial_id] = dict(attrs)
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
+        from datetime import timezone
+
+        from optuna.storages.journal._storage import JournalOperation
+
+        closing = self._closing.get(trial_id) if state.is_finished() else None
+        if not closing:
+            return super().set_trial_state_values(trial_id, state, values)
+        now = datetime.now(tz=timezone.utc).isoformat(timespec="microseconds")
+        finish = {"trial_id": trial_id, "state": state, "values": values, "datetime_complete": now}
+        attr_logs = [self._attr_log(trial_id, key, value) for key, value in closing.items()]
+        self._append([*attr_logs, self._log(JournalOperation.SET_TRIAL_STATE_VALUES, finish)])
+        return True
+
+    def _attr_log(self, trial_id: int, key: str, value: Any) -> dict[str, Any]:
+        from optuna.storages.journal._storage import JournalOperation
+
+        return self._log(JournalOperation.SET_TRIAL_USER_ATTR, {"trial_id": trial_id, "user_attr": {key: value}})
+
+    def _log(self, op_code: int, fields: dict[str, Any]) -> dict[str, Any]:
+        return {"op_code": op_code, "worker_id": self._replay_result.worker_id, **fields}
+
+    def _append(self, logs: list[dict[str, Any]]) -> None:
+        """One append, then replay. If the trial finished meanwhile, each record of this batch raises
+        UpdateFinishedTrialError on replay: all are read here, so none surfaces later in an unrelated call."""
+        with self._thread_lock:
+            self._backend.append_logs(logs)
+            failed = None
+            for _ in logs:
+                try:
+                    self._sync_with_backend()
+                    break
+                except optuna.exceptions.UpdateFinishedTrialError as exc:
+                    failed = failed or exc
+            if failed is not None:
+                raise failed
+
+
+def _sweep_storage(storage: optuna.storages.BaseStorage) -> RetryingRDBStorage | SweepJournalStorage | None:
+    """The sweep storage under Optuna's cache, if it is one (they batch a trial's writes)."""
+    backend = storage._backend if isinstance(storage, _CachedStorage) else storage
+    return backend if isinstance(backend, (RetryingRDBStorage, SweepJournalStorage)) else None
+
+
+def set_trial_user_attrs(storage: optuna.storages.BaseStorage, trial_id: int, attrs: Mapping[str, Any]) -> None:
+    """A trial's bookkeeping in one write instead of one per attribute: one transaction on a sweep SQL storage
+    (one commit), one fsynced append on sweep's journal, one call per attribute on any other storage."""
+    batched = _sweep_storage(storage)
+    if batched is not None:
+        batched.set_trial_user_attrs(trial_id, attrs)
+        return
+    for key, value in attrs.items():
+        storage.set_trial_user_attr(trial_id, key, value)
+
+
+def tell_with(
+    study: optuna.Study, trial: optuna.Trial, attrs: Mapping[str, Any], value: float | None = None,
+    state: TrialState | None = None,
+) -> None:
+    """`study.tell(trial, value, state=state)` that also writes the trial's closing attributes, in the same
+    transaction (SQL) or append (journal) as its new state: a trial's end costs one write, as in plain Optuna."""
+    batched = _sweep_storage(study._storage)
+    if batched is None:
+        set_trial_user_attrs(study._storage, trial._trial_id, attrs)
+        study.tell(trial, value, state=state)
+        return
+    batched.stage_closing_attrs(trial._trial_id, attrs)
+    try:
+        study.tell(trial, value, state=state)
+    finally:
+        batched.stage_closing_attrs(trial._trial_id, None)
+
+
+def _sqlite_connect(dbapi_connection: Any, record: Any) -> None:
+    """WAL with synchronous=NORMAL: a commit no longer waits for an fsync (~5 ms each here, ~10 commits a
+    trial). SQLite's documented trade: the file is never corrupted, and a killed worker loses nothing; only an
+    OS crash or power cut may roll back the last commits, whose trials stale-trial recovery then retries."""
+    dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+
+
 def _sqlite_begin(conn: Any) -> None:
-    """Calls that write take the lock up front; reads keep WAL's snapshot and never wait for a writer."""
+    """Calls that write take the lock up front; reads run without a transaction, as under plain Optuna (each
+    statement sees the last commit, WAL never makes them wait for a writer, and no BEGIN/COMMIT is paid)."""
     writes = getattr(_retry_state, "what", "").lstrip("_").startswith(("set_", "create_", "delete_", "record_", "pop_"))
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
+    if writes:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _already_written(trial: optuna.trial.FrozenTrial, state: TrialState, values: Iterable[float] | None) -> bool:

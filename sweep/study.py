@@ -10,7 +10,7 @@ params at the moment a worker starts it, seeing every trial finished before.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import optuna
@@ -181,14 +181,15 @@ def top_up(study: optuna.Study, n_trials: int) -> int:
     return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) if counts(t))
 
 
-def pop_trial(study: optuna.Study) -> optuna.Trial | None:
+def pop_trial(study: optuna.Study, attrs: Callable[[int], Mapping[str, Any]] | None = None) -> optuna.Trial | None:
     """The next WAITING trial of the budget, or None when the budget is used up.
 
     This is `Study.ask` without its fallback of creating a new trial, which would overrun the budget.
+    `attrs(number)`: user attributes of the claimed trial, written with the claim (one transaction on SQL).
     """
     from sweep.storage import pop_waiting_trial_id
 
-    trial_id = pop_waiting_trial_id(study)
+    trial_id = pop_waiting_trial_id(study, attrs)
     if trial_id is None:
         return None
     study._thread_local.cached_all_trials = None  # as ask() does: the sampler must see fresh trials

@@ -10,7 +10,6 @@ with nothing to validate on and nothing to prune; the test folds are evaluated o
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -148,9 +147,6 @@ def train(
                     raise optuna.TrialPruned(f"pruned after epoch {epoch}: {metric}={row[metric]:.4f}")
     finally:
         writer.close()
-        if trial is not None:  # one write per trial, whether it completes, is pruned or fails
-            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # handed back meanwhile
-                trial.set_user_attr("epochs_run", len(history))
     if final:
         matrix = confusion(model, evaluated, amp, t["eval_batch_size"])[1].cpu()
         return Result((matrix.diag().sum() / matrix.sum()).item(), len(history), history, matrix)

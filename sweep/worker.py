@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -29,7 +29,7 @@ import optuna
 
 from sweep import space
 from sweep.config import dump_yaml, resolve
-from sweep.storage import open_storage
+from sweep.storage import open_storage, tell_with
 from sweep.study import open_study, pop_trial, recover_stale, retry
 
 MAX_CONSECUTIVE_ERRORS = 3  # a config or code bug fails every trial: stop instead of burning the budget
@@ -93,14 +93,13 @@ class Heartbeat:
         self.thread = threading.Thread(target=self._run, name="sweep-heartbeat", daemon=True)
 
     def _run(self) -> None:
-        while not self.stop.is_set():
+        while not self.stop.wait(self.every):  # until the first beat, the trial's start time stands for one
             try:
                 self.study._storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
             except optuna.exceptions.UpdateFinishedTrialError:
                 return
             except Exception as exc:  # a storage hiccup must not kill the trial; the next beat retries
                 print(f"heartbeat: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-            self.stop.wait(self.every)
 
     def __enter__(self) -> Heartbeat:
         self.thread.start()
@@ -142,8 +141,13 @@ def run_worker(
     index: int,
     context: dict[str, Any],
     job: Worker | None = None,
+    trainer: Callable[..., Any] | None = None,
 ) -> WorkerReport:
-    """Pull trials until the budget is used up and no other worker's trial may still need a retry."""
+    """Pull trials until the budget is used up and no other worker's trial may still need a retry.
+
+    `trainer` replaces `sweep.train.train` (same signature): benchmarks/storage_overhead.py times everything
+    a worker does around training with one that only reports to the pruner.
+    """
     import torch
 
     torch.set_num_threads(threads_per_worker(config))
@@ -152,21 +156,23 @@ def run_worker(
     study = open_study(config, open_storage(storage_url, wait_s=300), worker_index=index)
     params = space.parse(config["search_space"], config)
     done: dict[int, str] = {}
-    errors, trial = 0, None
+    errors, trial, checked = 0, None, float("-inf")
     job = job or Worker()
     job.max_retries = ex["max_retries"]
     deadline = started + config["study"]["timeout"] if config["study"]["timeout"] else None
     try:
         while deadline is None or time.time() < deadline:
-            recover_stale(study, ex["stale_after_seconds"], ex["max_retries"])
-            trial = pop_trial(study)
+            if time.monotonic() - checked >= ex["heartbeat_seconds"]:  # no heartbeat changes faster than this
+                recover_stale(study, ex["stale_after_seconds"], ex["max_retries"])
+                checked = time.monotonic()
+            trial = pop_trial(study, lambda number: _claim_attrs(Path(study_dir), number, index, host, context))
             if trial is None:
                 if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
                     break
                 time.sleep(min(ex["heartbeat_seconds"], 2.0))  # a running trial may yet need a retry: stay
                 continue
             with Heartbeat(study, trial, ex["heartbeat_seconds"]):
-                outcome = run_trial(study, trial, config, params, Path(study_dir), index, host, context)
+                outcome = run_trial(study, trial, config, params, Path(study_dir), index, host, context, trainer)
             done[trial.number], trial = outcome, None
             errors = errors + 1 if outcome == "error" else 0
             if errors >= MAX_CONSECUTIVE_ERRORS:
@@ -193,58 +199,81 @@ def run_trial(
     worker: int,
     host: str,
     context: Mapping[str, Any],
+    trainer: Callable[..., Any] | None = None,
 ) -> str:
     """Run one trial to its end and tell the study; returns complete, pruned, nan or error."""
     from sweep.train import NonFiniteLoss, train
 
-    State = optuna.trial.TrialState
+    train = trainer or train
+
     out_dir = study_dir / "trials" / str(trial.number)
     log = f"[worker {worker}] trial {trial.number}"
     started = time.time()
+    closing: dict[str, Any] = {}  # written with the trial's final state, in the same transaction
     try:
         drawn = space.suggest(trial, params, base)
         config = resolve(space.apply(base, drawn), f"trial {trial.number}")
-        _record(trial, config, drawn, out_dir, worker, host, context)
+        closing.update(_record(trial, config, drawn, out_dir, worker, host, context))
         _take_over(trial.user_attrs.get("sweep_resume_from"), out_dir)
         print(f"{log} starts: {json.dumps(drawn)}", flush=True)
         result = train(config, out_dir, trial)
     except optuna.TrialPruned as exc:
         print(f"{log} {exc}", flush=True)
-        _finished(trial, out_dir, "pruned", started)
-        study.tell(trial, state=State.PRUNED)
+        _finished(study, trial, out_dir, "pruned", started, closing)
         return "pruned"
     except NonFiniteLoss as exc:
         print(f"{log} failed: {exc}", flush=True)
-        _fail(study, trial, str(exc))
+        _fail(study, trial, str(exc), closing)
         return "nan"
     except Exception as exc:
         print(f"{log} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
-        _fail(study, trial, f"{type(exc).__name__}: {exc}"[:2000])
+        _fail(study, trial, f"{type(exc).__name__}: {exc}"[:2000], closing)
         return "error"
-    trial.set_user_attr("best_epoch", result.best_epoch)
-    _finished(trial, out_dir, "complete", started)
-    study.tell(trial, result.best_value)
+    _finished(study, trial, out_dir, "complete", started, {**closing, "best_epoch": result.best_epoch},
+              result.best_value)
     print(f"{log} complete: {base['study']['metric']}={result.best_value:.4f}", flush=True)
     return "complete"
 
 
-def _finished(trial: optuna.Trial, out_dir: Path, state: str, started: float) -> None:
-    """What the dashboard shows of a finished trial (wall time, checkpoint) and its TensorBoard HParams session."""
+def _claim_attrs(study_dir: Path, number: int, worker: int, host: str, context: Mapping[str, Any]) -> dict[str, Any]:
+    """Written with the claim of trial `number`, so a trial is never RUNNING without them: which launch and
+    worker run it (a launcher hands back its own trials) and where its checkpoint is (a retry resumes there)."""
+    run = {"host": host, "worker": worker, "pid": os.getpid(), "slurm_job_id": slurm_job_id(), **context}
+    keys = ("host", "worker", "pid", "launch", "slurm_job_id", "git_commit", "versions")
+    attrs = {k: run[k] for k in keys if run.get(k) is not None}
+    return {**attrs, "trial_dir": str(study_dir / "trials" / str(number))}
+
+
+def _finished(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    out_dir: Path,
+    state: str,
+    started: float,
+    attrs: dict[str, Any],
+    value: float | None = None,
+) -> None:
+    """Tell the study, with what the dashboard shows of a finished trial (epochs, wall time, checkpoint) in the
+    same write; then its TensorBoard HParams session."""
     from sweep.hparams import write_summary
 
-    trial.set_user_attr("wall_seconds", round(time.time() - started, 3))
+    attrs = {**attrs, "epochs_run": len(trial._cached_frozen_trial.intermediate_values)}
+    attrs["wall_seconds"] = round(time.time() - started, 3)
     if (out_dir / "checkpoint.pt").exists():
-        trial.set_user_attr("checkpoint", str(out_dir / "checkpoint.pt"))
+        attrs["checkpoint"] = str(out_dir / "checkpoint.pt")
+    pruned = optuna.trial.TrialState.PRUNED
+    tell_with(study, trial, attrs, value, state=pruned if state == "pruned" else None)
     try:
         write_summary(out_dir, trial.params, state, started)
     except Exception as exc:  # a TensorBoard summary is not worth the trial's result
         print(f"trial {trial.number}: no TensorBoard hparams summary: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
-def _fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, attrs: dict[str, Any]) -> None:
+    epochs = len(trial._cached_frozen_trial.intermediate_values)
     with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # already handed back: keep that
-        trial.set_user_attr("fail_reason", reason)
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        failed = optuna.trial.TrialState.FAIL
+        tell_with(study, trial, {**attrs, "fail_reason": reason, "epochs_run": epochs}, state=failed)
 
 
 def _take_over(previous: str | None, out_dir: Path) -> None:
@@ -264,7 +293,8 @@ def _record(
     worker: int,
     host: str,
     context: Mapping[str, Any],
-) -> None:
+) -> dict[str, Any]:
+    """The trial's config.yaml and run.json; returns its attributes for the end of the trial (seed, config)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(dump_yaml(config))
     run = {
@@ -278,8 +308,4 @@ def _record(
         **context,
     }
     (out_dir / "run.json").write_text(json.dumps(run, indent=1))
-    for key in ("seed", "host", "worker", "pid", "launch", "slurm_job_id", "git_commit", "versions"):
-        if run.get(key) is not None:
-            trial.set_user_attr(key, run[key])
-    trial.set_user_attr("trial_dir", str(out_dir))
-    trial.set_user_attr("config", json.loads(json.dumps(config)))
+    return {"seed": config["train"]["seed"], "config": json.loads(json.dumps(config))}

@@ -23,6 +23,9 @@ LINE = re.compile(
 
 
 def load(name: str) -> ModuleType:
+    """A benchmark script as a module, as `python benchmarks/NAME.py` sees it (benchmarks/ on sys.path)."""
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -53,6 +56,15 @@ def test_trainer_overhead_smoke() -> None:
     assert set(lines) == {"trainer_overhead"}
     m = lines["trainer_overhead"]
     assert float(m["ratio"]) == pytest.approx(float(m["sweep"]) / float(m["baseline"]), rel=0.02)
+
+
+def test_storage_overhead_smoke() -> None:
+    """sweep's real worker loop and plain Optuna's, on SQLite and the journal, each finishing every trial."""
+    lines = bench_lines("storage_overhead.py", "--smoke")
+    assert set(lines) == {"storage_sqlite_1", "storage_journal_1"}
+    for m in lines.values():
+        assert m["op"] == "<=" and float(m["goal"]) == 1.0
+        assert float(m["ratio"]) == pytest.approx(float(m["sweep"]) / float(m["baseline"]), abs=0.01)
 
 
 def test_pruning_smoke() -> None:

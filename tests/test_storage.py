@@ -45,6 +45,8 @@ from sweep.storage import (
     pop_waiting_trial_id,
     resolve_storage,
     scrub,
+    set_trial_user_attrs,
+    tell_with,
 )
 from sweep.study import pop_trial, top_up
 
@@ -536,6 +538,132 @@ def report(backend: str, run: Run) -> None:
     )
     for line in run.retries[:5]:
         print(f"  retry: {line}")
+
+
+# ---- a trial's writes batched, reads cached -------------------------------------------------------------
+
+
+def _url_for(backend: str, request: pytest.FixtureRequest) -> str:
+    if backend in ("pg", "mysql"):
+        return request.getfixturevalue(backend).url()
+    home = request.getfixturevalue("home")
+    return f"sqlite:///{home}/b.db" if backend == "sqlite" else f"journal:///{home}/b.log"
+
+
+def _commits(storage: Any) -> list[int]:
+    """A counter of the storage's writes: transactions that wrote something (SQL), appends (the journal)."""
+    count = [0]
+    if isinstance(storage, optuna.storages.JournalStorage):
+        append = storage._backend.append_logs
+
+        def counted(logs: list[dict[str, Any]]) -> None:
+            count[0] += 1
+            append(logs)
+
+        storage._backend.append_logs = counted
+        return count
+    backend = storage._backend
+
+    def wrote(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE")):
+            conn.info["wrote"] = True
+
+    def committed(conn: Any) -> None:
+        count[0] += conn.info.pop("wrote", False)
+
+    event.listen(backend.engine, "before_cursor_execute", wrote)
+    event.listen(backend.engine, "commit", committed)
+    return count
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "pg", "mysql", "journal"])
+def test_a_trials_bookkeeping_rides_on_its_claim_and_its_tell(backend: str, request: pytest.FixtureRequest) -> None:
+    """The worker's attributes go in with the claim and with the tell (one transaction each on SQL, one append
+    on the journal), and plain Optuna reads them back; a trial finished meanwhile takes none of them."""
+    url = _url_for(backend, request)
+    study = optuna.create_study(study_name="batch", storage=open_storage(url), direction="maximize")
+    top_up(study, 3)
+    commits = _commits(study._storage)
+    trial = pop_trial(study, lambda number: {"trial_dir": f"/trials/{number}", "host": "n1", "versions": {"a": "1"}})
+    # the claim and its attributes: one transaction; on the journal the claim must be replayed (another worker
+    # may have won it) before its attributes are appended
+    assert commits[0] == (2 if backend == "journal" else 1)
+    trial.report(0.5, 0)
+    before = commits[0]
+    tell_with(study, trial, {"config": {"train": {"lr": 0.1}}, "epochs_run": 1}, 0.75)
+    assert commits[0] - before == 1  # the final state and the closing attributes
+    set_trial_user_attrs(study._storage, pop_trial(study)._trial_id, {"a": 1, "b": [1, 2], "c": "x"})
+
+    plain = optuna.load_study(study_name="batch", storage=_plain(url)).get_trials()
+    assert plain[0].state == TrialState.COMPLETE and plain[0].value == 0.75
+    assert plain[0].user_attrs == {
+        "sweep_enqueued": True, "trial_dir": "/trials/0", "host": "n1", "versions": {"a": "1"},
+        "config": {"train": {"lr": 0.1}}, "epochs_run": 1,
+    }
+    assert plain[1].state == TrialState.RUNNING
+    assert {"a": 1, "b": [1, 2], "c": "x"}.items() <= plain[1].user_attrs.items()
+
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):  # finished: nothing more is written to it
+        set_trial_user_attrs(study._storage, trial._trial_id, {"late": 1, "later": 2})
+    third = pop_trial(study)
+    third.set_user_attr("after", True)  # no error left over from the refused batch (the journal replays it)
+    study.tell(third, 1.0)
+    final = optuna.load_study(study_name="batch", storage=_plain(url)).get_trials()
+    assert "late" not in final[0].user_attrs and "later" not in final[0].user_attrs
+    assert final[2].user_attrs["after"] is True
+
+
+def _plain(url: str) -> Any:
+    if url.startswith("journal:///"):
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:///") :]))
+    return url.replace("postgresql://", "postgresql+psycopg2://")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "pg", "mysql"])
+def test_a_workers_cached_reads_see_every_change_another_worker_makes(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    """sweep reads WAITING trials once and then only what changed; after each step of another worker, one
+    worker's `get_trials` equals a fresh read by plain Optuna: states, params, values, attributes."""
+    url = _url_for(backend, request)
+    optuna.create_study(study_name="view", storage=open_storage(url), direction="maximize")
+    mine = optuna.load_study(study_name="view", storage=open_storage(url))
+    other = optuna.load_study(study_name="view", storage=open_storage(url))
+    top_up(other, 4)
+
+    def same() -> None:
+        fresh = optuna.load_study(study_name="view", storage=_plain(url)).get_trials()
+        seen = mine.get_trials()
+        fields = ("number", "state", "params", "values", "intermediate_values", "user_attrs")
+        assert [[getattr(t, f) for f in fields] for t in seen] == [[getattr(t, f) for f in fields] for t in fresh]
+
+    same()  # every WAITING trial read and cached
+    a = pop_trial(other, lambda n: {"trial_dir": f"/t/{n}"})
+    same()
+    a.suggest_float("lr", 1e-3, 1e-1, log=True)
+    a.report(0.25, 0)
+    same()
+    other.enqueue_trial({"lr": 0.01}, user_attrs={"sweep_retry_of": 0})  # a retry appended behind the budget
+    tell_with(other, a, {"epochs_run": 1}, 0.5)
+    same()
+    b = pop_trial(other)
+    other._storage.set_trial_user_attr(b._trial_id, "heartbeat", 1.0)
+    top_up(other, 2)  # budget lowered: the surplus WAITING trials are voided
+    same()
+    other.tell(b, state=TrialState.PRUNED)
+    while (c := pop_trial(other)) is not None:
+        other.tell(c, 1.0)
+    same()
+
+
+def test_sqlite_commits_without_an_fsync_each(home: Path) -> None:
+    """WAL with synchronous=NORMAL on every connection sweep opens (the one Optuna set up the schema with too)."""
+    storage = open_storage(f"sqlite:///{home}/s.db")
+    with storage.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
 
 
 # ---- real servers ---------------------------------------------------------------------------------------

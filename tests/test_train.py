@@ -43,7 +43,6 @@ def test_reports_each_epoch_and_is_pruned_by_median(tiny_config: dict, tmp_path:
         train(tiny_config, tmp_path, trial)
     frozen = study.trials[-1]
     assert list(frozen.intermediate_values) == [1]  # reported once, then stopped
-    assert frozen.user_attrs["epochs_run"] == 1
     assert (tmp_path / "checkpoint.pt").exists()  # the epoch was saved before the pruner was asked
 
 
