@@ -10,7 +10,10 @@ params, conditional ones included, and every scalar tag as a metric — so trial
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,8 +26,6 @@ BEST_PREFIX = "best/"  # scalar tag of the trial's value: best/val_acc, best/val
 
 def write_summary(trial_dir: Path, params: Mapping[str, Any], state: str, started: float | None = None) -> None:
     """Add the HParams session of one finished trial to `trial_dir/tb`, reading its value from metrics.json."""
-    from torch.utils.tensorboard import SummaryWriter
-
     start = plugin_data_pb2.SessionStartInfo(start_time_secs=started or time.time())
     for name, value in {**params, "state": state}.items():
         slot = start.hparams[name]
@@ -37,11 +38,28 @@ def write_summary(trial_dir: Path, params: Mapping[str, Any], state: str, starte
     end = plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS, end_time_secs=time.time())
     metrics = trial_dir / "metrics.json"
     record = json.loads(metrics.read_text()) if metrics.exists() else None
-    with SummaryWriter(str(trial_dir / "tb")) as writer:
-        writer.file_writer.add_summary(_summary(metadata.SESSION_START_INFO_TAG, session_start_info=start))
-        if record is not None:
-            writer.add_scalar(BEST_PREFIX + record["metric"], record["best_value"], int(record["best_epoch"]))
-        writer.file_writer.add_summary(_summary(metadata.SESSION_END_INFO_TAG, session_end_info=end))
+    events = [(_summary(metadata.SESSION_START_INFO_TAG, session_start_info=start), 0)]
+    if record is not None:
+        best = Summary(value=[Summary.Value(tag=BEST_PREFIX + record["metric"], simple_value=record["best_value"])])
+        events.append((best, int(record["best_epoch"])))
+    events.append((_summary(metadata.SESSION_END_INFO_TAG, session_end_info=end), 0))
+    _write_events(trial_dir / "tb", events)
+
+
+def _write_events(logdir: Path, summaries: list[tuple[Summary, int]]) -> None:
+    """An event file of its own beside the trainer's, written in this thread: a SummaryWriter would start (and
+    join) a writer thread for three records, per trial."""
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    logdir.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    name = f"events.out.tfevents.{int(now):010d}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.hparams"
+    with open(logdir / name, "wb") as f:
+        writer = RecordWriter(f)
+        writer.write(Event(wall_time=now, file_version="brain.Event:2").SerializeToString())
+        for summary, step in summaries:
+            writer.write(Event(wall_time=now, step=step, summary=summary).SerializeToString())
 
 
 def _summary(tag: str, **content: Any) -> Summary:

@@ -643,7 +643,10 @@ class RetryingRDBStorage(RDBStorage):
         call_with_retry(attempt, "set_trial_user_attrs", self.retry_s, self.url)
 
     def _upsert_user_attrs(self, session: Any, trial_id: int, attrs: Mapping[str, Any]) -> None:
-        """Optuna's attribute upsert, one statement for all rows: INSERT … ON CONFLICT / ON DUPLICATE KEY UPDATE."""
+        """Optuna's attribute upsert (INSERT … ON CONFLICT / ON DUPLICATE KEY UPDATE), executed once for all rows.
+
+        One statement whatever the keys, run with a list of rows: SQLAlchemy compiles it once per process (a
+        multi-row VALUES clause would be compiled anew for every set of keys, ~5 ms each here)."""
         import json
 
         from optuna.storages._rdb import models
@@ -655,12 +658,12 @@ class RetryingRDBStorage(RDBStorage):
         if not rows:
             return
         if dialect in ("mysql", "mariadb"):
-            stmt = mysql.insert(model).values(rows)
-            session.execute(stmt.on_duplicate_key_update(value_json=stmt.inserted.value_json))
+            stmt = mysql.insert(model)
+            session.execute(stmt.on_duplicate_key_update(value_json=stmt.inserted.value_json), rows)
         elif dialect == "postgresql" or dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):
-            stmt = (postgresql if dialect == "postgresql" else sqlite).insert(model).values(rows)
+            stmt = (postgresql if dialect == "postgresql" else sqlite).insert(model)
             conflict = {"index_elements": [model.trial_id, model.key], "set_": {"value_json": stmt.excluded.value_json}}
-            session.execute(stmt.on_conflict_do_update(**conflict))
+            session.execute(stmt.on_conflict_do_update(**conflict), rows)
         else:
             for key, value in attrs.items():
                 self._set_trial_attr_without_commit(session, model, trial_id, key, value)

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -85,29 +85,54 @@ def threads_per_worker(config: Mapping[str, Any]) -> int:
 
 
 class Heartbeat:
-    """Stamps the running trial every few seconds, so other workers can tell a dead worker's trial apart."""
+    """Stamps the trial this worker runs every `every` seconds (the first stamp `every` seconds after it
+    started; until then its start time stands for one), so other workers can tell a dead worker's trial apart.
 
-    def __init__(self, study: optuna.Study, trial: optuna.Trial, every: float) -> None:
-        self.study, self.trial_id, self.every = study, trial._trial_id, every
-        self.stop = threading.Event()
+    One thread for the whole worker, pointed at each trial in turn: starting a thread per trial cost a few ms
+    a trial on a busy machine."""
+
+    def __init__(self, study: optuna.Study, every: float) -> None:
+        self.study, self.every = study, every
+        self.trial_id: int | None = None
+        self.due = 0.0
+        self.lock, self.changed, self.closed = threading.Lock(), threading.Event(), False
         self.thread = threading.Thread(target=self._run, name="sweep-heartbeat", daemon=True)
+        self.thread.start()
+
+    @contextlib.contextmanager
+    def beating(self, trial: optuna.Trial) -> Iterator[None]:
+        self._point(trial._trial_id)
+        try:
+            yield
+        finally:
+            self._point(None)
+
+    def close(self) -> None:
+        self.closed = True
+        self.changed.set()
+        self.thread.join()
+
+    def _point(self, trial_id: int | None) -> None:
+        with self.lock:
+            self.trial_id, self.due = trial_id, time.monotonic() + self.every
+        self.changed.set()
 
     def _run(self) -> None:
-        while not self.stop.wait(self.every):  # until the first beat, the trial's start time stands for one
+        while not self.closed:
+            with self.lock:
+                trial_id, due = self.trial_id, self.due
+            if self.changed.wait(None if trial_id is None else max(0.0, due - time.monotonic())):
+                self.changed.clear()  # another trial, or none, or closing: look again
+                continue
             try:
-                self.study._storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
+                self.study._storage.set_trial_user_attr(trial_id, "heartbeat", time.time())
             except optuna.exceptions.UpdateFinishedTrialError:
-                return
+                pass  # finished (or handed back) meanwhile: the worker moves on
             except Exception as exc:  # a storage hiccup must not kill the trial; the next beat retries
                 print(f"heartbeat: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-
-    def __enter__(self) -> Heartbeat:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join()
+            with self.lock:
+                if self.trial_id == trial_id:
+                    self.due = time.monotonic() + self.every
 
 
 class Worker:
@@ -160,6 +185,7 @@ def run_worker(
     job = job or Worker()
     job.max_retries = ex["max_retries"]
     deadline = started + config["study"]["timeout"] if config["study"]["timeout"] else None
+    heartbeat = Heartbeat(study, ex["heartbeat_seconds"])
     try:
         while deadline is None or time.time() < deadline:
             if time.monotonic() - checked >= ex["heartbeat_seconds"]:  # no heartbeat changes faster than this
@@ -171,7 +197,7 @@ def run_worker(
                     break
                 time.sleep(min(ex["heartbeat_seconds"], 2.0))  # a running trial may yet need a retry: stay
                 continue
-            with Heartbeat(study, trial, ex["heartbeat_seconds"]):
+            with heartbeat.beating(trial):
                 outcome = run_trial(study, trial, config, params, Path(study_dir), index, host, context, trainer)
             done[trial.number], trial = outcome, None
             errors = errors + 1 if outcome == "error" else 0
@@ -187,6 +213,8 @@ def run_worker(
             retry(study, study._storage.get_trial(trial._trial_id), reason, job.max_retries + 1)
             print(f"trial {trial.number} handed back to the study ({reason})", flush=True)
         raise
+    finally:
+        heartbeat.close()
     return WorkerReport(index, host, done, time.time() - started)
 
 
