@@ -1,0 +1,132 @@
+"""Retrying storage calls: which database errors go away by themselves (`is_transient`), and the retry loop
+(`call_with_retry`) with its per-process state (`last_outage_end`)."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from sweep.storage.urls import scrub
+
+_log = logging.getLogger("sweep.storage")  # one logger for the whole package
+T = TypeVar("T")
+
+RETRY_S = 600.0  # how long a worker keeps retrying one storage call: a database restart takes seconds to minutes
+# MySQL error codes that go away by themselves: lock wait timeout, deadlock, too many connections, server
+# shutdown, connection killed, can't connect, server gone, connection lost, disconnected for inactivity.
+_MYSQL_TRANSIENT = frozenset({1205, 1213, 1040, 1053, 1927, 2002, 2003, 2006, 2013, 2055, 4031})
+_MYSQL_PERMANENT = frozenset({1044, 1045, 1049, 1698})  # access denied, unknown database
+_PERMANENT_TEXT = (
+    "authentication failed",
+    "access denied",
+    "does not exist",
+    "unknown database",
+    "no pg_hba.conf entry",
+)
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc.__cause__ or exc
+    text = str(orig).strip() or type(orig).__name__
+    return text.splitlines()[0]
+
+
+def _db_error(exc: BaseException) -> BaseException | None:
+    """The SQLAlchemy error under an Optuna StorageInternalError (which wraps every failed commit), if any."""
+    import sqlalchemy.exc as sa_exc
+
+    for e in (exc, exc.__cause__, exc.__context__):
+        if isinstance(e, (sa_exc.SQLAlchemyError,)):
+            return e
+    return None
+
+
+def _mysql_code(exc: BaseException) -> int | None:
+    err = _db_error(exc)
+    orig = getattr(err, "orig", None)
+    args = getattr(orig, "args", ())
+    return (
+        args[0]
+        if args and isinstance(args[0], int) and type(orig).__module__.startswith(("pymysql", "MySQLdb"))
+        else None
+    )
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a storage error may go away by itself: a dropped or refused connection, a server restarting,
+    a deadlock or lock wait timeout, a busy SQLite file. Retrying anything else (bad data, a refused login,
+    a missing table) would only hide the error for `RETRY_S` seconds.
+    """
+    import sqlalchemy.exc as sa_exc
+
+    err = _db_error(exc)
+    if err is None:
+        return False
+    if isinstance(err, sa_exc.DBAPIError) and err.connection_invalidated:
+        return True
+    if isinstance(err, sa_exc.TimeoutError):  # pool exhausted for pool_timeout: another thread held on too long
+        return True
+    code = _mysql_code(err)
+    if code in _MYSQL_TRANSIENT or code in _MYSQL_PERMANENT:
+        return code in _MYSQL_TRANSIENT
+    if not isinstance(err, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+        return False
+    sqlstate = getattr(getattr(err, "orig", None), "pgcode", None)
+    if sqlstate:  # connection exception, transaction rollback (deadlock, serialization), resources, shutdown
+        return sqlstate[:2] in ("08", "40", "53", "57") and sqlstate != "57014"  # 57014: cancelled by the user
+    return not any(s in _first_line(err).lower() for s in _PERMANENT_TEXT)
+
+
+_retry_state = threading.local()  # nested storage calls (get_all_trials → _get_trials) retry only at the top
+_outage_ended = 0.0
+
+
+def last_outage_end() -> float:
+    """When (time.time()) a storage call in this process last succeeded after retries; 0.0 if never.
+
+    For stale-trial recovery: right after an outage every other worker's heartbeat looks old, because none
+    could be written; judging staleness before they had time to resume would retry live trials.
+    """
+    return _outage_ended
+
+
+def call_with_retry(attempt: Callable[[int], T], what: str, retry_s: float = RETRY_S, url: str = "") -> T:
+    """`attempt(n)` (n = 0, 1, …) until it returns, retrying transient storage errors with jittered backoff
+    for up to `retry_s` seconds after the first failure; other errors, and the last one, propagate.
+    """
+    if getattr(_retry_state, "active", False):
+        return attempt(0)
+    _retry_state.active, _retry_state.what = True, what
+    try:
+        first_failure, last_log, n = None, float("-inf"), 0
+        while True:
+            try:
+                result = attempt(n)
+                if first_failure is not None:
+                    global _outage_ended
+                    _outage_ended = time.time()
+                    waited = time.monotonic() - first_failure
+                    _log.warning("storage: %s succeeded after %.1f s of retries", what, waited)
+                return result
+            except Exception as exc:
+                now = time.monotonic()
+                first_failure = now if first_failure is None else first_failure
+                if not is_transient(exc) or now - first_failure >= retry_s:
+                    raise
+                delay = min(5.0, 0.1 * 2**n) * random.uniform(0.5, 1.0)
+                if now - last_log >= 30:  # the first failure, then one line every 30 s of an outage
+                    last_log = now
+                    _log.warning(
+                        "storage: %s failed (%s); retrying for up to %.0f s",
+                        what,
+                        scrub(_first_line(exc), url),
+                        retry_s - (now - first_failure),
+                    )
+                time.sleep(delay)
+                n += 1
+    finally:
+        _retry_state.active, _retry_state.what = False, ""

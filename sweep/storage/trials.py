@@ -1,0 +1,68 @@
+"""Trial-level writes that sweep's storages batch (claim, attributes, finish) and Optuna's loops elsewhere:
+what the study and the workers call instead of the storage's own methods."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import optuna
+from optuna.storages._cached_storage import _CachedStorage
+from optuna.trial import TrialState
+
+from sweep.storage.journal import SweepJournalStorage
+from sweep.storage.rdb import RetryingRDBStorage
+
+
+def pop_waiting_trial_id(study: optuna.Study, attrs: Callable[[int], Mapping[str, Any]] | None = None) -> int | None:
+    """Claim the study's next WAITING trial for this worker: `Study._pop_waiting_trial_id`, in one transaction
+    on a sweep SQL storage (see `RetryingRDBStorage.pop_waiting_trial_id`), Optuna's loop on the others.
+    `attrs(number)`: user attributes for the claimed trial, written with the claim where the storage can."""
+    backend = getattr(study._storage, "_backend", study._storage)
+    if not isinstance(backend, RetryingRDBStorage):
+        trial_id = study._pop_waiting_trial_id()
+        if trial_id is not None and attrs is not None:
+            set_trial_user_attrs(study._storage, trial_id, attrs(study._storage.get_trial(trial_id).number))
+        return trial_id
+    trial_id = backend.pop_waiting_trial_id(study._study_id, attrs)
+    cache = study._storage
+    if trial_id is not None and cache is not backend:  # Optuna's cache must know the trial it did not pop
+        cache._read_trials_from_remote_storage(study._study_id)
+        if trial_id not in cache._trial_id_to_study_id_and_number:
+            cache._trial_id_to_study_id_and_number[trial_id] = (study._study_id, backend.get_trial(trial_id).number)
+    return trial_id
+
+
+def _sweep_storage(storage: optuna.storages.BaseStorage) -> RetryingRDBStorage | SweepJournalStorage | None:
+    """The sweep storage under Optuna's cache, if it is one (they batch a trial's writes)."""
+    backend = storage._backend if isinstance(storage, _CachedStorage) else storage
+    return backend if isinstance(backend, (RetryingRDBStorage, SweepJournalStorage)) else None
+
+
+def set_trial_user_attrs(storage: optuna.storages.BaseStorage, trial_id: int, attrs: Mapping[str, Any]) -> None:
+    """A trial's bookkeeping in one write instead of one per attribute: one transaction on a sweep SQL storage
+    (one commit), one fsynced append on sweep's journal, one call per attribute on any other storage."""
+    batched = _sweep_storage(storage)
+    if batched is not None:
+        batched.set_trial_user_attrs(trial_id, attrs)
+        return
+    for key, value in attrs.items():
+        storage.set_trial_user_attr(trial_id, key, value)
+
+
+def tell_with(
+    study: optuna.Study, trial: optuna.Trial, attrs: Mapping[str, Any], value: float | None = None,
+    state: TrialState | None = None,
+) -> None:
+    """`study.tell(trial, value, state=state)` that also writes the trial's closing attributes, in the same
+    transaction (SQL) or append (journal) as its new state: a trial's end costs one write, as in plain Optuna."""
+    batched = _sweep_storage(study._storage)
+    if batched is None:
+        set_trial_user_attrs(study._storage, trial._trial_id, attrs)
+        study.tell(trial, value, state=state)
+        return
+    batched.stage_closing_attrs(trial._trial_id, attrs)
+    try:
+        study.tell(trial, value, state=state)
+    finally:
+        batched.stage_closing_attrs(trial._trial_id, None)

@@ -1,0 +1,121 @@
+"""Storage URLs: which one a study uses (`resolve_storage`), and their credentials: expanded from the
+environment when a storage is opened, masked in every message."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+from sweep.config import ConfigError
+
+PASSWORD_ENV = "SWEEP_DB_PASSWORD"
+_SERVERS = ("postgresql", "postgres", "mysql", "mariadb")
+
+
+# ---- where and which URL -----------------------------------------------------------------------------
+
+
+def studies_dir() -> Path:
+    """Home of every study's files; `SWEEP_STUDIES_DIR` moves it (e.g. to a shared file system)."""
+    return Path(os.environ.get("SWEEP_STUDIES_DIR", "studies")).resolve()
+
+
+def study_dir(name: str) -> Path:
+    return studies_dir() / name
+
+
+def resolve_storage(name: str, cli: str | None = None, config: Mapping[str, Any] | None = None) -> str:
+    """`--storage`, then `SWEEP_STORAGE`, then the file's `storage:`, then SQLite under studies/NAME/.
+
+    The result is still unexpanded (``${VAR}`` kept): it is what gets printed and passed to workers.
+    """
+    for url in (cli, os.environ.get("SWEEP_STORAGE"), (config or {}).get("storage")):
+        if url:
+            return _absolute(url)
+    return f"sqlite:///{study_dir(name) / 'study.db'}"
+
+
+def _absolute(url: str) -> str:
+    """File URLs made absolute here, so workers started elsewhere open the same file."""
+    for scheme in ("sqlite:///", "journal:///"):
+        if url.startswith(scheme) and url != scheme + ":memory:":
+            return scheme + str(Path(url[len(scheme) :]).resolve())
+    return url
+
+
+# ---- credentials ---------------------------------------------------------------------------------------
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+_QUERY_SECRET = re.compile(r"([?&](?:password|passwd|pwd)=)[^&#\s]*", re.IGNORECASE)
+
+
+def _split_userinfo(url: str) -> tuple[str, str | None, str | None, str]:
+    """(scheme://, user, password, rest after '@'); user is None without '@'. Tolerates a raw '@' in a password."""
+    if "://" not in url:
+        return "", None, None, url
+    scheme, rest = url.split("://", 1)
+    netloc_end = len(rest)
+    for sep in ("?", "#"):  # the userinfo cannot reach into the query
+        if sep in rest and "@" not in rest[rest.index(sep) :]:
+            netloc_end = min(netloc_end, rest.index(sep))
+    if "@" not in rest[:netloc_end]:
+        return scheme + "://", None, None, rest
+    creds, host = rest[:netloc_end].rsplit("@", 1)
+    user, _, password = creds.partition(":")
+    return scheme + "://", user, password if ":" in creds else None, host + rest[netloc_end:]
+
+
+def mask(url: str) -> str:
+    """The URL with any password (in the userinfo or a ``password=`` query) replaced, for every message."""
+    scheme, user, password, rest = _split_userinfo(url)
+    if password is not None:
+        url = f"{scheme}{user}:***@{rest}"
+    return _QUERY_SECRET.sub(r"\1***", url)
+
+
+def scrub(text: str, *urls: str) -> str:
+    """A message (a driver's error, a log line) with every URL in it masked and the URLs' passwords removed.
+
+    Drivers and SQLAlchemy sometimes echo a DSN or the URL they failed to parse; the literal password is
+    replaced too, raw and percent-encoded, in case it appears outside a URL.
+    """
+    text = _URL.sub(lambda m: mask(m.group(0)), text)
+    for url in urls:
+        password = _split_userinfo(url)[2]
+        for secret in {password, unquote(password or ""), quote(unquote(password or ""), safe="")} - {None, ""}:
+            if len(secret) >= 3:  # a one-letter password would mask every such letter; it is no secret anyway
+                text = text.replace(secret, "***")
+    return text
+
+
+def expand_url(url: str, environ: Mapping[str, str] | None = None) -> str:
+    """The URL a process connects with: ``${VAR}`` replaced from the environment, `PASSWORD_ENV` filled in.
+
+    Done at open time in every process, so the password lives only in the environment of the launcher and the
+    workers, never in the URL that is printed, saved or pickled for submitit. A value landing in the userinfo
+    is percent-encoded (passwords may contain '@', ':' or '/'). A missing variable is a `ConfigError`.
+    """
+    env = os.environ if environ is None else environ
+    userinfo_end = _userinfo_end(url)
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in env:
+            raise ConfigError(f"storage URL {mask(url)} uses ${{{name}}}, but {name} is not set", key="storage")
+        return quote(env[name], safe="") if match.start() < userinfo_end else env[name]
+
+    expanded = _VAR.sub(value, url)
+    scheme, user, password, rest = _split_userinfo(expanded)
+    if user and password is None and env.get(PASSWORD_ENV) and expanded.startswith(_SERVERS):
+        expanded = f"{scheme}{user}:{quote(env[PASSWORD_ENV], safe='')}@{rest}"
+    return expanded
+
+
+def _userinfo_end(url: str) -> int:
+    scheme, user, _, rest = _split_userinfo(url)
+    return -1 if user is None else len(url) - len(rest)
