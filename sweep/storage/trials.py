@@ -26,10 +26,9 @@ def pop_waiting_trial_id(study: optuna.Study, attrs: Callable[[int], Mapping[str
         return trial_id
     trial_id = backend.pop_waiting_trial_id(study._study_id, attrs)
     cache = study._storage
-    if trial_id is not None and cache is not backend:  # Optuna's cache must know the trial it did not pop
-        cache._read_trials_from_remote_storage(study._study_id)
-        if trial_id not in cache._trial_id_to_study_id_and_number:
-            cache._trial_id_to_study_id_and_number[trial_id] = (study._study_id, backend.get_trial(trial_id).number)
+    known = cache is backend or trial_id in cache._trial_id_to_study_id_and_number
+    if trial_id is not None and not known:  # Optuna's cache must know the trial it did not pop; one it read
+        cache._read_trials_from_remote_storage(study._study_id)  # while WAITING is read afresh (unfinished)
     return trial_id
 
 
