@@ -68,15 +68,33 @@ def test_storage_overhead_smoke() -> None:
 
 
 def test_pruning_smoke() -> None:
-    lines = bench_lines("pruning.py", "--smoke")
+    """Means over the sampler seeds, like for like; the studies' processes change nothing but the wall time."""
+    lines = bench_lines("pruning.py", "--smoke")  # seeds 0 and 1, the studies one after another in one process
     assert set(lines) == {f"pruning_{p}_{what}" for p in ("median", "hyperband") for what in ("epochs", "best_acc")}
     for p in ("median", "hyperband"):
         epochs, acc = lines[f"pruning_{p}_epochs"], lines[f"pruning_{p}_best_acc"]
         assert float(epochs["ratio"]) > 0 and float(epochs["sweep"]) <= float(epochs["baseline"])
         assert float(epochs["baseline"]) == 3 * 3  # --smoke: 3 trials × 3 epochs, none pruned without a pruner
+        assert float(epochs["ratio"]) == pytest.approx(float(epochs["sweep"]) / float(epochs["baseline"]), abs=0.001)
         assert acc["op"] == ">="  # a difference in accuracy points, sweep - baseline
         assert float(acc["ratio"]) == pytest.approx(float(acc["sweep"]) - float(acc["baseline"]), abs=0.011)
         assert 0 < float(acc["sweep"]) <= 100 and 0 < float(acc["baseline"]) <= 100
+    pooled = bench_lines("pruning.py", "--smoke", "--jobs", "2")  # two spawned worker processes
+    assert {name: m.group(0) for name, m in pooled.items()} == {name: m.group(0) for name, m in lines.items()}
+
+
+def test_pruning_repeats_each_study_per_seed_with_one_config() -> None:
+    """The three studies of a repetition differ only in the pruner; the repetitions only in the sampler seed."""
+    bench = load("pruning")
+    configs = {(p, seed): bench.make_config(p, 12, seed) for p in bench.ORDER for seed in (0, 1)}
+    for (p, seed), config in configs.items():
+        assert config["sampler"]["seed"] == seed and config["pruner"]["name"] == p
+        same = {k: v for k, v in config.items() if k not in ("pruner", "sampler")}
+        assert same == {k: v for k, v in configs["none", 0].items() if k not in ("pruner", "sampler")}
+    from sweep.study import PRUNERS  # the pruners at sweep's defaults, whatever they are
+    for p in ("median", "hyperband"):
+        assert {k: configs[p, 0]["pruner"][k] for k in PRUNERS[p]} == {k: f.default for k, f in PRUNERS[p].items()}
+    assert bench.make_pruner(configs["hyperband", 0])._max_resource == 12  # max_resource: the trial's epochs
 
 
 def test_bare_loop_computes_what_sweeps_trainer_computes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
