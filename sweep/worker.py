@@ -301,7 +301,8 @@ def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, attrs: dict[str
     epochs = len(trial._cached_frozen_trial.intermediate_values)
     with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # already handed back: keep that
         failed = optuna.trial.TrialState.FAIL
-        tell_with(study, trial, {**attrs, "fail_reason": reason, "epochs_run": epochs}, state=failed)
+        tell_with(study, trial, {**attrs, "fail_reason": reason, "epochs_run": epochs}, state=failed,
+                  skip_if_finished=True)
 
 
 def _take_over(previous: str | None, out_dir: Path) -> None:

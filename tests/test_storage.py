@@ -810,3 +810,19 @@ def pg() -> Iterator[Server]:
 @pytest.fixture
 def mysql() -> Iterator[Server]:
     yield from _server(MY_ADMIN)
+
+
+def test_a_trial_that_fails_after_being_handed_back_stays_handed_back(home: Path) -> None:
+    """A worker whose trial another worker judged dead and retried fails it quietly: the retry's record stands."""
+    from sweep.study import VOID, retry
+    from sweep.worker import _fail
+
+    study = optuna.create_study(study_name="late", storage=open_storage(f"sqlite:///{home}/l.db"))
+    top_up(study, 1)
+    trial = pop_trial(study)
+    assert retry(study, study._storage.get_trial(trial._trial_id), "no heartbeat for 900 s", 1) == trial.number
+    _fail(study, trial, "RuntimeError: boom", {"seed": 0})  # no error: the worker goes on with its next trial
+    first, again = study.get_trials()
+    assert first.state == TrialState.FAIL and VOID in first.user_attrs
+    assert "fail_reason" not in first.user_attrs and "seed" not in first.user_attrs
+    assert again.state == TrialState.WAITING

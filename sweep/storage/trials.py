@@ -51,17 +51,18 @@ def set_trial_user_attrs(storage: optuna.storages.BaseStorage, trial_id: int, at
 
 def tell_with(
     study: optuna.Study, trial: optuna.Trial, attrs: Mapping[str, Any], value: float | None = None,
-    state: TrialState | None = None,
+    state: TrialState | None = None, skip_if_finished: bool = False,
 ) -> None:
     """`study.tell(trial, value, state=state)` that also writes the trial's closing attributes, in the same
-    transaction (SQL) or append (journal) as its new state: a trial's end costs one write, as in plain Optuna."""
+    transaction (SQL) or append (journal) as its new state: a trial's end costs one write, as in plain Optuna.
+    With `skip_if_finished` a trial finished meanwhile (handed back by another worker) is left as it is."""
     batched = _sweep_storage(study._storage)
     if batched is None:
         set_trial_user_attrs(study._storage, trial._trial_id, attrs)
-        study.tell(trial, value, state=state)
+        study.tell(trial, value, state=state, skip_if_finished=skip_if_finished)
         return
     batched.stage_closing_attrs(trial._trial_id, attrs)
     try:
-        study.tell(trial, value, state=state)
+        study.tell(trial, value, state=state, skip_if_finished=skip_if_finished)
     finally:
         batched.stage_closing_attrs(trial._trial_id, None)
