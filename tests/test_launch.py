@@ -124,17 +124,26 @@ def test_interrupted_launch_voids_running_trials_and_resumes(home: Path, tiny_fi
 
     import sqlalchemy
 
+    from sweep.storage import open_storage
+
     launcher = subprocess.Popen([sys.executable, "-m", "sweep", "launch", str(tiny_file), "--trials", "6"],
                                 cwd=home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
-    deadline = time.time() + 120
+    deadline, seen = time.time() + 120, []
+    db = home / "studies" / "tiny" / "study.db"
     while time.time() < deadline:  # Ctrl-C while a trial is running
-        try:
-            if any(t.state == TrialState.RUNNING for t in _study(home).get_trials()):
+        try:  # through sweep's storage, once the launcher made the file: plain Optuna would create it itself
+            if not db.exists():
+                raise KeyError("no study.db yet")
+            storage = open_storage(f"sqlite:///{db}")
+            states = [t.state.name for t in optuna.load_study(study_name="tiny", storage=storage).get_trials()]
+            seen.append(f"{time.time():.1f} {states}")
+            if "RUNNING" in states:
                 break
-        except (KeyError, sqlalchemy.exc.SQLAlchemyError):  # the launcher is still creating the study
-            pass
+        except (KeyError, sqlalchemy.exc.SQLAlchemyError) as exc:  # the launcher is still creating the study
+            seen.append(f"{time.time():.1f} {type(exc).__name__}: {str(exc)[:200]}")
         time.sleep(0.2)
+    assert seen and "RUNNING" in seen[-1], "no RUNNING trial seen; the polls saw:\n" + "\n".join(seen[-40:])
     os.killpg(launcher.pid, signal.SIGINT)
     out, _ = launcher.communicate(timeout=60)
     assert launcher.returncode == 130, out

@@ -826,3 +826,19 @@ def test_a_trial_that_fails_after_being_handed_back_stays_handed_back(home: Path
     assert first.state == TrialState.FAIL and VOID in first.user_attrs
     assert "fail_reason" not in first.user_attrs and "seed" not in first.user_attrs
     assert again.state == TrialState.WAITING
+
+
+def _open_and_create(url: str, name: str) -> str:
+    study = optuna.create_study(study_name=name, storage=open_storage(url))
+    return study.study_name
+
+
+def test_processes_creating_one_sqlite_file_at_once_share_it(home: Path) -> None:
+    """A new study.db appears whole (schema made aside, then linked into place): six processes opening it at
+    once never meet half-made tables ("table … already exists"), and all their studies land in one file."""
+    url = f"sqlite:///{home}/new/study.db"
+    with mp.get_context("spawn").Pool(6) as pool:
+        names = pool.starmap(_open_and_create, [(url, f"s{i}") for i in range(6)])
+    stored = {s.study_name for s in optuna.get_all_study_summaries(open_storage(url), include_best_trial=False)}
+    assert stored == set(names) == {f"s{i}" for i in range(6)}
+    assert sorted(p.name for p in (home / "new").iterdir() if not p.name.startswith("study.db")) == []

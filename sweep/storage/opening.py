@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import sqlite3
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -111,14 +113,36 @@ def open_storage(url: str, *, retry_s: float = RETRY_S, wait_s: float = 0.0) -> 
     raise AssertionError("unreachable")
 
 
+def _create_sqlite(path: Path, retry_s: float) -> None:
+    """A new study file appears whole: schema and WAL mode made in a private file, then linked into place.
+
+    Two processes creating the same file at once (a launch and a `sweep status`, two launches) each ran
+    Optuna's CREATE TABLEs on it: one failed with "table … already exists", or a reader kept seeing an
+    empty study table while the launch wrote its study. A hard link fails if the file exists, so exactly one
+    creator wins; the others open the winner's file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    try:
+        with sqlite3.connect(tmp, timeout=SQLITE_TIMEOUT_S) as db:  # WAL is a property of the file: set once
+            db.execute("PRAGMA journal_mode=WAL")
+        made = RetryingRDBStorage(f"sqlite:///{tmp}", engine_kwargs=engine_options(f"sqlite:///{tmp}"))
+        made.engine.dispose()  # the last connection closed: SQLite checkpoints and removes its -wal file
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process created it first: use theirs
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
+            leftover.unlink(missing_ok=True)
+
+
 def _open(url: str, retry_s: float) -> optuna.storages.BaseStorage:
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///") :])
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
             check_sqlite_location(path.parent)
-            with sqlite3.connect(path, timeout=SQLITE_TIMEOUT_S) as db:  # WAL is a property of the file: set once
-                db.execute("PRAGMA journal_mode=WAL")
+            if not path.exists():
+                _create_sqlite(path, retry_s)
         return RetryingRDBStorage(url, engine_kwargs=engine_options(url), retry_s=retry_s)
     if url.startswith(_SERVERS):
         engine_url = _engine_url(url)
