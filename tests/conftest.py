@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,11 @@ TINY = {
     },
 }
 
+
+# A shell starting this run in the background (`cmd &` without job control) ignores SIGINT, and ignored
+# signals stay ignored in every child: the tests that Ctrl-C a launch or a server would then see it go on.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = Path(__file__).resolve().parents[1]
 
