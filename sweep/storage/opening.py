@@ -113,7 +113,7 @@ def open_storage(url: str, *, retry_s: float = RETRY_S, wait_s: float = 0.0) -> 
     raise AssertionError("unreachable")
 
 
-def _create_sqlite(path: Path, retry_s: float) -> None:
+def _create_sqlite(path: Path) -> None:
     """A new study file appears whole: schema and WAL mode made in a private file, then linked into place.
 
     Two processes creating the same file at once (a launch and a `sweep status`, two launches) each ran
@@ -142,7 +142,7 @@ def _open(url: str, retry_s: float) -> optuna.storages.BaseStorage:
             path.parent.mkdir(parents=True, exist_ok=True)
             check_sqlite_location(path.parent)
             if not path.exists():
-                _create_sqlite(path, retry_s)
+                _create_sqlite(path)
         return RetryingRDBStorage(url, engine_kwargs=engine_options(url), retry_s=retry_s)
     if url.startswith(_SERVERS):
         engine_url = _engine_url(url)
