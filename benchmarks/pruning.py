@@ -6,9 +6,10 @@
 One repetition runs the same study three times, each an in-memory Optuna study (`storage=None`) with sweep's
 sampler (TPE, `sweep.study.make_sampler`, the same sampler seed for the three) and sweep's pruner at sweep's
 defaults (`sweep.study.make_pruner` on a config that names only the pruner; the first output line prints the
-settings): MedianPruner (n_startup_trials 5, n_warmup_steps 1, interval_steps 1 when this was written), no
-pruner (NopPruner: the baseline) and Hyperband (min_resource 1, reduction_factor 3, max_resource = the
-epochs of a trial). `--warmup W` gives the median pruner n_warmup_steps W instead. The repetition is made
+settings): MedianPruner (n_startup_trials 5, interval_steps 1, n_warmup_steps null = a quarter of the epochs,
+at least 1: 3 at 12 epochs, when this was written; it was 1 before), no pruner (NopPruner: the baseline) and
+Hyperband (min_resource 1, reduction_factor 3, max_resource = the epochs of a trial). `--warmup W` gives the
+median pruner n_warmup_steps W instead. The repetition is made
 for sampler seeds 0, 1, 2, ... (`--seeds`): one study is one noisy sample, and pruning changes what TPE sees,
 so a pruned study draws other trials than the baseline from its first pruned trial on. All studies have the
 same trial budget (`--trials`) and epochs per trial (`--epochs`).
@@ -165,8 +166,12 @@ def one_study(pruner: str, seed: int, n_trials: int, epochs: int, smoke: bool, t
 
 
 def describe(pruner: str, epochs: int, warmup: int | None) -> str:
-    """The pruner's settings as the study gets them (sweep's defaults filled in, max_resource the epochs)."""
-    cfg = {k: v for k, v in make_config(pruner, epochs, warmup=warmup)["pruner"].items() if k != "name"}
+    """The pruner's settings as the study gets them (sweep's defaults filled in and resolved as `make_pruner`
+    resolves them: a null n_warmup_steps from the epochs, a null max_resource the epochs)."""
+    config = make_config(pruner, epochs, warmup=warmup)
+    cfg = {k: v for k, v in config["pruner"].items() if k != "name"}
+    if "n_warmup_steps" in cfg:
+        cfg["n_warmup_steps"] = make_pruner(config)._n_warmup_steps
     if pruner == "hyperband":
         cfg["max_resource"] = cfg["max_resource"] or epochs
     return f"{pruner} " + (" ".join(f"{k}={v}" for k, v in cfg.items()) or "(NopPruner)")
@@ -187,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, help="epochs per trial (default 12; --quick 6; --smoke 3)")
     p.add_argument("--seeds", type=int, help="sampler seeds 0..S-1, one repetition each (default 3; --smoke 2)")
     p.add_argument("--jobs", type=int, help="studies run at a time, one process each (default 2; --smoke 1)")
-    p.add_argument("--warmup", type=int, help="the median pruner's n_warmup_steps (default: sweep's, 1)")
+    p.add_argument("--warmup", type=int,
+                   help="the median pruner's n_warmup_steps (default: sweep's, a quarter of the epochs, at least 1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per study (default 1: a worker's share)")
     args = p.parse_args(argv)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"

@@ -308,13 +308,25 @@ def _unknown(key: str, here: str, fields: Mapping[str, Any]) -> str:
 # ---- validation --------------------------------------------------------------------------------------
 
 
+def copy_tree(node: Any) -> Any:
+    """A copy of a config tree (dicts, lists, scalars), ~10× faster than copy.deepcopy: a worker copies its
+    config a few times per trial, and every millisecond there is one per trial per worker."""
+    if isinstance(node, dict):
+        return {key: copy_tree(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [copy_tree(value) for value in node]
+    if isinstance(node, (str, int, float, bool, type(None))):
+        return node
+    return copy.deepcopy(node)
+
+
 def resolve(raw: Any, source: str, overrides: list[tuple[str, Any]] = ()) -> dict[str, Any]:
     """File contents + `--set` overrides → the complete, validated config with every default filled."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"the top level must be a mapping of sections, got {type(raw).__name__}", source=source)
-    merged = copy.deepcopy(raw)
+    merged = copy_tree(raw)
     origin: dict[str, str] = {}
     for key, value in overrides:
         if key == "search_space" or key.startswith("search_space."):
@@ -357,7 +369,7 @@ def resolve(raw: Any, source: str, overrides: list[tuple[str, Any]] = ()) -> dic
             continue  # checked under that variant, below
         dist = param.distribution
         for value in dist.choices if hasattr(dist, "choices") else (dist.low, dist.high):
-            variant = copy.deepcopy(merged)
+            variant = copy_tree(merged)
             for cond_path, values in param.when.items():
                 set_path(variant, cond_path, values[0])
             set_path(variant, param.path, value)
@@ -446,7 +458,7 @@ def _resolve_node(node: dict[str, Any], given: Any, here: str, where, variant_of
             except ValueError as exc:
                 raise ConfigError(str(exc), source=where(path), key=path) from None
         else:
-            out[key] = copy.deepcopy(spec.default)
+            out[key] = copy_tree(spec.default)
     return out
 
 
@@ -455,7 +467,7 @@ def defaults_tree() -> dict[str, Any]:
 
     def walk(node: dict[str, Any]) -> dict[str, Any]:
         return {
-            k: walk(v) if isinstance(v, dict) else copy.deepcopy(v.default) for k, v in node.items() if k != "_variants"
+            k: walk(v) if isinstance(v, dict) else copy_tree(v.default) for k, v in node.items() if k != "_variants"
         }
 
     return walk(schema())

@@ -6,7 +6,6 @@ trial's params read as config overrides (`train.lr`, `model.depth`) and `best.ya
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +18,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from sweep.config import ConfigError, Field, field_at, get_path, set_path
+from sweep.config import ConfigError, Field, copy_tree, field_at, get_path, set_path
 
 # What a trial may change; study, storage, sampler, pruner and executor belong to the whole study.
 TRIAL_SECTIONS = ("data", "features", "augment", "model", "train")
@@ -219,7 +218,7 @@ def _ordered(params: Mapping[str, Param], source: str) -> list[Param]:
 
 def suggest(trial: optuna.Trial, params: list[Param], base: Mapping[str, Any]) -> dict[str, Any]:
     """Draw the active params for one trial; returns {dotted path: value}."""
-    config = copy.deepcopy(dict(base))
+    config = copy_tree(dict(base))
     drawn: dict[str, Any] = {}
     for param in params:
         if param.active(config):
@@ -245,7 +244,7 @@ def apply(base: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
     """
     from sweep.config import schema
 
-    config = copy.deepcopy(dict(base))
+    config = copy_tree(dict(base))
     for path, value in params.items():
         if is_discriminator(path):
             section = path.split(".", 1)[0]

@@ -29,7 +29,7 @@ import optuna
 
 from sweep import space
 from sweep.config import dump_yaml, resolve
-from sweep.storage import open_storage, tell_with
+from sweep.storage import flush_trial, open_storage, tell_with
 from sweep.study import open_study, pop_trial, recover_stale, retry
 
 MAX_CONSECUTIVE_ERRORS = 3  # a config or code bug fails every trial: stop instead of burning the budget
@@ -240,6 +240,7 @@ def run_trial(
     closing: dict[str, Any] = {}  # written with the trial's final state, in the same transaction
     try:
         drawn = space.suggest(trial, params, base)
+        flush_trial(study, trial)  # the journal appends the claim's attributes and the params together
         config = resolve(space.apply(base, drawn), f"trial {trial.number}")
         closing.update(_record(trial, config, drawn, out_dir, worker, host, context))
         _take_over(trial.user_attrs.get("sweep_resume_from"), out_dir)

@@ -34,9 +34,11 @@ from sweep.storage import (
     PASSWORD_ENV,
     RetryingRDBStorage,
     StorageWarning,
+    WorkerCache,
     check_sqlite_location,
     expand_url,
     filesystem_type,
+    flush_trial,
     is_network_filesystem,
     is_transient,
     last_outage_end,
@@ -47,6 +49,7 @@ from sweep.storage import (
     scrub,
     set_trial_user_attrs,
     tell_with,
+    worker_cache,
 )
 from sweep.study import pop_trial, top_up
 
@@ -586,8 +589,13 @@ def test_a_trials_bookkeeping_rides_on_its_claim_and_its_tell(backend: str, requ
     commits = _commits(study._storage)
     trial = pop_trial(study, lambda number: {"trial_dir": f"/trials/{number}", "host": "n1", "versions": {"a": "1"}})
     # the claim and its attributes: one transaction; on the journal the claim must be replayed (another worker
-    # may have won it) before its attributes are appended
-    assert commits[0] == (2 if backend == "journal" else 1)
+    # may have won it) on its own, and its attributes wait for the trial's params: one more append for all
+    assert commits[0] == 1
+    assert trial.user_attrs["trial_dir"] == "/trials/0"  # what the worker holds back, it sees
+    trial.suggest_float("lr", 1e-3, 1e-1, log=True)
+    trial.suggest_categorical("width", [8, 16])
+    flush_trial(study, trial)
+    assert commits[0] == (2 if backend == "journal" else 3)  # SQL: one transaction per param, as Optuna's
     trial.report(0.5, 0)
     before = commits[0]
     tell_with(study, trial, {"config": {"train": {"lr": 0.1}}, "epochs_run": 1}, 0.75)
@@ -596,6 +604,7 @@ def test_a_trials_bookkeeping_rides_on_its_claim_and_its_tell(backend: str, requ
 
     plain = optuna.load_study(study_name="batch", storage=_plain(url)).get_trials()
     assert plain[0].state == TrialState.COMPLETE and plain[0].value == 0.75
+    assert plain[0].params == trial.params and set(plain[0].params) == {"lr", "width"}
     assert plain[0].user_attrs == {
         "sweep_enqueued": True, "trial_dir": "/trials/0", "host": "n1", "versions": {"a": "1"},
         "config": {"train": {"lr": 0.1}}, "epochs_run": 1,
@@ -613,6 +622,38 @@ def test_a_trials_bookkeeping_rides_on_its_claim_and_its_tell(backend: str, requ
     assert final[2].user_attrs["after"] is True
 
 
+def test_the_journal_appends_a_claims_attributes_with_its_params(home: Path) -> None:
+    """On the journal a claim is one append and its attributes and params the next: held until `flush_trial` or
+    the trial's next write, seen meanwhile by the worker only; a param the study refuses fails at the flush."""
+    url = f"journal:///{home}/h.log"
+    study = optuna.create_study(study_name="h", storage=open_storage(url), direction="maximize")
+    top_up(study, 3)
+    commits = _commits(study._storage)
+    first = pop_trial(study, lambda n: {"trial_dir": f"/t/{n}"})
+    first.suggest_float("x", 0.0, 1.0)
+    held = optuna.load_study(study_name="h", storage=_plain(url)).trials[0]
+    assert held.state == TrialState.RUNNING and held.params == {} and "trial_dir" not in held.user_attrs
+    assert study._storage.get_trial(first._trial_id).params == first.params  # the worker sees what it holds
+    first.report(0.25, 1)  # the trial's next write appends what was held, first
+    assert commits[0] == 3
+    seen = optuna.load_study(study_name="h", storage=_plain(url)).trials[0]
+    assert seen.params == first.params and seen.user_attrs["trial_dir"] == "/t/0" and seen.intermediate_values
+    study.tell(first, 0.5)
+
+    second = pop_trial(study, lambda n: {"trial_dir": f"/t/{n}"})
+    second.suggest_int("x", 0, 5)  # held, so not checked yet against the study's float "x"
+    with pytest.raises(ValueError):
+        flush_trial(study, second)
+    study.tell(second, state=TrialState.FAIL)  # nothing of the refused record is left to surface here
+    third = pop_trial(study, lambda n: {"trial_dir": f"/t/{n}"})
+    third.suggest_float("x", 0.0, 1.0)
+    study.tell(third, 1.0)  # the tell appends the held records before the final state
+    trials = optuna.load_study(study_name="h", storage=_plain(url)).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[1].user_attrs["trial_dir"] == "/t/1" and "x" not in trials[1].params
+    assert trials[2].params == third.params and trials[2].user_attrs["trial_dir"] == "/t/2"
+
+
 def _plain(url: str) -> Any:
     if url.startswith("journal:///"):
         from optuna.storages.journal import JournalFileBackend
@@ -625,37 +666,69 @@ def _plain(url: str) -> Any:
 def test_a_workers_cached_reads_see_every_change_another_worker_makes(
     backend: str, request: pytest.FixtureRequest
 ) -> None:
-    """sweep reads WAITING trials once and then only what changed; after each step of another worker, one
-    worker's `get_trials` equals a fresh read by plain Optuna: states, params, values, attributes."""
+    """sweep reads WAITING trials once and then only what changed, a pruning check only what finished, and every
+    trial through SQLAlchemy Core: after each step of another worker, one worker's listings (all trials, and
+    finished ones only, as a pruner asks, before and after the full one) and each `get_trial` equal a fresh
+    read by plain Optuna, field by field (params of every kind, NaN and infinite values, attributes, times)."""
     url = _url_for(backend, request)
     optuna.create_study(study_name="view", storage=open_storage(url), direction="maximize")
-    mine = optuna.load_study(study_name="view", storage=open_storage(url))
+    mine = optuna.load_study(study_name="view", storage=worker_cache(open_storage(url)))
+    assert isinstance(mine._storage, WorkerCache)
     other = optuna.load_study(study_name="view", storage=open_storage(url))
-    top_up(other, 4)
+    top_up(other, 5)
+    finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
     def same() -> None:
         fresh = optuna.load_study(study_name="view", storage=_plain(url)).get_trials()
-        seen = mine.get_trials()
-        fields = ("number", "state", "params", "values", "intermediate_values", "user_attrs")
-        assert [[getattr(t, f) for f in fields] for t in seen] == [[getattr(t, f) for f in fields] for t in fresh]
+        for states in [(TrialState.COMPLETE,), finished, None, (TrialState.COMPLETE,)]:
+            seen = mine.get_trials(states=states)
+            assert [_fields(t) for t in seen] == [_fields(t) for t in fresh if states is None or t.state in states]
+        for t in fresh:
+            assert _fields(mine._storage.get_trial(t._trial_id)) == _fields(t)
 
     same()  # every WAITING trial read and cached
     a = pop_trial(other, lambda n: {"trial_dir": f"/t/{n}"})
     same()
     a.suggest_float("lr", 1e-3, 1e-1, log=True)
-    a.report(0.25, 0)
+    a.suggest_int("depth", 1, 8)
+    a.suggest_categorical("model", ["cnn", None, 3])
+    a.report(0.25, 1)
+    a.report(float("nan"), 2)
+    a.report(float("inf"), 3)
+    other._storage.set_trial_system_attr(a._trial_id, "fixed_params", {"x": [1, 2]})
     same()
     other.enqueue_trial({"lr": 0.01}, user_attrs={"sweep_retry_of": 0})  # a retry appended behind the budget
-    tell_with(other, a, {"epochs_run": 1}, 0.5)
+    tell_with(other, a, {"epochs_run": 3, "config": {"a": [1.5, "b"]}}, 0.5)
     same()
     b = pop_trial(other)
     other._storage.set_trial_user_attr(b._trial_id, "heartbeat", 1.0)
-    top_up(other, 2)  # budget lowered: the surplus WAITING trials are voided
+    b.report(-float("inf"), 1)
+    top_up(other, 5)  # budget lowered: the surplus WAITING trial is voided
     same()
     other.tell(b, state=TrialState.PRUNED)
-    while (c := pop_trial(other)) is not None:
-        other.tell(c, 1.0)
+    c, d = pop_trial(other), pop_trial(other)
+    other.tell(d, 2.0)
+    assert d.number in [t.number for t in mine.get_trials(states=(TrialState.COMPLETE,))]  # read ahead of c
+    other.tell(c, float("-inf"))  # finishes below the trial the pruning listing read ahead
     same()
+    while (d := pop_trial(other)) is not None:
+        other.tell(d, 1.0)
+    same()
+
+
+def _fields(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """Every field of a FrozenTrial, NaN made comparable (NaN != NaN)."""
+    return {k: ({s: "nan" if v != v else v for s, v in x.items()} if k == "intermediate_values" else x)
+            for k, x in trial.__dict__.items()}
+
+
+def test_a_missing_trial_is_a_key_error(home: Path) -> None:
+    storage = open_storage(f"sqlite:///{home}/m.db")
+    optuna.create_study(study_name="m", storage=storage)
+    with pytest.raises(KeyError):
+        storage.get_trial(12345)
+    with pytest.raises(KeyError):
+        storage.set_trial_intermediate_value(12345, 1, 0.5)
 
 
 def test_sqlite_commits_without_an_fsync_each(home: Path) -> None:

@@ -25,6 +25,7 @@ passed to workers and saved is the unexpanded one; every message goes through `m
 """
 
 # One module per concern; this package re-exports what `from sweep.storage import …` has always given.
+from sweep.storage.cache import WorkerCache, worker_cache
 from sweep.storage.filesystems import (
     NETWORK_FS,
     StorageWarning,
@@ -36,7 +37,7 @@ from sweep.storage.journal import SweepJournalStorage
 from sweep.storage.opening import SQLITE_TIMEOUT_S, engine_options, open_storage
 from sweep.storage.rdb import RetryingRDBStorage
 from sweep.storage.retry import RETRY_S, call_with_retry, is_transient, last_outage_end
-from sweep.storage.trials import pop_waiting_trial_id, set_trial_user_attrs, tell_with
+from sweep.storage.trials import flush_trial, pop_waiting_trial_id, set_trial_user_attrs, tell_with
 from sweep.storage.urls import PASSWORD_ENV, expand_url, mask, resolve_storage, scrub, studies_dir, study_dir
 
 __all__ = [
@@ -47,11 +48,13 @@ __all__ = [
     "RetryingRDBStorage",
     "StorageWarning",
     "SweepJournalStorage",
+    "WorkerCache",
     "call_with_retry",
     "check_sqlite_location",
     "engine_options",
     "expand_url",
     "filesystem_type",
+    "flush_trial",
     "is_network_filesystem",
     "is_transient",
     "last_outage_end",
@@ -64,4 +67,5 @@ __all__ = [
     "studies_dir",
     "study_dir",
     "tell_with",
+    "worker_cache",
 ]

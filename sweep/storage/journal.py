@@ -1,8 +1,9 @@
 """The journal storage (journal:///PATH, a shared file system without a database server): Optuna's, with a
-trial's records written in one append."""
+trial's records written in as few appends as its readers allow."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -14,18 +15,76 @@ from optuna.trial import TrialState
 class SweepJournalStorage(optuna.storages.JournalStorage):
     """Optuna's journal storage, plus writing several records of one trial in one locked, fsynced append.
 
-    The records are the journal's own (one attribute each, as every reader of the file expects)."""
+    Each append takes the file's lock and an fsync: on a cluster's network file system that is the cost of a
+    write, and plain Optuna pays it for every attribute and every param. The records are the journal's own (one
+    attribute or param each, as every reader of the file expects); only their grouping into appends differs.
+    """
 
     def __init__(self, backend: Any) -> None:
         self._closing: dict[int, dict[str, Any]] = {}
+        self._held: dict[int, list[dict[str, Any]]] = {}  # trial id → records not yet appended (`hold`)
         super().__init__(backend)
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
         super().__setstate__(state)
-        self._closing = {}
+        self._closing, self._held = {}, {}
 
     def set_trial_user_attrs(self, trial_id: int, attrs: Mapping[str, Any]) -> None:
+        self.flush(trial_id)
         self._append([self._attr_log(trial_id, key, value) for key, value in attrs.items()])
+
+    def hold(self, trial_id: int, attrs: Mapping[str, Any]) -> None:
+        """Keep these attributes of a trial this worker just claimed, and its params as they are drawn, for one
+        append at `flush` (the worker's, after drawing; at the latest, the trial's next other write or read).
+
+        A claim must be appended and replayed on its own (another worker may have won the trial, and its
+        records would then land on that worker's trial); everything after it may go together."""
+        self._held[trial_id] = [self._attr_log(trial_id, key, value) for key, value in attrs.items()]
+
+    def flush(self, trial_id: int) -> None:
+        held = self._held.pop(trial_id, None)
+        if held:
+            self._append(held)
+
+    def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float, distribution: Any) -> None:
+        if trial_id not in self._held:
+            return super().set_trial_param(trial_id, param_name, param_value_internal, distribution)
+        from optuna.distributions import distribution_to_json
+        from optuna.storages.journal._storage import JournalOperation
+
+        fields = {"trial_id": trial_id, "param_name": param_name, "param_value_internal": param_value_internal,
+                  "distribution": distribution_to_json(distribution)}
+        self._held[trial_id].append(self._log(JournalOperation.SET_TRIAL_PARAM, fields))
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        self.flush(trial_id)
+        super().set_trial_intermediate_value(trial_id, step, intermediate_value)
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self.flush(trial_id)
+        super().set_trial_user_attr(trial_id, key, value)
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self.flush(trial_id)
+        super().set_trial_system_attr(trial_id, key, value)
+
+    def get_trial(self, trial_id: int) -> optuna.trial.FrozenTrial:
+        """The trial with what is held of it (`optuna.Trial` reads its trial when created, right after the claim)."""
+        trial = super().get_trial(trial_id)
+        held = self._held.get(trial_id)
+        if not held:
+            return trial
+        from optuna.distributions import json_to_distribution
+
+        trial = copy.deepcopy(trial)
+        for log in held:
+            if "user_attr" in log:
+                trial.user_attrs.update(log["user_attr"])
+            else:
+                distribution = json_to_distribution(log["distribution"])
+                trial.distributions[log["param_name"]] = distribution
+                trial.params[log["param_name"]] = distribution.to_external_repr(log["param_value_internal"])
+        return trial
 
     def stage_closing_attrs(self, trial_id: int, attrs: Mapping[str, Any] | None) -> None:
         """Attributes to append with the record that finishes the trial (None: forget them); see `tell_with`."""
@@ -37,6 +96,7 @@ class SweepJournalStorage(optuna.storages.JournalStorage):
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
         from datetime import timezone
 
+        self.flush(trial_id)
         from optuna.storages.journal._storage import JournalOperation
 
         closing = self._closing.get(trial_id) if state.is_finished() else None
@@ -57,8 +117,9 @@ class SweepJournalStorage(optuna.storages.JournalStorage):
         return {"op_code": op_code, "worker_id": self._replay_result.worker_id, **fields}
 
     def _append(self, logs: list[dict[str, Any]]) -> None:
-        """One append, then replay. If the trial finished meanwhile, each record of this batch raises
-        UpdateFinishedTrialError on replay: all are read here, so none surfaces later in an unrelated call."""
+        """One append, then replay. A record of this worker that cannot apply raises on replay (the trial finished
+        meanwhile: UpdateFinishedTrialError for each; a param whose distribution differs from the study's:
+        ValueError). All are replayed here, so none surfaces later in an unrelated call; the first is raised."""
         with self._thread_lock:
             self._backend.append_logs(logs)
             failed = None
@@ -66,7 +127,7 @@ class SweepJournalStorage(optuna.storages.JournalStorage):
                 try:
                     self._sync_with_backend()
                     break
-                except optuna.exceptions.UpdateFinishedTrialError as exc:
+                except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as exc:
                     failed = failed or exc
             if failed is not None:
                 raise failed

@@ -1,10 +1,12 @@
 """SQL storages (SQLite, PostgreSQL, MySQL): Optuna's RDBStorage with every call retried, one-transaction
-claims and batched attribute writes, and SQLite's writers serialized."""
+claims and batched attribute writes, the calls a worker makes every epoch in SQLAlchemy Core (`core`), and
+SQLite's writers serialized."""
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
-import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -12,11 +14,22 @@ from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage
+from optuna.storages._rdb import models
 from optuna.trial import TrialState
 
+from sweep.storage.core import (
+    insert_param,
+    previous_param_json,
+    read_trials,
+    select_trials,
+    set_trial_row,
+    trial_state,
+    upsert,
+)
 from sweep.storage.retry import RETRY_S, _retry_state, call_with_retry
 
 _log = logging.getLogger("sweep.storage")  # one logger for the whole package
+_FINISHED = [state for state in TrialState if state.is_finished()]
 
 
 # Every method of RDBStorage that talks to the database, including the private ones Optuna's _CachedStorage
@@ -36,14 +49,10 @@ _RETRIED = (
     "get_all_studies",
     "create_new_trial",
     "_create_new_trial",
-    "set_trial_param",
-    "_set_trial_param",
     "get_trial_param",
-    "set_trial_intermediate_value",
     "set_trial_user_attr",
     "set_trial_system_attr",
     "get_trial_id_from_study_id_trial_number",
-    "get_trial",
     "get_all_trials",
     "get_best_trial",
     "_get_best_trial_id",
@@ -104,12 +113,12 @@ class RetryingRDBStorage(RDBStorage):
     def _get_trials(
         self, study_id: int, states: Any, included_trial_ids: set[int], trial_id_greater_than: int
     ) -> list[optuna.trial.FrozenTrial]:
-        """Optuna's incremental read, minus re-reading WAITING trials that are still WAITING.
+        """Optuna's incremental read (through `read_trials`), minus re-reading WAITING trials still WAITING.
 
-        Optuna's cache re-reads every unfinished trial on every `get_trials` (each pruning check, each sample),
-        and sweep enqueues its whole budget as WAITING trials: a budget of 1000 meant 1000 trials with all their
-        attributes loaded per epoch per worker. A WAITING trial only changes together with its state (popped,
-        voided, finished), so one cheap (id, state) query decides which trials need their full row again.
+        Optuna's cache re-reads every unfinished trial on every `get_trials` (each sample; each pruning check
+        outside `WorkerCache`), and sweep enqueues its whole budget as WAITING trials: a budget of 1000 meant
+        1000 trials with all their attributes loaded per epoch per worker. A WAITING trial only changes together
+        with its state (popped, voided, finished), so the query leaves out the cached ones still WAITING.
         """
         return call_with_retry(
             lambda n: self._get_trials_once(study_id, states, included_trial_ids, trial_id_greater_than),
@@ -121,85 +130,112 @@ class RetryingRDBStorage(RDBStorage):
     def _get_trials_once(
         self, study_id: int, states: Any, included: set[int], greater: int
     ) -> list[optuna.trial.FrozenTrial]:
-        if states is not None:
-            return RDBStorage._get_trials(self, study_id, states, included, greater)
         import sqlalchemy
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
-        from sqlalchemy import orm
 
-        model = models.TrialModel
-        older = {i for i in included if i <= greater}
+        t = models.TrialModel.__table__.c
+        wanted = _unfinished_or_newer(included, greater)
         with self._waiting_lock:
             cached = self._waiting.setdefault(study_id, {})
-            for i in [i for i in cached if i <= greater and i not in older]:  # finished, as Optuna's cache knows
-                del cached[i]
-            wanted = model.trial_id > greater
-            if older:
-                wanted = sqlalchemy.or_(model.trial_id.in_(older), wanted)
-            if cached:  # the same query as Optuna's, minus the cached WAITING trials that are still WAITING
-                still_waiting = sqlalchemy.and_(model.trial_id.in_(cached), model.state == TrialState.WAITING)
+            if states is None:  # finished, as Optuna's cache knows:
+                for i in [i for i in cached if i <= greater and i not in included]:
+                    del cached[i]
+            if states is not None:
+                wanted = sqlalchemy.and_(wanted, t.state.in_(list(states)))
+            elif cached:  # the same query as Optuna's, minus the cached WAITING trials that are still WAITING
+                still_waiting = sqlalchemy.and_(t.trial_id.in_(cached), t.state == TrialState.WAITING)
                 wanted = sqlalchemy.and_(wanted, sqlalchemy.not_(still_waiting))
-            with _create_scoped_session(self.scoped_session) as session:
-                query = session.query(model).filter(model.study_id == study_id, wanted).order_by(model.trial_id)
-                for relation in ("params", "values", "user_attributes", "system_attributes", "intermediate_values"):
-                    query = query.options(orm.selectinload(getattr(model, relation)))
-                loaded = [self._build_frozen_trial_from_trial_model(t) for t in query.all()]
+            with _session(self) as session:
+                loaded = read_trials(session, select_trials(sqlalchemy.and_(t.study_id == study_id, wanted)))
                 if not loaded:  # a trial row proves its study exists; without one, ask (a deleted study raises)
                     models.StudyModel.find_or_raise_by_id(study_id, session)
-            for t in loaded:
-                cached.pop(t._trial_id, None)
+            if states is not None:
+                return loaded
+            for trial in loaded:
+                cached.pop(trial._trial_id, None)
             kept = list(cached.values())  # not read again: still WAITING, so unchanged
-            cached.update((t._trial_id, t) for t in loaded if t.state == TrialState.WAITING)
-        return sorted(kept + loaded, key=lambda t: t._trial_id)
+            cached.update((trial._trial_id, trial) for trial in loaded if trial.state == TrialState.WAITING)
+        return sorted(kept + loaded, key=lambda trial: trial._trial_id)
+
+    def read_finished(
+        self, study_id: int, unfinished: Iterable[int], last_finished: int, ahead: Iterable[int]
+    ) -> list[optuna.trial.FrozenTrial]:
+        """The finished trials among `unfinished` (ids up to `last_finished`) and above `last_finished`, except
+        `ahead` (already read): what `WorkerCache` loads for a pruning check, usually nothing (one query)."""
+        params = {"study_id": study_id, "older": [i for i in unfinished if i <= last_finished],
+                  "last_finished": last_finished, "ahead": list(ahead)}
+
+        def attempt(n: int) -> list[optuna.trial.FrozenTrial]:
+            with _session(self) as session:
+                return read_trials(session, _newly_finished(), params)
+
+        return call_with_retry(attempt, "read_finished", self.retry_s, self.url)
+
+    def get_trial(self, trial_id: int) -> optuna.trial.FrozenTrial:
+        """Optuna's `get_trial` through `read_trials`: `tell` reads the trial twice, each pruning check once."""
+
+        def attempt(n: int) -> optuna.trial.FrozenTrial:
+            with _session(self) as session:
+                found = read_trials(session, _one_trial(), {"trial_id": trial_id})
+            if not found:
+                raise KeyError(models.NOT_FOUND_MSG)
+            return found[0]
+
+        return call_with_retry(attempt, "get_trial", self.retry_s, self.url)
 
     def set_trial_user_attrs(self, trial_id: int, attrs: Mapping[str, Any]) -> None:
         """Several user attributes of one trial in one transaction (upserts: a retry rewrites the same values)."""
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
 
         def attempt(n: int) -> None:
-            with _create_scoped_session(self.scoped_session, True) as session:
-                trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
-                self.check_trial_is_updatable(trial_id, trial.state)
-                self._upsert_user_attrs(session, trial_id, attrs)
+            with _session(self) as session:
+                self.check_trial_is_updatable(trial_id, trial_state(session, trial_id))
+                upsert(session, models.TrialUserAttributeModel, _ATTR_KEY, _attr_rows(trial_id, attrs))
 
         call_with_retry(attempt, "set_trial_user_attrs", self.retry_s, self.url)
 
-    def _upsert_user_attrs(self, session: Any, trial_id: int, attrs: Mapping[str, Any]) -> None:
-        """Optuna's attribute upsert (INSERT … ON CONFLICT / ON DUPLICATE KEY UPDATE), executed once for all rows.
+    def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        """Optuna's report (a state check, then the value inserted or replaced) in two statements, not four."""
+        value, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(intermediate_value)
+        row = {"trial_id": trial_id, "step": step, "intermediate_value": value, "intermediate_value_type": kind}
 
-        One statement whatever the keys, run with a list of rows: SQLAlchemy compiles it once per process (a
-        multi-row VALUES clause would be compiled anew for every set of keys, ~5 ms each here)."""
-        import json
+        def attempt(n: int) -> None:
+            with _session(self) as session:
+                self.check_trial_is_updatable(trial_id, trial_state(session, trial_id))
+                upsert(session, models.TrialIntermediateValueModel, ("trial_id", "step"), [row])
 
-        from optuna.storages._rdb import models
-        from sqlalchemy.dialects import mysql, postgresql, sqlite
+        call_with_retry(attempt, "set_trial_intermediate_value", self.retry_s, self.url)
 
-        model = models.TrialUserAttributeModel
-        rows = [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()]
-        dialect = self.engine.dialect.name
-        if not rows:
-            return
-        if dialect in ("mysql", "mariadb"):
-            stmt = mysql.insert(model)
-            session.execute(stmt.on_duplicate_key_update(value_json=stmt.inserted.value_json), rows)
-        elif dialect == "postgresql" or dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):
-            stmt = (postgresql if dialect == "postgresql" else sqlite).insert(model)
-            conflict = {"index_elements": [model.trial_id, model.key], "set_": {"value_json": stmt.excluded.value_json}}
-            session.execute(stmt.on_conflict_do_update(**conflict), rows)
-        else:
-            for key, value in attrs.items():
-                self._set_trial_attr_without_commit(session, model, trial_id, key, value)
+    def _set_trial_param(
+        self, trial_id: int, param_name: str, param_value_internal: float,
+        distribution: optuna.distributions.BaseDistribution,
+        previous_distribution: optuna.distributions.BaseDistribution | None,
+    ) -> None:
+        """Optuna's, in Core. Optuna's cache passes the distribution the study already uses for this name, if any
+        (else one query finds it, as Optuna's does); a duplicate name raises IntegrityError, as with Optuna."""
+        from optuna.distributions import check_distribution_compatibility, distribution_to_json, json_to_distribution
+
+        row = {"trial_id": trial_id, "param_name": param_name, "param_value": param_value_internal,
+               "distribution_json": distribution_to_json(distribution)}
+
+        def attempt(n: int) -> None:
+            with _session(self) as session:
+                self.check_trial_is_updatable(trial_id, trial_state(session, trial_id))
+                previous = previous_distribution
+                if previous is None:
+                    text = previous_param_json(session, trial_id, param_name)
+                    previous = None if text is None else json_to_distribution(text)
+                if previous is not None:
+                    check_distribution_compatibility(previous, distribution)
+                insert_param(session, row)
+
+        call_with_retry(attempt, "_set_trial_param", self.retry_s, self.url)
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
         def attempt(n: int) -> bool:
             try:
-                closing = self._closing.get(trial_id) if state.is_finished() else None
                 if state == TrialState.RUNNING and values is None:
                     done = self._claim(trial_id)
-                elif closing:
-                    done = self._finish(trial_id, state, values, closing)
+                elif state.is_finished():
+                    done = self._finish(trial_id, state, values, self._closing.get(trial_id) or {})
                 else:
                     done = RDBStorage.set_trial_state_values(self, trial_id, state, values)
             except optuna.exceptions.UpdateFinishedTrialError:
@@ -228,18 +264,18 @@ class RetryingRDBStorage(RDBStorage):
     ) -> bool:
         """`RDBStorage.set_trial_state_values` for a finishing state, with the trial's closing attributes."""
         import sqlalchemy.exc
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
 
+        rows = [
+            dict(zip(("trial_id", "objective", "value", "value_type"),
+                     (trial_id, objective, *models.TrialValueModel.value_to_stored_repr(v))))
+            for objective, v in enumerate(values or ())
+        ]
         try:
-            with _create_scoped_session(self.scoped_session) as session:
-                trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
-                self.check_trial_is_updatable(trial_id, trial.state)
-                self._upsert_user_attrs(session, trial_id, attrs)
-                for objective, v in enumerate(values or ()):
-                    self._set_trial_value_without_commit(session, trial, objective, v)
-                trial.state = state
-                trial.datetime_complete = datetime.now()
+            with _session(self) as session:
+                self.check_trial_is_updatable(trial_id, trial_state(session, trial_id, for_update=True))
+                upsert(session, models.TrialUserAttributeModel, _ATTR_KEY, _attr_rows(trial_id, attrs))
+                upsert(session, models.TrialValueModel, ("trial_id", "objective"), rows)
+                set_trial_row(session, trial_id, state=state, datetime_complete=datetime.now())
         except sqlalchemy.exc.IntegrityError:
             return False
         return True
@@ -260,23 +296,24 @@ class RetryingRDBStorage(RDBStorage):
         )
 
     def _pop_once(self, study_id: int, attrs: Callable[[int], Mapping[str, Any]] | None) -> int | None:
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
-
-        model = models.TrialModel
-        with _create_scoped_session(self.scoped_session) as session:
+        t = models.TrialModel.__table__
+        with _session(self) as session:
             if self.engine.dialect.name in ("mysql", "mariadb"):  # InnoDB's REPEATABLE READ would keep every
                 # row the locking read passes over locked (the finished trials before the first WAITING one)
                 session.connection(execution_options={"isolation_level": "READ COMMITTED"})
-            query = session.query(model).filter(model.study_id == study_id, model.state == TrialState.WAITING)
-            trial = query.order_by(model.trial_id).with_for_update(skip_locked=self._skip_locked()).first()
-            if trial is None:
+            query = (
+                t.select().with_only_columns(t.c.trial_id, t.c.number)
+                .where(t.c.study_id == study_id, t.c.state == TrialState.WAITING)
+                .order_by(t.c.trial_id).limit(1).with_for_update(skip_locked=self._skip_locked())
+            )
+            found = session.execute(query).first()
+            if found is None:
                 return None
-            trial.state = TrialState.RUNNING
-            trial.datetime_start = datetime.now()
+            set_trial_row(session, found.trial_id, state=TrialState.RUNNING, datetime_start=datetime.now())
             if attrs is not None:
-                self._upsert_user_attrs(session, trial.trial_id, attrs(trial.number))
-            return trial.trial_id
+                rows = _attr_rows(found.trial_id, attrs(found.number))
+                upsert(session, models.TrialUserAttributeModel, _ATTR_KEY, rows)
+            return found.trial_id
 
     def _claim(self, trial_id: int) -> bool:
         """WAITING → RUNNING, as Optuna does it, except that a trial another worker is claiming right now is
@@ -286,10 +323,8 @@ class RetryingRDBStorage(RDBStorage):
         claim queues behind another worker's claim of the same row only to find it taken. A WAITING trial's
         row is locked only while a worker claims or voids it, so moving on to the next one is right.
         """
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
 
-        with _create_scoped_session(self.scoped_session) as session:
+        with _session(self) as session:
             query = session.query(models.TrialModel).filter(models.TrialModel.trial_id == trial_id)
             trial = query.with_for_update(skip_locked=self._skip_locked()).one_or_none()
             if trial is None:  # being claimed by another worker (a missing trial id is not popped)
@@ -310,6 +345,52 @@ class RetryingRDBStorage(RDBStorage):
         if dialect.name in ("mysql", "mariadb"):
             return version >= ((10, 6) if getattr(dialect, "is_mariadb", False) else (8, 0))
         return False
+
+
+_ATTR_KEY = ("trial_id", "key")
+
+
+@functools.cache
+def _one_trial() -> Any:
+    import sqlalchemy
+
+    return select_trials(models.TrialModel.__table__.c.trial_id == sqlalchemy.bindparam("trial_id"))
+
+
+@functools.cache
+def _newly_finished() -> Any:
+    """`read_finished`'s query: finished trials Optuna's cache holds as unfinished or has not read, except those
+    already read ahead (`_unfinished_or_newer` with bound parameters, built once)."""
+    from sqlalchemy import and_, bindparam, or_
+
+    t = models.TrialModel.__table__.c
+    return select_trials(and_(
+        t.study_id == bindparam("study_id"),
+        or_(t.trial_id.in_(bindparam("older", expanding=True)), t.trial_id > bindparam("last_finished")),
+        t.state.in_(_FINISHED),
+        t.trial_id.not_in(bindparam("ahead", expanding=True)),
+    ))
+
+
+def _unfinished_or_newer(unfinished: Iterable[int], last_finished: int) -> Any:
+    """The trials Optuna's cache must read again: those it holds as unfinished, and all above the last finished
+    one it read (the condition of `RDBStorage._get_trials`)."""
+    import sqlalchemy
+
+    t = models.TrialModel.__table__.c
+    older = [i for i in unfinished if i <= last_finished]
+    return sqlalchemy.or_(t.trial_id.in_(older), t.trial_id > last_finished) if older else t.trial_id > last_finished
+
+
+def _attr_rows(trial_id: int, attrs: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()]
+
+
+def _session(storage: RDBStorage) -> Any:
+    """Optuna's session scope: commits at the end, rolls back and raises StorageInternalError on a failure."""
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    return _create_scoped_session(storage.scoped_session)
 
 
 def _sqlite_connect(dbapi_connection: Any, record: Any) -> None:

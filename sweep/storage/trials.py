@@ -17,12 +17,17 @@ from sweep.storage.rdb import RetryingRDBStorage
 def pop_waiting_trial_id(study: optuna.Study, attrs: Callable[[int], Mapping[str, Any]] | None = None) -> int | None:
     """Claim the study's next WAITING trial for this worker: `Study._pop_waiting_trial_id`, in one transaction
     on a sweep SQL storage (see `RetryingRDBStorage.pop_waiting_trial_id`), Optuna's loop on the others.
-    `attrs(number)`: user attributes for the claimed trial, written with the claim where the storage can."""
-    backend = getattr(study._storage, "_backend", study._storage)
+    `attrs(number)`: user attributes for the claimed trial, written with the claim where the storage can (SQL),
+    else with its params (the journal: `flush_trial`)."""
+    backend = _sweep_storage(study._storage)
     if not isinstance(backend, RetryingRDBStorage):
         trial_id = study._pop_waiting_trial_id()
         if trial_id is not None and attrs is not None:
-            set_trial_user_attrs(study._storage, trial_id, attrs(study._storage.get_trial(trial_id).number))
+            given = attrs(study._storage.get_trial(trial_id).number)
+            if isinstance(backend, SweepJournalStorage):
+                backend.hold(trial_id, given)  # appended with the trial's params: see `flush_trial`
+            else:
+                set_trial_user_attrs(study._storage, trial_id, given)
         return trial_id
     trial_id = backend.pop_waiting_trial_id(study._study_id, attrs)
     cache = study._storage
@@ -30,6 +35,14 @@ def pop_waiting_trial_id(study: optuna.Study, attrs: Callable[[int], Mapping[str
     if trial_id is not None and not known:  # Optuna's cache must know the trial it did not pop; one it read
         cache._read_trials_from_remote_storage(study._study_id)  # while WAITING is read afresh (unfinished)
     return trial_id
+
+
+def flush_trial(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Write what the storage holds back of this trial: on the journal, the attributes of its claim and its
+    params, one append for all (a worker calls this once the trial's params are drawn). Nothing elsewhere."""
+    backend = _sweep_storage(study._storage)
+    if isinstance(backend, SweepJournalStorage):
+        backend.flush(trial._trial_id)
 
 
 def _sweep_storage(storage: optuna.storages.BaseStorage) -> RetryingRDBStorage | SweepJournalStorage | None:
@@ -59,10 +72,19 @@ def tell_with(
     batched = _sweep_storage(study._storage)
     if batched is None:
         set_trial_user_attrs(study._storage, trial._trial_id, attrs)
-        study.tell(trial, value, state=state, skip_if_finished=skip_if_finished)
+        _tell(study, trial, value, state, skip_if_finished)
         return
     batched.stage_closing_attrs(trial._trial_id, attrs)
     try:
-        study.tell(trial, value, state=state, skip_if_finished=skip_if_finished)
+        _tell(study, trial, value, state, skip_if_finished)
     finally:
         batched.stage_closing_attrs(trial._trial_id, None)
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None, state: TrialState | None,
+          skip_if_finished: bool) -> None:
+    """`Study.tell` without what it does after telling: read the trial back and return a deep copy of it, which
+    sweep never uses (a read, and a copy of the whole config attribute, per trial)."""
+    from optuna.study import _tell
+
+    _tell._tell_with_warning(study, trial, value, state, skip_if_finished)

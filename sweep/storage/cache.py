@@ -1,0 +1,75 @@
+"""A worker's view of a SQL study: Optuna's trial cache, with a pruning check that reads only what it needs."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Container, Iterable
+from typing import Any
+
+import optuna
+from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
+from optuna.trial import FrozenTrial, TrialState
+
+from sweep.storage.rdb import RetryingRDBStorage
+
+
+class WorkerCache(_CachedStorage):
+    """Optuna's `_CachedStorage` over sweep's SQL storage; listing finished trials only reads newly finished ones.
+
+    A pruner asks for the COMPLETE trials on every check (MedianPruner, PercentilePruner), and Optuna's cache
+    answers any listing by first re-reading every unfinished trial in full (the worker's own running trial with
+    its attributes and reports, every other worker's, each with six queries' worth of rows) just to learn which of
+    them finished. Here a listing that asks for finished states only runs one query for the trials that finished
+    since the last read (usually none) and loads just those. Any other listing (a sampler's, which needs the
+    running trials' params) is Optuna's own, unchanged.
+    """
+
+    def __init__(self, backend: RetryingRDBStorage) -> None:
+        super().__init__(backend)
+        self._backend: RetryingRDBStorage = backend
+        self._finished_ahead: dict[int, set[int]] = {}  # study id → finished trials above last_finished_trial_id
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)
+        self._finished_ahead = {}
+
+    def get_all_trials(
+        self, study_id: int, deepcopy: bool = True, states: Container[TrialState] | None = None
+    ) -> list[FrozenTrial]:
+        if states is None or not isinstance(states, Iterable) or not all(TrialState(s).is_finished() for s in states):
+            return super().get_all_trials(study_id, deepcopy, states)
+        self._read_newly_finished(study_id)
+        with self._lock:
+            trials = sorted((t for t in self._studies[study_id].trials.values() if t.state in states),
+                            key=lambda t: t.number)
+        return copy.deepcopy(trials) if deepcopy else trials
+
+    def _read_newly_finished(self, study_id: int) -> None:
+        """Load the trials that finished since the last read into Optuna's cache, as its own read would: a finished
+        trial leaves the unfinished ones it re-reads. Trials above `last_finished_trial_id` are only noted as read
+        ahead: the ids between them, never listed here, may hold unfinished trials its next full read must find."""
+        with self._lock:
+            study = self._studies.setdefault(study_id, _StudyInfo())
+            ahead = self._finished_ahead.setdefault(study_id, set())
+            ahead.difference_update([i for i in ahead if i <= study.last_finished_trial_id])
+            trials = self._backend.read_finished(
+                study_id, study.unfinished_trial_ids, study.last_finished_trial_id, ahead
+            )
+            self._add_trials_to_cache(study_id, trials)
+            for t in trials:
+                if t._trial_id > study.last_finished_trial_id:
+                    ahead.add(t._trial_id)
+                else:
+                    study.unfinished_trial_ids.discard(t._trial_id)
+
+    def _read_trials_from_remote_storage(self, study_id: int) -> None:
+        super()._read_trials_from_remote_storage(study_id)
+        with self._lock:  # the full read advanced last_finished_trial_id past what was read ahead
+            last = self._studies[study_id].last_finished_trial_id
+            ahead = self._finished_ahead.get(study_id, set())
+            ahead.difference_update([i for i in ahead if i <= last])
+
+
+def worker_cache(storage: optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:
+    """The storage a worker's study should use: `WorkerCache` over a sweep SQL storage, any other as it is."""
+    return WorkerCache(storage) if isinstance(storage, RetryingRDBStorage) else storage
