@@ -670,7 +670,19 @@ def test_a_workers_cached_reads_see_every_change_another_worker_makes(
     trial through SQLAlchemy Core: after each step of another worker, one worker's listings (all trials, and
     finished ones only, as a pruner asks, before and after the full one) and each `get_trial` equal a fresh
     read by plain Optuna, field by field (params of every kind, NaN and infinite values, attributes, times)."""
-    url = _url_for(backend, request)
+    _cached_reads_match_fresh_ones(_url_for(backend, request))
+
+
+def test_cached_reads_match_with_more_unfinished_trials_than_one_query_binds(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sweep.storage import rdb
+
+    monkeypatch.setattr(rdb, "_MAX_IDS", 0)  # every pruning check takes the wider query
+    _cached_reads_match_fresh_ones(f"sqlite:///{home}/wide.db")
+
+
+def _cached_reads_match_fresh_ones(url: str) -> None:
     optuna.create_study(study_name="view", storage=open_storage(url), direction="maximize")
     mine = optuna.load_study(study_name="view", storage=worker_cache(open_storage(url)))
     assert isinstance(mine._storage, WorkerCache)

@@ -15,8 +15,12 @@ Which storage to use when:
   connections. A dropped connection or a database restart does not end a worker: every storage call is
   retried with backoff for up to `RETRY_S` (`RetryingRDBStorage`, which also says what Optuna does alone).
 - ``journal:///PATH``: a cluster with a shared file system but no database server: Optuna's append-only log
-  behind a symlink lock (NFS-safe). Concurrent writer processes lose nothing; fastest of all for a few
-  workers, but every process replays the whole log, so it slows down with thousands of trials.
+  behind a symlink lock (NFS-safe). Concurrent writer processes lose nothing, and a trial takes fewer appends
+  (lock + fsync each) than under plain Optuna; but every process replays the whole log, so it slows down with
+  thousands of trials.
+
+A worker's study goes through `worker_cache`: on SQL, Optuna's trial cache with pruning checks that read only
+newly finished trials, over reads and writes in SQLAlchemy Core (`core`). benchmarks/RESULTS.md has the figures.
 
 Credentials: write ``${VAR}`` anywhere in a URL (``postgresql://alice:${SWEEP_DB_PASSWORD}@db/sweep``) and it
 is expanded from the environment when the storage is opened, in each process; a URL with a user but no

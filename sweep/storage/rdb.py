@@ -30,6 +30,7 @@ from sweep.storage.retry import RETRY_S, _retry_state, call_with_retry
 
 _log = logging.getLogger("sweep.storage")  # one logger for the whole package
 _FINISHED = [state for state in TrialState if state.is_finished()]
+_MAX_IDS = 5000  # trial ids bound into one query (SQLite allows 32766, older builds 999; servers more)
 
 
 # Every method of RDBStorage that talks to the database, including the private ones Optuna's _CachedStorage
@@ -161,8 +162,10 @@ class RetryingRDBStorage(RDBStorage):
     ) -> list[optuna.trial.FrozenTrial]:
         """The finished trials among `unfinished` (ids up to `last_finished`) and above `last_finished`, except
         `ahead` (already read): what `WorkerCache` loads for a pruning check, usually nothing (one query)."""
-        params = {"study_id": study_id, "older": [i for i in unfinished if i <= last_finished],
-                  "last_finished": last_finished, "ahead": list(ahead)}
+        older = [i for i in unfinished if i <= last_finished]  # usually the other workers' running trials
+        if len(older) > _MAX_IDS:  # too many bound values for some servers: every trial from the oldest on
+            older, last_finished = [], min(older) - 1  # (a finished one read again is cached again, unchanged)
+        params = {"study_id": study_id, "older": older, "last_finished": last_finished, "ahead": list(ahead)}
 
         def attempt(n: int) -> list[optuna.trial.FrozenTrial]:
             with _session(self) as session:
