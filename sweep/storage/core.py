@@ -4,9 +4,10 @@ same rows and FrozenTrials as Optuna's ORM code, at a fraction of the client CPU
 A worker's calls are tiny (one trial, a few rows), and through the ORM each cost ~2–6 ms of client CPU here:
 session identity map, instrumented attributes, one lazy query per relation when a single trial is read, a
 SELECT before every INSERT. That was most of what a worker spent on the database per trial, with 32 of them
-sharing a node's cores. Reads here select plain rows — the trials, then each of the five child tables with one
-`IN` — and build the FrozenTrial as `RDBStorage._build_frozen_trial_from_trial_model` does; writes are one
-upsert per table (tests/test_storage.py compares everything with Optuna's own reads after every kind of write).
+sharing a node's cores. Reads here select plain rows — the trials, then the five child tables in one UNION ALL
+— and build the FrozenTrial as `RDBStorage._build_frozen_trial_from_trial_model` does; writes are a state
+check and one upsert per table; statements are built once per process (tests/test_storage.py compares
+everything with Optuna's own reads after every kind of write).
 """
 
 from __future__ import annotations

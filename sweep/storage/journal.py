@@ -35,7 +35,8 @@ class SweepJournalStorage(optuna.storages.JournalStorage):
 
     def hold(self, trial_id: int, attrs: Mapping[str, Any]) -> None:
         """Keep these attributes of a trial this worker just claimed, and its params as they are drawn, for one
-        append at `flush` (the worker's, after drawing; at the latest, the trial's next other write or read).
+        append at `flush` (the worker's, after drawing; at the latest, the trial's next other write). Until
+        then this process reads the trial with them (`get_trial`); no other process sees them.
 
         A claim must be appended and replayed on its own (another worker may have won the trial, and its
         records would then land on that worker's trial); everything after it may go together."""
@@ -96,9 +97,9 @@ class SweepJournalStorage(optuna.storages.JournalStorage):
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
         from datetime import timezone
 
-        self.flush(trial_id)
         from optuna.storages.journal._storage import JournalOperation
 
+        self.flush(trial_id)
         closing = self._closing.get(trial_id) if state.is_finished() else None
         if not closing:
             return super().set_trial_state_values(trial_id, state, values)
