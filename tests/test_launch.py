@@ -129,13 +129,14 @@ def test_interrupted_launch_voids_running_trials_and_resumes(home: Path, tiny_fi
     launcher = subprocess.Popen([sys.executable, "-m", "sweep", "launch", str(tiny_file), "--trials", "6"],
                                 cwd=home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
-    deadline, seen = time.time() + 120, []
+    deadline, seen, storage = time.time() + 120, [], None
     db = home / "studies" / "tiny" / "study.db"
     while time.time() < deadline:  # Ctrl-C while a trial is running
         try:  # through sweep's storage, once the launcher made the file: plain Optuna would create it itself
-            if not db.exists():
-                raise KeyError("no study.db yet")
-            storage = open_storage(f"sqlite:///{db}")
+            if storage is None:
+                if not db.exists():
+                    raise KeyError("no study.db yet")
+                storage = open_storage(f"sqlite:///{db}")
             states = [t.state.name for t in optuna.load_study(study_name="tiny", storage=storage).get_trials()]
             seen.append(f"{time.time():.1f} {states}")
             if "RUNNING" in states:

@@ -53,7 +53,7 @@ class WorkerCache(_CachedStorage):
         with self._lock:
             study = self._studies.setdefault(study_id, _StudyInfo())
             ahead = self._finished_ahead.setdefault(study_id, set())
-            ahead.difference_update([i for i in ahead if i <= study.last_finished_trial_id])
+            ahead.difference_update([i for i in ahead if i <= study.last_finished_trial_id])  # a full read passed them
             trials = self._backend.read_finished(
                 study_id, study.unfinished_trial_ids, study.last_finished_trial_id, ahead
             )
@@ -63,13 +63,6 @@ class WorkerCache(_CachedStorage):
                     ahead.add(t._trial_id)
                 else:
                     study.unfinished_trial_ids.discard(t._trial_id)
-
-    def _read_trials_from_remote_storage(self, study_id: int) -> None:
-        super()._read_trials_from_remote_storage(study_id)
-        with self._lock:  # the full read advanced last_finished_trial_id past what was read ahead
-            last = self._studies[study_id].last_finished_trial_id
-            ahead = self._finished_ahead.get(study_id, set())
-            ahead.difference_update([i for i in ahead if i <= last])
 
 
 def worker_cache(storage: optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:

@@ -30,8 +30,8 @@ class SweepJournalStorage(optuna.storages.JournalStorage):
         self._closing, self._held = {}, {}
 
     def set_trial_user_attrs(self, trial_id: int, attrs: Mapping[str, Any]) -> None:
-        self.flush(trial_id)
-        self._append([self._attr_log(trial_id, key, value) for key, value in attrs.items()])
+        held = self._held.pop(trial_id, [])
+        self._append([*held, *(self._attr_log(trial_id, key, value) for key, value in attrs.items())])
 
     def hold(self, trial_id: int, attrs: Mapping[str, Any]) -> None:
         """Keep these attributes of a trial this worker just claimed, and its params as they are drawn, for one
@@ -99,14 +99,15 @@ class SweepJournalStorage(optuna.storages.JournalStorage):
 
         from optuna.storages.journal._storage import JournalOperation
 
-        self.flush(trial_id)
         closing = self._closing.get(trial_id) if state.is_finished() else None
         if not closing:
+            self.flush(trial_id)
             return super().set_trial_state_values(trial_id, state, values)
         now = datetime.now(tz=timezone.utc).isoformat(timespec="microseconds")
         finish = {"trial_id": trial_id, "state": state, "values": values, "datetime_complete": now}
         attr_logs = [self._attr_log(trial_id, key, value) for key, value in closing.items()]
-        self._append([*attr_logs, self._log(JournalOperation.SET_TRIAL_STATE_VALUES, finish)])
+        held = self._held.pop(trial_id, [])  # what is held goes first, in the same append
+        self._append([*held, *attr_logs, self._log(JournalOperation.SET_TRIAL_STATE_VALUES, finish)])
         return True
 
     def _attr_log(self, trial_id: int, key: str, value: Any) -> dict[str, Any]:
