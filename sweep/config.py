@@ -237,9 +237,71 @@ def parse_yaml(text: str, source: str) -> Any:
 
 
 def dump_yaml(config: Mapping[str, Any]) -> str:
-    """libyaml's emitter where PyYAML has it: every trial writes its config, ~18 ms a time in pure Python."""
-    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-    return yaml.dump(dict(config), Dumper=dumper, sort_keys=False, default_flow_style=None)
+    """Block YAML with flow lists of scalars, written here: every trial writes its config, and PyYAML's
+    representer (Python even with libyaml's emitter) cost ~0.7 ms of a worker's CPU per trial, a fifth of what
+    plain Optuna spends on a trial's storage calls. Reads back equal with `yaml.safe_load` and `parse_yaml`;
+    a value of another type goes through PyYAML, which names it."""
+    try:
+        return "\n".join(_yaml_mapping(config, "")) + "\n" if config else "{}\n"
+    except TypeError:
+        dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+        return yaml.dump(dict(config), Dumper=dumper, sort_keys=False, default_flow_style=None)
+
+
+_PLAIN = re.compile(r"[A-Za-z_/][A-Za-z0-9_./+-]*\Z")  # no indicator, space, colon or leading digit or sign
+_WORDS = {"yes", "no", "y", "n", "true", "false", "on", "off", "null"}  # plain, these read back as bool or None
+_ESCAPE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\ufeff\ufffe\uffff]")  # breaks, controls
+
+
+def _yaml_scalar(value: Any) -> str:
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return ".nan" if math.isnan(value) else ".inf" if value > 0 else "-.inf"
+        text = repr(float(value))  # PyYAML's form: YAML 1.1 floats need a dot, so 1e-05 is 1.0e-05
+        return text.replace("e", ".0e", 1) if "e" in text and "." not in text else text
+    if isinstance(value, str):
+        if _PLAIN.match(value) and value.lower() not in _WORDS:
+            return value
+        quoted = value.replace("\\", "\\\\").replace('"', '\\"')
+        return '"' + _ESCAPE.sub(lambda m: f"\\u{ord(m.group()):04x}", quoted) + '"'
+    raise TypeError(type(value).__name__)
+
+
+def _yaml_inline(value: Any) -> str | None:
+    """A scalar, `{}`, `[]` or a flow list of scalars on the key's line; None for a block."""
+    if isinstance(value, (dict, list)):
+        if not value:
+            return "{}" if isinstance(value, dict) else "[]"
+        if isinstance(value, dict) or any(isinstance(v, (dict, list)) for v in value):
+            return None
+        return "[" + ", ".join(_yaml_scalar(v) for v in value) + "]"
+    return _yaml_scalar(value)
+
+
+def _yaml_mapping(node: Mapping[str, Any], pad: str) -> list[str]:
+    lines = []
+    for key, value in node.items():
+        inline = _yaml_inline(value)
+        lines.append(f"{pad}{_yaml_scalar(key)}:" + (f" {inline}" if inline is not None else ""))
+        if inline is None:
+            lines += _yaml_mapping(value, pad + "  ") if isinstance(value, dict) else _yaml_sequence(value, pad)
+    return lines
+
+
+def _yaml_sequence(items: list[Any], pad: str) -> list[str]:
+    lines = []
+    for item in items:
+        inline = _yaml_inline(item)
+        if inline is not None:
+            lines.append(f"{pad}- {inline}")
+            continue
+        inner = _yaml_mapping(item, pad + "  ") if isinstance(item, dict) else _yaml_sequence(item, pad + "  ")
+        lines += [f"{pad}- {inner[0][len(pad) + 2:]}", *inner[1:]]
+    return lines
 
 
 # ---- dotted paths ------------------------------------------------------------------------------------

@@ -38,8 +38,11 @@ class Param:
     distribution: BaseDistribution
     when: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
-    def active(self, config: Mapping[str, Any]) -> bool:
-        return all(get_path(config, p) in values for p, values in self.when.items())
+    def active(self, config: Mapping[str, Any], drawn: Mapping[str, Any] | None = None) -> bool:
+        """Whether the param is drawn: its conditions' paths read from `drawn` (the params drawn so far, by
+        dotted path) where they are there, else from `config`."""
+        drawn = drawn or {}
+        return all((drawn[p] if p in drawn else get_path(config, p)) in values for p, values in self.when.items())
 
 
 def parse(section: Mapping[str, Any], base: Mapping[str, Any], source: str = "search_space") -> list[Param]:
@@ -218,13 +221,10 @@ def _ordered(params: Mapping[str, Param], source: str) -> list[Param]:
 
 def suggest(trial: optuna.Trial, params: list[Param], base: Mapping[str, Any]) -> dict[str, Any]:
     """Draw the active params for one trial; returns {dotted path: value}."""
-    config = copy_tree(dict(base))
     drawn: dict[str, Any] = {}
     for param in params:
-        if param.active(config):
-            value = _draw(trial, param.path, param.distribution)
-            drawn[param.path] = value
-            set_path(config, param.path, value)
+        if param.active(base, drawn):
+            drawn[param.path] = _draw(trial, param.path, param.distribution)
     return drawn
 
 

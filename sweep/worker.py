@@ -337,5 +337,5 @@ def _record(
         "slurm_job_id": slurm_job_id(),
         **context,
     }
-    (out_dir / "run.json").write_text(json.dumps(run, indent=1))
+    (out_dir / "run.json").write_text(json.dumps(run) + "\n")  # C encoder: `indent` takes the Python one
     return {"seed": config["train"]["seed"], "config": json.loads(json.dumps(config))}

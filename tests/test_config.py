@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sweep import config as cfg
 from sweep import models
@@ -508,6 +509,44 @@ def test_resolve_is_idempotent_on_its_own_output(tmp_path: Path) -> None:
     config = load(DEMO)
     again = resolve(parse_yaml(cfg.dump_yaml(config), "dumped.yaml"), "dumped.yaml")
     assert again == config
+
+
+TRICKY_STRINGS = [
+    "", "yes", "No", "ON", "off", "y", "n", "null", "Null", "~", "true", "FALSE", "1e-05", "123", "0x1F", "0o17",
+    "1_000", "2026-11-23", "1:30", ".5", ".inf", "-.inf", ".nan", "+1", "-1", "-", "- a", "a: b", "a:b", "#x", "x #y",
+    "@x", "`x", "!tag", "&a", "*a", "%x", "|", ">", "?", "[x]", "{x}", "a, b", "=", "<<", "'", '"', "\\", "tab\there",
+    "line\nbreak", "cr\r", "nel\x85", "ls\u2028", "bom\ufeff", "bell\x07", "del\x7f", " lead", "trail ",
+    "ünïcode", "emoji \U0001f600", "/data/esc50", "a/b.c-d_e+f", "_x", "resnet18", "e+5", "x" * 300,
+]
+
+
+def test_dump_yaml_reads_back_equal() -> None:
+    """config.yaml is written by sweep's own emitter; every value must read back as it was, with PyYAML's
+    safe loader (anyone's script) and sweep's (`sweep final`, `sweep predict`)."""
+    floats = [0.0, -0.0, 0.1, 1.0, -2.5, 1e-05, 3e-4, 1e20, 1.5e300, 5e-324, 123456789.123, float("inf"), float("-inf")]
+    tricky = {
+        "strings": TRICKY_STRINGS,
+        "keys": {s: i for i, s in enumerate(TRICKY_STRINGS[:40])},
+        "numbers": {"floats": floats, "ints": [0, -5, 7, 10**20, -(10**20)], "bools": [True, False], "none": None},
+        "empty": {"dict": {}, "list": [], "string": ""},
+        "nested": [{"a": 1, "b": [1, "two", None]}, [1, [2, [3, {}]]], [], {}, {"deep": {"deeper": {"x": [[]]}}}],
+        7: "int key",
+        "lists": [[1, 2], ["a", "b: c"], [{"k": "v"}, {"k2": [{"k3": 1}]}]],
+    }
+    configs = [tricky, *(load(path) for path in sorted((REPO / "search_spaces").glob("*.yaml")))]
+    for config in configs:
+        text = cfg.dump_yaml(config)
+        assert yaml.safe_load(text) == config
+        assert parse_yaml(text, "dumped.yaml") == config
+    nan = yaml.safe_load(cfg.dump_yaml({"x": float("nan")}))["x"]
+    assert nan != nan
+    assert cfg.dump_yaml({}) == "{}\n"
+    assert cfg.dump_yaml({"train": {"lr": 1e-05, "folds": [1, 2]}}) == "train:\n  lr: 1.0e-05\n  folds: [1, 2]\n"
+
+
+def test_dump_yaml_refuses_what_yaml_cannot_hold() -> None:
+    with pytest.raises(yaml.representer.RepresenterError, match="object"):
+        cfg.dump_yaml({"train": {"lr": object()}})
 
 
 # ---- the command line: every bad input exits 2 before anything starts ----------------------------------

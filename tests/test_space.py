@@ -580,3 +580,6 @@ def test_param_active() -> None:
     assert param.active({"train": {"optimizer": "rmsprop"}})
     assert not param.active({"train": {"optimizer": "adam"}})
     assert Param("train.lr", FloatDistribution(0.1, 0.2)).active({})
+    # a condition on a param drawn earlier in the same trial reads the drawn value, not the base config's
+    assert param.active({"train": {"optimizer": "adam"}}, {"train.optimizer": "sgd"})
+    assert not param.active({"train": {"optimizer": "sgd"}}, {"train.optimizer": "adam"})

@@ -77,7 +77,9 @@ class SweepJournalStorage(optuna.storages.JournalStorage):
             return trial
         from optuna.distributions import json_to_distribution
 
-        trial = copy.deepcopy(trial)
+        trial = copy.copy(trial)  # the replayed trial is shared: new dicts for what the overlay changes
+        trial.user_attrs, trial.params = dict(trial.user_attrs), dict(trial.params)
+        trial.distributions = dict(trial.distributions)
         for log in held:
             if "user_attr" in log:
                 trial.user_attrs.update(log["user_attr"])
