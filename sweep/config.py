@@ -212,18 +212,20 @@ class _Loader(yaml.SafeLoader):
     """SafeLoader that reads `1e-3` as a float (YAML 1.2), not the string PyYAML's 1.1 rules give."""
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+][0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
+class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
+    """What `dump_yaml` falls back to: quotes a string such as `1e-3` that `_Loader` would read as a float."""
+
+
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
 )
+for _cls in (_Loader, _Dumper):
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 
 
 def parse_yaml(text: str, source: str) -> Any:
@@ -244,8 +246,7 @@ def dump_yaml(config: Mapping[str, Any]) -> str:
     try:
         return "\n".join(_yaml_mapping(config, "")) + "\n" if config else "{}\n"
     except TypeError:
-        dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-        return yaml.dump(dict(config), Dumper=dumper, sort_keys=False, default_flow_style=None)
+        return yaml.dump(dict(config), Dumper=_Dumper, sort_keys=False, default_flow_style=None)
 
 
 _PLAIN = re.compile(r"[A-Za-z_/][A-Za-z0-9_./+-]*\Z")  # no indicator, space, colon or leading digit or sign
@@ -285,6 +286,8 @@ def _yaml_inline(value: Any) -> str | None:
 def _yaml_mapping(node: Mapping[str, Any], pad: str) -> list[str]:
     lines = []
     for key, value in node.items():
+        if isinstance(key, str) and len(key) > 100:  # YAML's implicit keys end within 1024 characters
+            raise TypeError("long key: PyYAML writes it as an explicit one")
         inline = _yaml_inline(value)
         lines.append(f"{pad}{_yaml_scalar(key)}:" + (f" {inline}" if inline is not None else ""))
         if inline is None:

@@ -531,6 +531,7 @@ def test_dump_yaml_reads_back_equal() -> None:
         "empty": {"dict": {}, "list": [], "string": ""},
         "nested": [{"a": 1, "b": [1, "two", None]}, [1, [2, [3, {}]]], [], {}, {"deep": {"deeper": {"x": [[]]}}}],
         7: "int key",
+        "k" * 2000: "a key longer than YAML's implicit keys may be",
         "lists": [[1, 2], ["a", "b: c"], [{"k": "v"}, {"k2": [{"k3": 1}]}]],
     }
     configs = [tricky, *(load(path) for path in sorted((REPO / "search_spaces").glob("*.yaml")))]
