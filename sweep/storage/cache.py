@@ -36,9 +36,8 @@ class WorkerCache(_CachedStorage):
     def get_all_trials(
         self, study_id: int, deepcopy: bool = True, states: Container[TrialState] | None = None
     ) -> list[FrozenTrial]:
-        if isinstance(states, Iterable):
-            states = tuple(states)
-        if states is None or not isinstance(states, tuple) or not all(TrialState(s).is_finished() for s in states):
+        states = tuple(states) if isinstance(states, Iterable) else states  # iterated twice below
+        if not isinstance(states, tuple) or not all(TrialState(s).is_finished() for s in states):
             return super().get_all_trials(study_id, deepcopy, states)
         self._read_newly_finished(study_id)
         with self._lock:

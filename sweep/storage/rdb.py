@@ -13,12 +13,12 @@ from datetime import datetime
 from typing import Any
 
 import optuna
-from optuna._imports import _LazyImport
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from sweep.storage.core import (
     insert_param,
+    models,
     previous_param_json,
     read_trials,
     select_trials,
@@ -27,8 +27,6 @@ from sweep.storage.core import (
     upsert,
 )
 from sweep.storage.retry import RETRY_S, _retry_state, call_with_retry
-
-models = _LazyImport("optuna.storages._rdb.models")  # SQLAlchemy's ORM models: ~15 MB, loaded on first use
 
 _log = logging.getLogger("sweep.storage")  # one logger for the whole package
 _FINISHED = [state for state in TrialState if state.is_finished()]
