@@ -90,25 +90,30 @@ def make_config(epochs: int, smoke: bool = False, device: str = "cpu", seed: int
 def bare_train(config: Mapping[str, Any], on_epoch: Callable[[int], None] | None = None) -> list[dict[str, float]]:
     """A plain PyTorch training loop for `config`: per epoch, train, then validate. Returns one row per epoch.
 
-    The same work as sweep's trainer (same seeds, so the same numbers) without its bookkeeping: no
-    metrics.json, no TensorBoard, no checkpoint, no trial. `on_epoch(epoch)` is called at each epoch's end.
+    The same work as sweep's trainer (same seeds and the same input tensors, so the same numbers) without its
+    bookkeeping: no metrics.json, no TensorBoard, no checkpoint, no trial. Like sweep, it makes the log-mel of
+    every clip once, before the first epoch (the clips are one window long here, so a batch's input is its rows
+    of that tensor): the loop then times what sweep's trainer adds, not a data path that benchmarks/throughput.py
+    compares. `on_epoch(epoch)` is called at each epoch's end.
     """
     t, d, f = config["train"], config["data"], config["features"]
+    if config["augment"]["waveform"]:
+        raise ValueError("bare_train makes the log-mel once: it cannot augment the waveform of each batch")
     device = torch.device(t["device"] if t["device"] != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(t["seed"])
     train_set, val_set = load_split(config, "train"), load_split(config, "val")
-    n_classes = len(train_set.classes)
     samples = round(d["clip_seconds"] * d["sample_rate"])
+    if max(train_set.lengths.max(), val_set.lengths.max()) > samples:
+        raise ValueError(f"bare_train needs clips one window long ({samples} samples): it makes no random crops")
     mel = torchaudio.transforms.MelSpectrogram(
         sample_rate=d["sample_rate"], n_fft=f["n_fft"], hop_length=f["hop_length"], n_mels=f["n_mels"],
         f_min=f["f_min"] or 0.0, f_max=f["f_max"],
     ).to(device)
-
-    def logmel(waves: torch.Tensor) -> torch.Tensor:
-        return torch.log(mel(waves) + 1e-6).unsqueeze(1)
-
-    shape = tuple(logmel(crop(train_set, torch.arange(1), samples, None).to(device)).shape[1:])
-    model = build_model(config, n_classes, shape).to(device)
+    with torch.no_grad():  # [clips, 1, n_mels, frames]: contiguous, as a convolution should read it
+        train_x, val_x = (torch.log(mel(crop(clips, torch.arange(len(clips)), samples, None).to(device)) + 1e-6)
+                          .unsqueeze(1).contiguous() for clips in (train_set, val_set))
+    n_classes = len(train_set.classes)
+    model = build_model(config, n_classes, tuple(train_x.shape[1:])).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
     bs, n_train = t["batch_size"], len(train_set)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t["epochs"] * math.ceil(n_train / bs))
@@ -118,15 +123,13 @@ def bare_train(config: Mapping[str, Any], on_epoch: Callable[[int], None] | None
         model.train()
         torch.manual_seed(t["seed"] * 100_003 + epoch)  # dropout, as sweep seeds it
         augment.reseed(t["seed"] * 100_003 + epoch)
-        shuffle = torch.Generator().manual_seed(t["seed"] + epoch)
-        order = torch.randperm(n_train, generator=shuffle)
+        order = torch.randperm(n_train, generator=torch.Generator().manual_seed(t["seed"] + epoch))
         total = torch.zeros((), device=device)
         for i in range(0, n_train, bs):
             idx = order[i : i + bs]
-            x = crop(train_set, idx, samples, shuffle).to(device)
             y = train_set.labels[idx].to(device)
             with torch.no_grad():
-                x = augment.spec(logmel(augment.wave(x)))
+                x = augment.spec(train_x[idx])
             x, target = augment.mixup(x, y, n_classes)
             loss = F.cross_entropy(model(x), target, label_smoothing=t["label_smoothing"])
             optimizer.zero_grad(set_to_none=True)
@@ -139,7 +142,7 @@ def bare_train(config: Mapping[str, Any], on_epoch: Callable[[int], None] | None
         with torch.no_grad():
             for i in range(0, len(val_set), t["eval_batch_size"]):
                 idx = torch.arange(i, min(i + t["eval_batch_size"], len(val_set)))
-                logits = model(logmel(crop(val_set, idx, samples, None).to(device)))
+                logits = model(val_x[idx])
                 y = val_set.labels[idx].to(device)
                 val_loss += F.cross_entropy(logits, y, reduction="sum")
                 correct += (logits.argmax(1) == y).sum()

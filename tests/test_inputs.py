@@ -127,3 +127,34 @@ def test_cached_frame_windows_are_the_features_of_the_same_audio_window(kind: st
         y = inputs(torch.arange(2), g)
         window = features(waves[1:2, start * hop : start * hop + samples])
         torch.testing.assert_close(y[1, ..., 2:-2], window[0, ..., 2:-2], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["logmel", "fbank"])
+def test_the_model_reads_the_same_tensor_from_the_cache_and_from_features_made_per_batch(kind: str) -> None:
+    """Same values and the same memory layout: in training mode batch norm sums its batch statistics in memory
+    order, so on the transposed view that torchaudio's mel scale returns it rounds differently (found as a
+    7th-digit difference between the trainer and the bare loop of benchmarks/trainer_overhead.py), and a trial
+    would depend on whether its data were cached."""
+    from sweep.data.inputs import Inputs
+    from sweep.models import build_model
+
+    config = config_for("audio_cnn", name=kind, n_mels=40, n_fft=400, hop_length=160)
+    waves = torch.randn(8, 16000, generator=torch.Generator().manual_seed(0)) * 0.1  # one window each
+    c = Clips(waves, torch.full((8,), 16000), torch.zeros(8, dtype=torch.long), ["a", "b"], 16000)
+    features = build_features(config)
+    cached, made = Inputs(config, c, features, torch.device("cpu"))(torch.arange(8)), features(waves)
+    assert made.is_contiguous() and cached.stride() == made.stride()
+    assert torch.equal(cached, made)
+    torch.manual_seed(0)
+    model = build_model(config, 2, tuple(made.shape[1:]))  # training mode: batch statistics, dropout
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            outputs = []
+            for x in (cached, made):
+                torch.manual_seed(n)  # the same dropout masks
+                outputs.append(model(x))
+            assert torch.equal(*outputs)
+    finally:
+        torch.set_num_threads(threads)

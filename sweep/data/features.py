@@ -14,7 +14,13 @@ import torchaudio
 
 
 class LogMel(torch.nn.Module):
-    """Waveforms [B, samples] → log-mel [B, 1, n_mels, frames]."""
+    """Waveforms [B, samples] → log-mel [B, 1, n_mels, frames], contiguous.
+
+    Contiguous because torchaudio's mel scale returns a transposed view, and in training mode batch norm sums its
+    batch statistics in memory order, so it rounds differently on the two layouts (the 7th digit): a model
+    trained on features from the cache (contiguous, a gather) and one trained on features made per batch would
+    then not be the same model.
+    """
 
     def __init__(
         self, sample_rate: int, n_mels: int, n_fft: int, hop_length: int, f_min: float | None, f_max: float | None
@@ -31,11 +37,12 @@ class LogMel(torch.nn.Module):
 
     def forward(self, waves: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=waves.device.type, enabled=False):
-            return torch.log(self.mel(waves.float()) + 1e-6).unsqueeze(1)
+            return torch.log(self.mel(waves.float()) + 1e-6).unsqueeze(1).contiguous()
 
 
 class Fbank(torch.nn.Module):
-    """Waveforms [B, samples] → Kaldi fbank [B, 1, n_mels, frames], as AST's feature extractor makes them.
+    """Waveforms [B, samples] → Kaldi fbank [B, 1, n_mels, frames], as AST's feature extractor makes them;
+    contiguous, as `LogMel`'s are.
 
     Window and hop come from n_fft and hop_length (AST: 400 and 160 samples at 16 kHz = 25 ms and 10 ms);
     f_min null means Kaldi's 20 Hz (at 0 Hz the lowest bins are too narrow to hold any energy).
@@ -61,7 +68,7 @@ class Fbank(torch.nn.Module):
     def forward(self, waves: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=waves.device.type, enabled=False):
             rows = [torchaudio.compliance.kaldi.fbank(w.float().unsqueeze(0), **self.options) for w in waves]
-            return torch.stack(rows).transpose(1, 2).unsqueeze(1)
+            return torch.stack(rows).transpose(1, 2).unsqueeze(1).contiguous()
 
 
 class Waveform(torch.nn.Module):
