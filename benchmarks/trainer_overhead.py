@@ -5,7 +5,7 @@
 sweep: `sweep.train.train(config, out_dir, trial)` with a trial of an in-memory study (NopPruner), so every
 epoch also writes metrics.json, TensorBoard scalars and an atomic checkpoint, and reports to the trial.
 baseline: `bare_train` below, the loop a user would write by hand for the same config: the same clips
-(`load_split`), the same `crop` windows, log-mel made with torchaudio directly, the same `Augment` calls
+(`load_split`), their log-mel made once with torchaudio directly (as sweep's cache holds it), the same `Augment` calls
 (SpecAugment + mixup at strength 0.5), the same audio_cnn, AdamW + cosine schedule stepped per batch, and a
 validation pass (loss, accuracy) each epoch; seeded exactly as sweep seeds, so both sides compute the same
 numbers (tests/test_benchmarks.py checks the first epoch's training loss). It has no bookkeeping.
@@ -109,7 +109,7 @@ def bare_train(config: Mapping[str, Any], on_epoch: Callable[[int], None] | None
         sample_rate=d["sample_rate"], n_fft=f["n_fft"], hop_length=f["hop_length"], n_mels=f["n_mels"],
         f_min=f["f_min"] or 0.0, f_max=f["f_max"],
     ).to(device)
-    with torch.no_grad():  # [clips, 1, n_mels, frames]: contiguous, as a convolution should read it
+    with torch.no_grad():  # [clips, 1, n_mels, frames], contiguous: the layout sweep's cache gives the model
         train_x, val_x = (torch.log(mel(crop(clips, torch.arange(len(clips)), samples, None).to(device)) + 1e-6)
                           .unsqueeze(1).contiguous() for clips in (train_set, val_set))
     n_classes = len(train_set.classes)
