@@ -65,9 +65,7 @@ def final(
     `name` is the study the runs belong to (their folder: studies/NAME/final/); `origin` says where the config
     came from (`source`: the study or file; `trial` and `params`: the best trial's), copied into every result.
     """
-    from submitit.core.utils import FailedJobError, UncompletedJobError
-
-    from sweep.launch import check_executor, job_error, make_executor
+    from sweep.launch import check_executor, job_error, make_executor, outcomes
 
     profile = check_executor(config)
     runs = plan(config, seeds, cv)
@@ -93,13 +91,12 @@ def final(
     results: dict[str, dict[str, Any]] = {}
     failed: list[str] = []
     try:
-        for run, job in zip(runs, jobs):
-            exc = job.exception()  # waits; the debug executor runs the job here (and, unlike result(), no pdb)
-            if exc is None:
-                results[run] = job.result()
+        for run, job, (kind, value) in zip(runs, jobs, outcomes(jobs)):
+            if kind == "ok":
+                results[run] = value
                 print(f"{run}: test accuracy {results[run]['accuracy']:.4f}", flush=True)
-            elif isinstance(exc, FailedJobError) or not isinstance(exc, UncompletedJobError):
-                failed.append(f"{run} (job {job.job_id}) failed: {job_error(exc)}\n  log: {job.paths.stderr}")
+            elif kind == "failed":
+                failed.append(f"{run} (job {job.job_id}) failed: {job_error(value)}\n  log: {job.paths.stderr}")
             else:  # killed, timed out, its node lost: no error of its own
                 failed.append(f"{run} (job {job.job_id}) ended without finishing; log: {job.paths.stderr}")
     except KeyboardInterrupt:

@@ -80,18 +80,31 @@ def _alive(entry: dict[str, Any]) -> bool:
 
 def _slurm_states(ids: list[str]) -> dict[str, str]:
     """job id (ARRAY_TASK form) → state; squeue knows pending/running jobs, sacct the ended ones."""
+    arrays = ",".join(sorted({i.split("_")[0] for i in ids}))
+    found = _ask(["squeue", "-h", "-r", "-o", "%i %T", "-j", arrays])
+    for job_id, state in _ask(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", arrays]).items():
+        found.setdefault(job_id, state)
+    return found
+
+
+def in_queue(ids: list[str]) -> set[str]:
+    """The jobs SLURM still holds: pending, running, or completing (processes alive after a cancel, until
+    KillWait's SIGKILL). Accounting says CANCELLED at once; a worker may still be training then."""
+    if not ids:
+        return set()
+    listed = _ask(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(sorted({i.split("_")[0] for i in ids}))])
+    return {i for i in ids if i in listed}
+
+
+def _ask(cmd: list[str]) -> dict[str, str]:
+    """First two columns of a squeue/sacct listing as id → state (its first word); {} if the command fails."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
     found: dict[str, str] = {}
-    arrays = sorted({i.split("_")[0] for i in ids})
-    for cmd in (
-        ["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(arrays)],
-        ["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(arrays)],
-    ):
-        try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
-        except (OSError, subprocess.SubprocessError):
-            continue
-        for line in out.splitlines():
-            parts = line.replace("|", " ").split()
-            if len(parts) >= 2:
-                found.setdefault(parts[0], parts[1].split()[0])
+    for line in out.splitlines():
+        parts = line.replace("|", " ").split()
+        if len(parts) >= 2:
+            found.setdefault(parts[0], parts[1])
     return found

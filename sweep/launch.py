@@ -16,14 +16,14 @@ import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import optuna
 from optuna.trial import TrialState
-from submitit.core.utils import FailedJobError, UncompletedJobError
 
 from sweep import status
 from sweep.config import ConfigError, resolve
+from sweep.jobs import in_queue
 from sweep.jobs import record as jobs_record
 from sweep.profile import load_profile, submitit_parameters
 from sweep.storage import mask, open_storage, study_dir
@@ -190,16 +190,12 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
     lost: list[str] = []
     try:
         watch(study, jobs)
-        for index, job in enumerate(jobs):
-            try:
-                job.result()
-            except Exception as exc:  # FailedJobError (or, in debug, the exception itself): the worker raised
-                if isinstance(exc, UncompletedJobError) and not isinstance(exc, FailedJobError):
-                    # killed, node lost, preempted for good: its trial was retried
-                    lost.append(f"worker {index} (job {job.job_id}) ended without finishing; log: {job.paths.stderr}")
-                else:
-                    failed.append(f"worker {index} (job {job.job_id}) failed: {job_error(exc)}")
-                    failed.append(f"  log: {job.paths.stderr}")
+        for index, (job, (kind, value)) in enumerate(zip(jobs, outcomes(jobs))):
+            if kind == "lost":  # killed, node lost, preempted for good: its trial was retried
+                lost.append(f"worker {index} (job {job.job_id}) ended without finishing; log: {job.paths.stderr}")
+            elif kind == "failed":  # FailedJobError (or, in debug, the exception itself): the worker raised
+                failed.append(f"worker {index} (job {job.job_id}) failed: {job_error(value)}")
+                failed.append(f"  log: {job.paths.stderr}")
     except KeyboardInterrupt:
         print("\ninterrupted: stopping workers", flush=True)
         for job in jobs:
@@ -249,11 +245,86 @@ def _detached_output(detach: bool):
             os.close(fd)
 
 
+# A job that ends without a result (cancelled, killed, preempted for good) is known only to SLURM's accounting,
+# which submitit asks on its own when half the time since the submission has passed again, at most every 10
+# minutes (`SlurmInfoWatcher(delay_s=600)`): a launcher learned that a worker was cancelled or killed an hour
+# into a launch up to 10 minutes late, and 34 s late in tests/test_slurm.py's cancel test. One forced sacct call
+# every 10 s refreshes every job of the launch at once and is light on slurmdbd.
+FORCE_CHECK_EVERY = 10.0
+
+
+class JobsEnded:
+    """Asked in a loop: whether every job has ended, forcing one accounting refresh every `force_every` s
+    (at once on the first call when `force_now`: after a cancel, the states have just changed)."""
+
+    def __init__(self, jobs: list, force_every: float = FORCE_CHECK_EVERY, force_now: bool = False) -> None:
+        self.jobs, self.force_every = jobs, force_every
+        self.forced = 0.0 if force_now else time.time()
+
+    def __call__(self) -> bool:
+        from submitit import SlurmJob
+
+        running = [job for job in self.jobs if not job.done()]
+        if running and time.time() - self.forced >= self.force_every:
+            self.forced = time.time()
+            running[0].done(force_check=True)  # one sacct call refreshes every job of the launch
+            running = [job for job in running if not job.done()]
+        if running:
+            return False
+        # Ended for submitit (a result, or SLURM's accounting) is not yet gone: a cancelled worker trains on
+        # until KillWait's SIGKILL, and may claim a trial after the launcher has handed the last one back.
+        return not in_queue([str(job.job_id) for job in self.jobs if isinstance(job, SlurmJob)])
+
+
+# submitit's result() waits this long for each missing result file in turn, in case a network file system shows
+# it late; a cancelled launch of 32 workers waited 8 minutes for files that never come.
+RESULT_GRACE = 15.0
+# SLURM states of a job whose function never returned, and a local one killed by a signal: no result is coming.
+NO_RESULT = ("CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE", "INTERRUPTED")
+
+
+class Outcome(NamedTuple):
+    kind: str  # "ok" (value: the result), "failed" (value: the exception it raised) or "lost" (no result)
+    value: Any
+
+
+def outcomes(jobs: list, poll: float = 1.0) -> list[Outcome]:
+    """Each job's outcome, once every job has ended (the debug executor's jobs run here, one after another).
+
+    A job that ended without a result (cancelled, killed, timed out, its node lost) is "lost". Missing result
+    files are waited for once, for all jobs together, and not at all for a job SLURM says never returned.
+    """
+    from submitit import DebugJob
+
+    ended = JobsEnded([job for job in jobs if not isinstance(job, DebugJob)])
+    while not ended():
+        time.sleep(poll)
+
+    def has_result(job: Any) -> bool:
+        if isinstance(job, DebugJob):
+            return True
+        with contextlib.suppress(OSError):  # a network file system refreshes a folder's listing on a chmod
+            job.paths.folder.chmod(job.paths.folder.stat().st_mode)
+        return job.paths.result_pickle.exists()
+
+    deadline = time.time() + RESULT_GRACE
+    while time.time() < deadline and not all(has_result(j) or j.state.split()[0] in NO_RESULT for j in jobs):
+        time.sleep(poll)
+    out = []
+    for job in jobs:
+        if not has_result(job):
+            out.append(Outcome("lost", None))
+            continue
+        exc = job.exception()  # the debug executor runs its job here: unlike result(), without pdb
+        out.append(Outcome("ok", job.result()) if exc is None else Outcome("failed", exc))
+    return out
+
+
 def watch(study: optuna.Study, jobs: list, every: float = 2.0) -> None:
     """Print progress whenever it changes (one rewritten line on a terminal) until every job has ended."""
-    tty, last, started = sys.stdout.isatty(), "", time.time()
+    tty, last, started, ended = sys.stdout.isatty(), "", time.time(), JobsEnded(jobs)
     while True:
-        done = all(job.done() for job in jobs)
+        done = ended()
         line = status.progress(study, time.time() - started)
         if line != last:
             print(f"\r{line}\x1b[K" if tty else line, end="" if tty else "\n", flush=True)
@@ -266,8 +337,8 @@ def watch(study: optuna.Study, jobs: list, every: float = 2.0) -> None:
 
 
 def _wait_gone(jobs: list, timeout: float = 15.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline and not all(job.done() for job in jobs):
+    deadline, ended = time.time() + timeout, JobsEnded(jobs, force_every=2.0, force_now=True)  # a short wait
+    while time.time() < deadline and not ended():
         time.sleep(0.2)
 
 

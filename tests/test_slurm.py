@@ -37,6 +37,11 @@ def _sacct(array_id: str, timeout: float = 30) -> dict[str, str]:
         time.sleep(0.5)
 
 
+def _squeue(array_id: str) -> dict[str, str]:
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", array_id], capture_output=True, text=True).stdout
+    return dict(line.split() for line in out.splitlines() if len(line.split()) == 2)
+
+
 @pytest.mark.parametrize("backend", sorted(URLS))
 def test_two_slurm_workers_finish_the_exact_budget(
     slurm_cluster: str, home: Path, tiny_file: Path, backend: str
@@ -178,3 +183,34 @@ def test_cancel_stops_the_studys_jobs(slurm_cluster: str, home: Path, tiny_file:
     assert states and all(s.startswith("CANCELLED") for s in states.values()), states
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{home}/studies/tiny/study.db")
     assert not study.get_trials(states=(TrialState.RUNNING,))  # handed back to the queue, to resume later
+
+
+def test_outcomes_tell_a_result_an_error_and_a_cancelled_job_apart_without_waiting_for_files(
+    slurm_cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancelled job leaves no result file. submitit waited 15 s for each such file in turn, and only learned of
+    the cancel at its next accounting refresh (up to 10 minutes into a long launch)."""
+    import submitit
+
+    from sweep import launch
+
+    # A grace this long would stall the test if a job SLURM says was cancelled were still waited for.
+    monkeypatch.setattr(launch, "RESULT_GRACE", 300.0)
+    executor = submitit.AutoExecutor(folder=str(tmp_path / "%j"), cluster="slurm")
+    executor.update_parameters(slurm_partition=slurm_cluster, timeout_min=5, cpus_per_task=1)
+    jobs = executor.map_array(eval, ["6 * 7", "1 / 0", "__import__('time').sleep(600)"])
+    array_id, deadline = jobs[0].job_id.split("_")[0], time.time() + 120
+    def settled() -> bool:  # the first two have returned, the third is sleeping
+        return jobs[0].done() and jobs[1].done() and _squeue(array_id).get(jobs[2].job_id) == "RUNNING"
+
+    while time.time() < deadline and not settled():
+        time.sleep(0.5)
+    assert settled(), "the jobs did not start"
+    assert subprocess.run(["scancel", jobs[2].job_id], capture_output=True).returncode == 0
+    started = time.time()
+    got = launch.outcomes(jobs, poll=0.2)
+    assert time.time() - started < launch.RESULT_GRACE
+    assert jobs[2].state.startswith("CANCELLED"), jobs[2].state
+    assert not _squeue(array_id)  # ended means gone: no worker process left
+    assert [o.kind for o in got] == ["ok", "failed", "lost"]
+    assert got[0].value == 42 and "ZeroDivisionError" in launch.job_error(got[1].value)
