@@ -248,8 +248,8 @@ def _detached_output(detach: bool):
 # A job that ends without a result (cancelled, killed, preempted for good) is known only to SLURM's accounting,
 # which submitit asks on its own when half the time since the submission has passed again, at most every 10
 # minutes (`SlurmInfoWatcher(delay_s=600)`): a launcher learned that a worker was cancelled or killed an hour
-# into a launch up to 10 minutes late, and 34 s late in tests/test_slurm.py's cancel test. One forced sacct call
-# every 10 s refreshes every job of the launch at once and is light on slurmdbd.
+# into a launch up to 10 minutes late. One forced sacct call every 10 s refreshes every job of the launch at once
+# and is light on slurmdbd.
 FORCE_CHECK_EVERY = 10.0
 
 
@@ -277,7 +277,8 @@ class JobsEnded:
 
 
 # submitit's result() waits this long for each missing result file in turn, in case a network file system shows
-# it late; a cancelled launch of 32 workers waited 8 minutes for files that never come.
+# it late: tests/test_slurm.py's cancel test waited 30 s for its 2 workers' files, which never come (32 workers:
+# 8 minutes).
 RESULT_GRACE = 15.0
 # SLURM states of a job whose function never returned, and a local one killed by a signal: no result is coming.
 NO_RESULT = ("CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE", "INTERRUPTED")
