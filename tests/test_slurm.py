@@ -200,6 +200,7 @@ def test_outcomes_tell_a_result_an_error_and_a_cancelled_job_apart_without_waiti
     executor.update_parameters(slurm_partition=slurm_cluster, timeout_min=5, cpus_per_task=1)
     jobs = executor.map_array(eval, ["6 * 7", "1 / 0", "__import__('time').sleep(600)"])
     array_id, deadline = jobs[0].job_id.split("_")[0], time.time() + 120
+
     def settled() -> bool:  # the first two have returned, the third is sleeping
         return jobs[0].done() and jobs[1].done() and _squeue(array_id).get(jobs[2].job_id) == "RUNNING"
 
