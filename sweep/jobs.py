@@ -80,9 +80,8 @@ def _alive(entry: dict[str, Any]) -> bool:
 
 def _slurm_states(ids: list[str]) -> dict[str, str]:
     """job id (ARRAY_TASK form) → state; squeue knows pending/running jobs, sacct the ended ones."""
-    arrays = ",".join(sorted({i.split("_")[0] for i in ids}))
-    found = _ask(["squeue", "-h", "-r", "-o", "%i %T", "-j", arrays])
-    for job_id, state in _ask(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", arrays]).items():
+    found = _squeue(ids)
+    for job_id, state in _ask(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", _arrays(ids)]).items():
         found.setdefault(job_id, state)
     return found
 
@@ -90,10 +89,15 @@ def _slurm_states(ids: list[str]) -> dict[str, str]:
 def in_queue(ids: list[str]) -> set[str]:
     """The jobs SLURM still holds: pending, running, or completing (processes alive after a cancel, until
     KillWait's SIGKILL). Accounting says CANCELLED at once; a worker may still be training then."""
-    if not ids:
-        return set()
-    listed = _ask(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(sorted({i.split("_")[0] for i in ids}))])
-    return {i for i in ids if i in listed}
+    return set(ids) & set(_squeue(ids)) if ids else set()
+
+
+def _squeue(ids: list[str]) -> dict[str, str]:
+    return _ask(["squeue", "-h", "-r", "-o", "%i %T", "-j", _arrays(ids)])
+
+
+def _arrays(ids: list[str]) -> str:
+    return ",".join(sorted({i.split("_")[0] for i in ids}))
 
 
 def _ask(cmd: list[str]) -> dict[str, str]:
