@@ -93,8 +93,7 @@ def test_empty_file_fills_every_section_and_default(tmp_path: Path) -> None:
         "multivariate": False,
         "constant_liar": True,
     }
-    # null n_warmup_steps: a quarter of train.epochs, resolved by make_pruner
-    assert config["pruner"] == {"name": "median", "n_startup_trials": 5, "n_warmup_steps": None, "interval_steps": 1}
+    assert config["pruner"] == {"name": "median", "n_startup_trials": 5, "n_warmup_steps": 1, "interval_steps": 1}
     assert config["data"]["n_classes"] == 10 and config["data"]["clips_per_class"] == 40
     assert config["data"]["folds"] == {"train": [1, 2, 3], "val": [4], "test": [5]}
     assert config["train"]["optimizer"] == "adamw" and config["train"]["lr"] == 1e-3
@@ -102,12 +101,13 @@ def test_empty_file_fills_every_section_and_default(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["median", "percentile"])
-@pytest.mark.parametrize(("epochs", "warmup", "expected"), [(12, None, 3), (4, None, 1), (1, None, 1), (12, 1, 1),
-                                                            (4, 0, 0)])
-def test_warmup_defaults_to_a_quarter_of_the_epochs(name: str, epochs: int, warmup: int | None, expected: int) -> None:
-    pruner = {"name": name} if warmup is None else {"name": name, "n_warmup_steps": warmup}
+@pytest.mark.parametrize(("epochs", "warmup", "expected"), [(12, "default", 1), (12, None, 3), (4, None, 1),
+                                                            (1, None, 1), (12, 2, 2), (4, 0, 0)])
+def test_warmup_is_1_or_a_quarter_of_the_epochs_when_null(name: str, epochs: int, warmup: int | str | None,
+                                                          expected: int) -> None:
+    pruner = {"name": name} if warmup == "default" else {"name": name, "n_warmup_steps": warmup}
     config = resolve({"pruner": pruner, "train": {"epochs": epochs}}, "test")
-    assert config["pruner"]["n_warmup_steps"] == warmup  # null stays null in the resolved config
+    assert config["pruner"]["n_warmup_steps"] == (1 if warmup == "default" else warmup)  # null stays null
     assert make_pruner(config)._n_warmup_steps == expected
 
 
