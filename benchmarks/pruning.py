@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true",
-                      help="40 trials of 6 epochs, seeds 0-2 (about 2.5 minutes on 2 idle cores)")
+                      help="40 trials of 6 epochs, seeds 0-2 (about 5 minutes on 2 cores)")
     size.add_argument("--smoke", action="store_true",
                       help="tiny data and model, 3 trials of 3 epochs, seeds 0-1: output only")
     p.add_argument("--trials", type=int, help="trials per study (default 100; --quick 40; --smoke 3)")
