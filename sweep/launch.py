@@ -31,14 +31,18 @@ from sweep.study import CONFIG_ATTR, counts, retry, top_up
 
 # Keys a resumed study may change: how much and how it runs, not what a trial means.
 RESUMABLE = ("study.n_trials", "study.timeout", "executor.", "storage")
+# Defaults that changed since a study may have been stored: (section, key, old default, new default). A study
+# stored with the old value resumes with it, so the config that created it still resumes it unchanged.
+CHANGED_DEFAULTS = (("pruner", "n_warmup_steps", None, 1),)  # 2026-11-23: a quarter of train.epochs → 1
 
 
-def create_or_resume(config: Mapping[str, Any], storage: optuna.storages.BaseStorage, url: str) -> optuna.Study:
-    """Create the study with its config stored, or load it after checking the config still matches."""
+def create_or_resume(config: dict[str, Any], storage: optuna.storages.BaseStorage, url: str) -> optuna.Study:
+    """Create the study with its config stored, or load it after checking the config still matches; a resumed
+    study keeps what it was created with where only a default changed since (`config` is updated to it)."""
     from sweep.study import make_pruner, make_sampler
 
     name = config["study"]["name"]
-    stored = copy.deepcopy(dict(config))
+    stored = copy.deepcopy(config)
     stored["storage"] = None  # it may carry credentials
     try:
         study = optuna.create_study(
@@ -55,6 +59,12 @@ def create_or_resume(config: Mapping[str, Any], storage: optuna.storages.BaseSto
     previous = study.user_attrs.get(CONFIG_ATTR)
     if not isinstance(previous, dict):
         raise ConfigError(f"study {name!r} in {mask(url)} was not created by sweep; choose another --study name")
+    for section, key, old, new in CHANGED_DEFAULTS:
+        was = previous.get(section, {})
+        if key in was and was[key] == old and config.get(section, {}).get(key, old) == new:
+            config[section][key] = stored[section][key] = old
+            print(f"study {name!r} was created when {section}.{key} defaulted to {old!r}: it resumes with "
+                  f"{old!r} (the default is now {new!r}; a new study, --study NAME, gets it)", flush=True)
     changed = [
         k
         for k in sorted(set(_flat(previous)) | set(_flat(stored)))

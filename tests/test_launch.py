@@ -79,6 +79,34 @@ def test_resume_with_a_changed_config_is_refused(home: Path, tiny_file: Path) ->
     assert len(_study(home).get_trials()) == 1
 
 
+def test_a_study_stored_with_an_old_default_resumes_with_it(
+    home: Path, tiny_config: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A study created when pruner.n_warmup_steps defaulted to null resumes with null from a config that sets
+    nothing (today's default, 1), where the check would otherwise report a changed setting; the workers get
+    the stored value. Any other value is still a change, and refused."""
+    import copy
+
+    from sweep.config import ConfigError
+    from sweep.launch import create_or_resume
+    from sweep.storage import open_storage, resolve_storage
+    from sweep.study import stored_config
+
+    url = resolve_storage("tiny")
+    created = copy.deepcopy(tiny_config)
+    created["pruner"]["n_warmup_steps"] = None  # what a study created before 2026-11-23 stored
+    create_or_resume(created, open_storage(url), url)
+    config = copy.deepcopy(tiny_config)
+    config["pruner"]["n_warmup_steps"] = 1
+    study = create_or_resume(config, open_storage(url), url)
+    assert config["pruner"]["n_warmup_steps"] is None  # what launch hands its workers
+    assert stored_config(study)["pruner"]["n_warmup_steps"] is None
+    assert "created when pruner.n_warmup_steps defaulted to None: it resumes with None" in capsys.readouterr().out
+    config["pruner"]["n_warmup_steps"] = 2
+    with pytest.raises(ConfigError, match="pruner.n_warmup_steps: None → 2"):
+        create_or_resume(config, open_storage(url), url)
+
+
 def test_nan_trial_fails_with_reason_and_worker_goes_on(home: Path, tiny_config: dict) -> None:
     from sweep.launch import create_or_resume
     from sweep.storage import open_storage, resolve_storage, study_dir
