@@ -117,10 +117,11 @@ def warmup_steps(config: Mapping[str, Any]) -> int:
 
     The default is 1, Optuna's own behaviour: on benchmarks/pruning.py (100 trials × 12 epochs, a validation
     split of 1000 clips, six sampler seeds) it trains 0.45 of the unpruned study's epochs for a best accuracy
-    0.7 points lower, where a quarter (3) trains ~0.59 for 0.4 points. A warm-up guards against a noisy
-    validation split: with 200 validation clips, where one clip is half a point and a trial's accuracy has a
-    standard error of ~1.8 points, warm-up 1 lost 1.7–2.5 points and a quarter 0.5–0.75 (RESULTS.md). null
-    keeps that choice proportional to the schedule for studies that want it (and for studies stored with it).
+    0.7 points lower; replayed offline on the same curves, 0.41 for 0.48 points, and a quarter (3) 0.59 for
+    0.37. A warm-up guards against a noisy validation split: with 200 validation clips, where one clip is half
+    a point and a trial's accuracy has a standard error of ~1.8 points, warm-up 1 lost 1.7–2.5 points and a
+    quarter 0.5–0.75 (RESULTS.md). null keeps that choice proportional to the schedule for studies that want
+    it, and for studies stored with it (`sweep.launch.CHANGED_DEFAULTS`).
     """
     steps = config["pruner"].get("n_warmup_steps")
     return max(1, round(config["train"]["epochs"] / 4)) if steps is None else steps
