@@ -61,7 +61,7 @@ def create_or_resume(config: dict[str, Any], storage: optuna.storages.BaseStorag
         raise ConfigError(f"study {name!r} in {mask(url)} was not created by sweep; choose another --study name")
     for section, key, old, new in CHANGED_DEFAULTS:
         was = previous.get(section, {})
-        if key in was and was[key] == old and config.get(section, {}).get(key, old) == new:
+        if key in was and was[key] == old and config[section].get(key) == new:
             config[section][key] = stored[section][key] = old
             print(f"study {name!r} was created when {section}.{key} defaulted to {old!r}: it resumes with "
                   f"{old!r} (the default is now {new!r}; a new study, --study NAME, gets it)", flush=True)
