@@ -1,7 +1,7 @@
 """Per-trial storage overhead of sweep's worker against plain Optuna, on every storage backend.
 
     python benchmarks/storage_overhead.py [--quick | --smoke] [--backends sqlite,postgresql,mariadb,journal]
-                                          [--workers 1,8,32]
+                                          [--workers 1,8,32] [--space two|demo] [--dir PATH]
 
 sweep: `sweep.worker.run_worker`, the function every sweep worker runs, with a trainer that trains nothing: it
 reports STEPS values (report + should_prune per step, as `sweep.train.train` does each epoch) and returns.
@@ -12,8 +12,8 @@ attributes (host, worker, launch, git commit, versions, trial_dir), the search-s
 here), `tell` with the closing attributes (seed, config, epochs_run, wall_seconds, checkpoint), and the files a
 trial leaves (config.yaml, run.json, the TensorBoard hparams summary).
 baseline: plain Optuna as one writes it by hand: `optuna.load_study(storage=URL)` (Optuna's own storage for the
-URL, the journal through its file backend), then per trial `study.ask()`, the same two suggest calls, report +
-should_prune per step (tell PRUNED when it says so), tell.
+URL, the journal through its file backend), then per trial `study.ask()`, a suggest call per param of the
+space, report + should_prune per step (tell PRUNED when it says so), tell.
 Both: the same sampler (RandomSampler, seed 0 + worker index), the same pruner (MedianPruner, 5 startup trials,
 1 warm-up step), the same reported values (a function of trial number and step), the same number of trials
 (sweep's workers share the enqueued budget; each baseline worker runs an equal share of it).
@@ -21,10 +21,14 @@ Both: the same sampler (RandomSampler, seed 0 + worker index), the same pruner (
 Workers are processes forked from a forkserver that imported everything (torch, Optuna, the drivers) but never
 connected; each connects after the go signal. Overhead per trial = workers × (time from go to the end of the
 last `tell`) / trials: the time one worker spends per trial. (A sweep worker that finds the budget drained
-stays until no trial may need a retry; that wait ends a study, it is not a per-trial cost.) PostgreSQL and
+stays until no trial may need a retry; that wait ends a study, it is not a per-trial cost.)
+
+`--space demo` draws the six params of search_spaces/demo.yaml instead of two: on the journal plain Optuna appends
+once per param, sweep once for all (on SQL both write a param at a time). `--dir` puts the SQLite or journal file and the trials' folders on the file
+system mounted there: a cluster's shared one measures the journal where it is meant to run. PostgreSQL and
 MariaDB are the servers at SWEEP_TEST_POSTGRES / SWEEP_TEST_MYSQL (default: 127.0.0.1), each run in a fresh
 database, dropped afterwards. Each point ends with
-`BENCH storage_<backend>_<n> sweep=<ms> baseline=<ms> ratio=<r> goal=<=1.0 pass|fail`.
+`BENCH storage_<backend>_<n>[_demo] sweep=<ms> baseline=<ms> ratio=<r> goal=<=1.0 pass|fail`.
 """
 
 from __future__ import annotations
@@ -44,18 +48,25 @@ from typing import Any
 import optuna
 from _bench import bench_line
 
-from sweep.config import resolve
+from sweep import space
+from sweep.config import parse_yaml, resolve
 from sweep.storage import open_storage
 from sweep.study import top_up
 from sweep.train import Result
 from sweep.worker import run_context, run_worker
 
+ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("SWEEP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 MY_ADMIN = os.environ.get("SWEEP_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test")
 BACKENDS = ("sqlite", "postgresql", "mariadb", "journal")
 STEPS = 5
 PRUNER = {"n_startup_trials": 5, "n_warmup_steps": 1}
-SPACE = {"train.lr": {"type": "float", "low": 1.0e-4, "high": 3.0e-2, "log": True}, "model.width": [8, 16]}
+# The space drawn per trial: two params by default; --space demo draws the six of search_spaces/demo.yaml (the
+# shipped spaces hold 3 to 7), where plain Optuna appends once per param and sweep once for all of them.
+SPACES = {
+    "two": {"train.lr": {"type": "float", "low": 1.0e-4, "high": 3.0e-2, "log": True}, "model.width": [8, 16]},
+    "demo": parse_yaml((ROOT / "search_spaces" / "demo.yaml").read_text(), "demo.yaml")["search_space"],
+}
 # Imported once in the forkserver, so neither side's timing includes a one-time import: what the workers import,
 # and what they import lazily on their first trial (TensorBoard's record writer, ~80 ms; Optuna's storages).
 PRELOAD = ["__main__", "torch", "sweep.worker", "sweep.train", "sweep.hparams", "psycopg2", "pymysql",
@@ -89,7 +100,7 @@ def sweep_worker(config: dict[str, Any], url: str, study_dir: str, index: int, c
     run_worker(config, url, study_dir, index, context, trainer=reporting_trainer)
 
 
-def baseline_worker(url: str, name: str, index: int, share: int) -> None:
+def baseline_worker(url: str, name: str, index: int, share: int, params: list[tuple[str, Any]]) -> None:
     study = optuna.load_study(
         study_name=name,
         storage=plain_storage(url),
@@ -98,8 +109,8 @@ def baseline_worker(url: str, name: str, index: int, share: int) -> None:
     )
     for _ in range(share):
         trial = study.ask()
-        trial.suggest_float("train.lr", 1.0e-4, 3.0e-2, log=True)
-        trial.suggest_categorical("model.width", [8, 16])
+        for path, dist in params:
+            suggest(trial, path, dist)
         for step in range(STEPS):
             trial.report(value(trial.number, step), step)
             if trial.should_prune():
@@ -107,6 +118,16 @@ def baseline_worker(url: str, name: str, index: int, share: int) -> None:
                 break
         else:
             study.tell(trial, value(trial.number, STEPS - 1))
+
+
+def suggest(trial: optuna.Trial, path: str, dist: Any) -> None:
+    """The suggest call one writes by hand for this distribution."""
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        trial.suggest_categorical(path, dist.choices)
+    elif isinstance(dist, optuna.distributions.IntDistribution):
+        trial.suggest_int(path, dist.low, dist.high, step=dist.step, log=dist.log)
+    else:
+        trial.suggest_float(path, dist.low, dist.high, step=dist.step, log=dist.log)
 
 
 def plain_storage(url: str) -> Any:
@@ -148,18 +169,21 @@ def process(target: Any, args: tuple[Any, ...], ready: Any, go: Any, results: An
         results.put((last_tell[0], f"{type(exc).__name__}: {exc}"))
 
 
-def run(mode: str, url: str, n_workers: int, n_trials: int, ctx: Any) -> float:
+def run(
+    mode: str, url: str, n_workers: int, n_trials: int, ctx: Any, space_name: str = "two", where: str | None = None
+) -> float:
     """Per-trial time of one worker in ms: workers × (go → last tell) / trials."""
     name = f"{mode}-{uuid.uuid4().hex[:6]}"
     optuna.create_study(study_name=name, storage=open_storage(url), direction="maximize")
-    with tempfile.TemporaryDirectory() as study_dir:
+    with tempfile.TemporaryDirectory(dir=where, ignore_cleanup_errors=True) as study_dir:
+        config = resolve(sweep_config(name, n_trials, n_workers, SPACES[space_name]), "storage_overhead.py")
         if mode == "sweep":
-            config = resolve(sweep_config(name, n_trials, n_workers), "storage_overhead.py")
             top_up(optuna.load_study(study_name=name, storage=open_storage(url)), n_trials)
             context = dict(run_context(n_workers), launch="bench")
             jobs = [(sweep_worker, (config, url, study_dir, i, context)) for i in range(n_workers)]
         else:
-            jobs = [(baseline_worker, (url, name, i, n_trials // n_workers)) for i in range(n_workers)]
+            params = [(p.path, p.distribution) for p in space.parse(config["search_space"], config)]
+            jobs = [(baseline_worker, (url, name, i, n_trials // n_workers, params)) for i in range(n_workers)]
         ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
         procs = [ctx.Process(target=process, args=(*job, ready, go, results)) for job in jobs]
         for p in procs:
@@ -181,14 +205,14 @@ def run(mode: str, url: str, n_workers: int, n_trials: int, ctx: Any) -> float:
     return 1000 * n_workers * (max(t for t, _ in outcomes) - started) / n_trials
 
 
-def sweep_config(name: str, n_trials: int, n_workers: int) -> dict[str, Any]:
+def sweep_config(name: str, n_trials: int, n_workers: int, search_space: dict[str, Any]) -> dict[str, Any]:
     return {
         "study": {"name": name, "metric": "val_acc", "n_trials": n_trials},
         "sampler": {"name": "random", "seed": 0},
         "pruner": {"name": "median", **PRUNER},
         "train": {"epochs": STEPS},
         "executor": {"name": "local", "workers": n_workers},
-        "search_space": SPACE,
+        "search_space": search_space,
     }
 
 
@@ -196,9 +220,9 @@ def sweep_config(name: str, n_trials: int, n_workers: int) -> dict[str, Any]:
 
 
 @contextmanager
-def backend(name: str) -> Iterator[str]:
+def backend(name: str, where: str | None = None) -> Iterator[str]:
     if name in ("sqlite", "journal"):
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory(dir=where, ignore_cleanup_errors=True) as tmp:
             yield f"sqlite:///{Path(tmp) / 'b.db'}" if name == "sqlite" else f"journal:///{Path(tmp) / 'b.log'}"
         return
     with server_database(PG_ADMIN if name == "postgresql" else MY_ADMIN) as url:
@@ -232,7 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--smoke", action="store_true", help="SQLite and the journal, 1 worker, 3 trials (tests)")
     p.add_argument("--backends", default=",".join(BACKENDS))
     p.add_argument("--workers", default=None, help="worker counts (default 1,8,32; --quick 1,8; --smoke 1)")
+    p.add_argument("--dir", default=None, help="where the SQLite or journal file and the trials' folders go "
+                   "(default: a temporary folder; a shared file system's mount point measures it)")
+    p.add_argument("--space", choices=sorted(SPACES), default="two", help="the space drawn per trial (default two)")
     args = p.parse_args(argv)
+    if args.dir is not None and not Path(args.dir).is_dir():
+        p.error(f"--dir {args.dir}: not an existing folder (give a mount point of the file system to measure)")
     backends = "sqlite,journal" if args.smoke and args.backends == ",".join(BACKENDS) else args.backends
     workers = [int(n) for n in (args.workers or ("1" if args.smoke else "1,8" if args.quick else "1,8,32")).split(",")]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -241,12 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in backends.split(","):
         for n in workers:
             n_trials = 3 if args.smoke else trials_for(n, args.quick)
-            with backend(name) as url:
-                sweep_ms = run("sweep", url, n, n_trials, ctx)
-                base_ms = run("baseline", url, n, n_trials, ctx)
+            with backend(name, args.dir) as url:
+                sweep_ms = run("sweep", url, n, n_trials, ctx, args.space, args.dir)
+                base_ms = run("baseline", url, n, n_trials, ctx, args.space, args.dir)
             print(f"{name:10s} {n:2d} workers, {n_trials:3d} trials: sweep {sweep_ms:7.1f} ms/trial, "
                   f"plain Optuna {base_ms:7.1f} ms/trial", flush=True)
-            print(bench_line(f"storage_{name}_{n}", sweep_ms, base_ms, sweep_ms / base_ms, "<=1.0"), flush=True)
+            point = f"storage_{name}_{n}" + ("" if args.space == "two" else f"_{args.space}")
+            print(bench_line(point, sweep_ms, base_ms, sweep_ms / base_ms, "<=1.0"), flush=True)
     return 0
 
 

@@ -67,6 +67,33 @@ def test_storage_overhead_smoke() -> None:
         assert float(m["ratio"]) == pytest.approx(float(m["sweep"]) / float(m["baseline"]), abs=0.01)
 
 
+def test_storage_overhead_draws_the_same_space_on_both_sides(tmp_path: Path) -> None:
+    """--space demo: sweep's workers and the hand-written baseline draw the six params of demo.yaml, in a
+    journal under --dir's folder."""
+    import multiprocessing
+
+    import optuna
+
+    bench = load("storage_overhead")
+    url = f"journal:///{tmp_path / 'b.log'}"
+    for mode in ("sweep", "baseline"):
+        bench.run(mode, url, 1, 3, multiprocessing.get_context("fork"), "demo", str(tmp_path))
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "b.log")))
+    drawn = {}
+    for summary in optuna.get_all_study_summaries(storage):
+        trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
+        drawn[summary.study_name.split("-")[0]] = [sorted(t.params) for t in trials]
+    space = sorted(bench.SPACES["demo"])
+    assert len(space) == 6 and drawn == {"sweep": [space] * 3, "baseline": [space] * 3}
+
+
+def test_storage_overhead_refuses_a_missing_dir(tmp_path: Path) -> None:
+    script = ROOT / "benchmarks" / "storage_overhead.py"
+    run = subprocess.run([sys.executable, str(script), "--smoke", "--dir", str(tmp_path / "nowhere")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and f"--dir {tmp_path / 'nowhere'}: not an existing folder" in run.stderr
+
+
 def test_pruning_smoke() -> None:
     """Means over the sampler seeds, like for like; the studies' processes change nothing but the wall time."""
     lines = bench_lines("pruning.py", "--smoke")  # seeds 0 and 1, the studies one after another in one process
