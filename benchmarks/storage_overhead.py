@@ -26,8 +26,8 @@ stays until no trial may need a retry; that wait ends a study, it is not a per-t
 `--space demo` draws the six params of search_spaces/demo.yaml instead of two: on the journal plain Optuna
 appends once per param, sweep once for all (on SQL both write a param at a time). `--dir` puts the SQLite or
 journal file and the trials' folders on the file system mounted there: a cluster's shared one measures the
-journal where it is meant to run. PostgreSQL and MariaDB are the servers at SWEEP_TEST_POSTGRES / SWEEP_TEST_MYSQL (default: 127.0.0.1), each run in a fresh
-database, dropped afterwards. Each point ends with
+journal where it is meant to run. PostgreSQL and MariaDB are the servers at SWEEP_TEST_POSTGRES /
+SWEEP_TEST_MYSQL (default: 127.0.0.1), each run in a fresh database, dropped afterwards. Each point ends with
 `BENCH storage_<backend>_<n>[_demo] sweep=<ms> baseline=<ms> ratio=<r> goal=<=1.0 pass|fail`.
 """
 
