@@ -202,15 +202,19 @@ def top_up(study: optuna.Study, n_trials: int) -> int:
     return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) if counts(t))
 
 
-def pop_trial(study: optuna.Study, attrs: Callable[[int], Mapping[str, Any]] | None = None) -> optuna.Trial | None:
+def pop_trial(
+    study: optuna.Study, attrs: Callable[[int], Mapping[str, Any]] | None = None, start: int = 0
+) -> optuna.Trial | None:
     """The next WAITING trial of the budget, or None when the budget is used up.
 
     This is `Study.ask` without its fallback of creating a new trial, which would overrun the budget.
     `attrs(number)`: user attributes of the claimed trial, written with the claim (one transaction on SQL).
+    `start`: where this worker begins looking among the waiting trials (its index), so that workers popping at
+    once try different trials (SQL skips locked rows instead).
     """
     from sweep.storage import pop_waiting_trial_id
 
-    trial_id = pop_waiting_trial_id(study, attrs)
+    trial_id = pop_waiting_trial_id(study, attrs, start)
     if trial_id is None:
         return None
     study._thread_local.cached_all_trials = None  # as ask() does: the sampler must see fresh trials

@@ -191,7 +191,7 @@ def run_worker(
             if time.monotonic() - checked >= ex["heartbeat_seconds"]:  # no heartbeat changes faster than this
                 recover_stale(study, ex["stale_after_seconds"], ex["max_retries"])
                 checked = time.monotonic()
-            trial = pop_trial(study, lambda number: _claim_attrs(Path(study_dir), number, index, host, context))
+            trial = pop_trial(study, lambda number: _claim_attrs(Path(study_dir), number, index, host, context), index)
             if trial is None:
                 if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
                     break

@@ -25,6 +25,7 @@ from typing import Any
 import optuna
 import pytest
 from conftest import sweep_cli
+from optuna.storages.journal._storage import JournalOperation
 from optuna.trial import TrialState
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
@@ -179,6 +180,19 @@ def test_journal_file_under_concurrent_writers_loses_nothing(home: Path) -> None
     run = run_workers(url, "jc", n_workers=8, budget=48)
     assert_exact(run, budget=48)
     report("journal", run)
+
+
+def test_a_worker_pops_from_its_own_index_among_the_waiting_trials(home: Path) -> None:
+    """Outside SQL (which skips locked rows) workers that pop at once must not all race for the first waiting
+    trial: each begins at its index, wrapping round; index 0 keeps Optuna's order."""
+    study = optuna.create_study(study_name="rot", storage=open_storage(f"journal:///{home}/rot.log"))
+    top_up(study, 5)
+    claimed = [pop_trial(study, start=start).number for start in (2, 0, 7, 0, 0)]
+    # waiting 0-4: the 3rd is 2; then 0; then [1,3,4][7 % 3] = 3; then 1; then 4
+    assert claimed == [2, 0, 3, 1, 4] and pop_trial(study, start=3) is None
+    log = [json.loads(line) for line in (home / "rot.log").read_text().splitlines()]
+    claims = [r for r in log if r["op_code"] == JournalOperation.SET_TRIAL_STATE_VALUES and r["state"] == 0]
+    assert len(claims) == 5  # one append a claim: none lost
 
 
 # ---- bad input ----------------------------------------------------------------------------------------------
@@ -446,7 +460,7 @@ def run_workers(
     ctx.set_forkserver_preload([__name__, *WORKER_IMPORTS])
     begun = time.perf_counter()
     ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
-    procs = [ctx.Process(target=drain, args=(url, name, pop, ready, go, results)) for _ in range(n_workers)]
+    procs = [ctx.Process(target=drain, args=(url, name, pop, i, ready, go, results)) for i in range(n_workers)]
     for p in procs:
         p.start()
     for _ in procs:
@@ -477,8 +491,9 @@ def run_workers(
     )
 
 
-def drain(url: str, name: str, pop: str, ready: Any, go: Any, results: Any) -> None:
-    """A worker without the training: pop → report + should_prune per step → tell, until the budget is used."""
+def drain(url: str, name: str, pop: str, index: int, ready: Any, go: Any, results: Any) -> None:
+    """A worker without the training: pop → report + should_prune per step → tell, until the budget is used.
+    Worker `index` begins looking for a waiting trial at the index-th, as sweep's workers do."""
     told: list[tuple[int, float]] = []
     retries: list[str] = []
     handler = logging.Handler()
@@ -492,7 +507,7 @@ def drain(url: str, name: str, pop: str, ready: Any, go: Any, results: Any) -> N
         is_ready = True
         go.wait()
         started = time.perf_counter()
-        while (trial := pop_trial(study) if pop == "study" else pop_from_storage(study)) is not None:
+        while (trial := pop_trial(study, start=index) if pop == "study" else pop_from_storage(study)) is not None:
             for step in range(STEPS):
                 trial.report(trial.number + step / 10, step)
                 trial.should_prune()
