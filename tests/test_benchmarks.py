@@ -68,8 +68,8 @@ def test_storage_overhead_smoke() -> None:
 
 
 def test_storage_overhead_draws_the_same_space_on_both_sides(tmp_path: Path) -> None:
-    """--space demo: sweep's workers and the hand-written baseline draw the six params of demo.yaml, in a
-    journal under --dir's folder."""
+    """--space demo: sweep's workers and the hand-written baseline draw the six params of demo.yaml; sweep's
+    trials' folders go under the folder given as --dir."""
     import multiprocessing
 
     import optuna
@@ -79,12 +79,14 @@ def test_storage_overhead_draws_the_same_space_on_both_sides(tmp_path: Path) -> 
     for mode in ("sweep", "baseline"):
         bench.run(mode, url, 1, 3, multiprocessing.get_context("fork"), "demo", str(tmp_path))
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "b.log")))
-    drawn = {}
+    drawn, folders = {}, []
     for summary in optuna.get_all_study_summaries(storage):
         trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
         drawn[summary.study_name.split("-")[0]] = [sorted(t.params) for t in trials]
+        folders += [Path(t.user_attrs["trial_dir"]) for t in trials if "trial_dir" in t.user_attrs]
     space = sorted(bench.SPACES["demo"])
     assert len(space) == 6 and drawn == {"sweep": [space] * 3, "baseline": [space] * 3}
+    assert len(folders) == 3 and all(folder.is_relative_to(tmp_path) for folder in folders)
 
 
 def test_storage_overhead_refuses_a_missing_dir(tmp_path: Path) -> None:
