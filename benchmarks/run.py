@@ -6,6 +6,8 @@ Every `benchmarks/*.py` except this one runs as a subprocess (`python -u`, from 
 known ones in a fixed order (PREFERRED), any others after them alphabetically; their output is streamed as
 it comes. With `--quick` each script gets `--quick`; a script whose source does not mention `--quick` gets
 its entry in QUICK_FALLBACK instead (storage_overhead.py: `--workers 1,8`), or its full run, with a warning.
+Where CUDA is available a script in ON_CUDA runs a second time with those arguments: trainer_overhead.py on the
+GPU with AMP, next to its CPU row (throughput.py picks the GPU by itself).
 `--quick` is meant to finish in under 10 minutes on 2 cores.
 
 At the end every BENCH line (`BENCH <name> sweep=<x> baseline=<y> ratio=<r> goal=<g> pass|fail`, anywhere in
@@ -37,6 +39,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PREFERRED = ("storage_overhead", "trainer_overhead", "pruning", "throughput", "memory")
 QUICK_FALLBACK = {"storage_overhead": ["--workers", "1,8"]}  # for a script that has no --quick of its own
+ON_CUDA = {"trainer_overhead": ["--device", "cuda", "--amp"]}  # a second run where there is a GPU
 BENCH = re.compile(
     r"BENCH (?P<name>\S+) sweep=(?P<sweep>\S+) baseline=(?P<baseline>\S+) ratio=(?P<ratio>\S+) "
     r"goal=(?P<goal>\S+) (?P<verdict>pass|fail)\s*$"
@@ -44,7 +47,7 @@ BENCH = re.compile(
 MARKER = "<!-- Hand-written below this line: `python benchmarks/run.py --write` keeps it as it is. -->"
 UNITS = (  # (pattern of BENCH names, what sweep= and baseline= are), the first match wins
     (r"storage_", "ms per trial per worker"),
-    (r"trainer_overhead$", "s per epoch (median, epoch 1 skipped)"),
+    (r"trainer_overhead(_cuda)?(_amp)?$", "s per epoch (median, epoch 1 skipped)"),
     (r"pruning_.*_epochs$", "epochs trained (sum over trials)"),
     (r"pruning_.*_best_acc$", "best val accuracy, %; ratio = difference in points"),
     (r".*_clips_per_s$", "clips per second"),
@@ -83,6 +86,12 @@ def arguments(script: Path, quick: bool) -> tuple[list[str], str | None]:
         args = QUICK_FALLBACK[script.stem]
         return args, f"{script.name} takes no --quick: running it with {' '.join(args)} as its quick variant"
     return [], f"{script.name} takes no --quick and has no quick variant here: running it in full"
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def run_script(script: Path, args: list[str], timeout: float | None) -> Outcome:
@@ -229,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             warnings.append(warning)
             print(f"note: {warning}", flush=True)
         outcomes.append(run_script(script, script_args, args.timeout))
+        if script.stem in ON_CUDA and cuda_available():
+            outcomes.append(run_script(script, [*script_args, *ON_CUDA[script.stem]], args.timeout))
 
     lines = [line for o in outcomes for line in o.lines]
     passed = sum(line.endswith("pass") for line in lines)

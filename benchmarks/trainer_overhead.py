@@ -1,6 +1,7 @@
 """Epoch time of sweep's common trainer against a bare hand-written PyTorch loop: same model, data and batches.
 
-    python benchmarks/trainer_overhead.py [--quick | --smoke] [--epochs N] [--rounds R] [--threads T] [--device D]
+    python benchmarks/trainer_overhead.py [--quick | --smoke] [--epochs N] [--rounds R] [--threads T]
+                                          [--device cpu|cuda] [--amp]
 
 sweep: `sweep.train.train(config, out_dir, trial)` with a trial of an in-memory study (NopPruner), so every
 epoch also writes metrics.json, TensorBoard scalars and an atomic checkpoint, and reports to the trial.
@@ -18,6 +19,10 @@ extra time goes is timed in the same runs by thin wrappers (a few microseconds p
 `sweep.train._atomic` (checkpoint.pt, metrics.json) and the TensorBoard writer's `add_scalar`/`flush`.
 The process's CPU time per epoch is printed beside the wall time: on a shared machine it is less swayed by
 other processes (but it does not see time spent waiting for the disk).
+
+`--amp` trains both sides in mixed precision (float16 autocast and a gradient scaler, sweep's `train.amp`),
+which sweep's trainer does on CUDA only: it needs `--device cuda`. Off CPU or with AMP the BENCH line is named
+`trainer_overhead_cuda` or `trainer_overhead_cuda_amp`, so a GPU figure never stands in a CPU row.
 
 The data go through sweep's disk cache (if it has one) in a private temporary folder. The last line is
 `BENCH trainer_overhead sweep=<s/epoch> baseline=<s/epoch> ratio=<r> goal=<=1.05 pass|fail`.
@@ -74,13 +79,15 @@ SMOKE: dict[str, Any] = {
 }
 
 
-def make_config(epochs: int, smoke: bool = False, device: str = "cpu", seed: int = 0) -> dict[str, Any]:
+def make_config(
+    epochs: int, smoke: bool = False, device: str = "cpu", seed: int = 0, amp: bool = False
+) -> dict[str, Any]:
     """The resolved config both sides train (sweep's defaults fill the rest)."""
     raw = copy.deepcopy(CONFIG)
     if smoke:
         for section, values in SMOKE.items():
             raw[section].update(values)
-    raw["train"].update(epochs=epochs, device=device, seed=seed)
+    raw["train"].update(epochs=epochs, device=device, seed=seed, amp=amp)
     return resolve(raw, "benchmarks/trainer_overhead.py")
 
 
@@ -100,6 +107,7 @@ def bare_train(config: Mapping[str, Any], on_epoch: Callable[[int], None] | None
     if config["augment"]["waveform"]:
         raise ValueError("bare_train makes the log-mel once: it cannot augment the waveform of each batch")
     device = torch.device(t["device"] if t["device"] != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    amp = t["amp"] and device.type == "cuda"  # as sweep's trainer decides
     torch.manual_seed(t["seed"])
     train_set, val_set = load_split(config, "train"), load_split(config, "val")
     samples = round(d["clip_seconds"] * d["sample_rate"])
@@ -118,6 +126,7 @@ def bare_train(config: Mapping[str, Any], on_epoch: Callable[[int], None] | None
     bs, n_train = t["batch_size"], len(train_set)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t["epochs"] * math.ceil(n_train / bs))
     augment = Augment(config)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
     rows: list[dict[str, float]] = []
     for epoch in range(1, t["epochs"] + 1):
         model.train()
@@ -131,10 +140,12 @@ def bare_train(config: Mapping[str, Any], on_epoch: Callable[[int], None] | None
             with torch.no_grad():
                 x = augment.spec(train_x[idx])
             x, target = augment.mixup(x, y, n_classes)
-            loss = F.cross_entropy(model(x), target, label_smoothing=t["label_smoothing"])
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                loss = F.cross_entropy(model(x), target, label_smoothing=t["label_smoothing"])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             total += loss.detach() * len(idx)
         model.eval()
@@ -142,7 +153,8 @@ def bare_train(config: Mapping[str, Any], on_epoch: Callable[[int], None] | None
         with torch.no_grad():
             for i in range(0, len(val_set), t["eval_batch_size"]):
                 idx = torch.arange(i, min(i + t["eval_batch_size"], len(val_set)))
-                logits = model(val_x[idx])
+                with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                    logits = model(val_x[idx]).float()
                 y = val_set.labels[idx].to(device)
                 val_loss += F.cross_entropy(logits, y, reduction="sum")
                 correct += (logits.argmax(1) == y).sum()
@@ -250,14 +262,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, help="rounds of (sweep, bare) runs, order alternating (default 6; quick 3)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a worker's share of 2 cores)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--amp", action="store_true", help="mixed precision on both sides (needs --device cuda)")
     args = p.parse_args(argv)
+    if args.amp and args.device != "cuda":
+        p.error("--amp needs --device cuda: sweep's trainer uses mixed precision (train.amp) on CUDA only")
     epochs = args.epochs or (3 if args.smoke or args.quick else 4)
     rounds = args.rounds or (1 if args.smoke else 3 if args.quick else 6)
     if epochs < 2:
         p.error("--epochs must be at least 2: epoch 1 is warm-up and not timed")
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    config = make_config(epochs, smoke=args.smoke, device=args.device)
+    config = make_config(epochs, smoke=args.smoke, device=args.device, amp=args.amp)
 
     with tempfile.TemporaryDirectory() as cache:
         os.environ["SWEEP_CACHE_DIR"] = cache  # a private disk cache (a no-op where sweep has none)
@@ -281,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     ratio = sweep_s / bare_s
     per_epoch = {k: 1000 * v / (sweep_runs * epochs) for k, v in sorted(spent.items())}
     print(
-        f"steady-state epoch ({len(times['sweep'])} epochs a side, {args.threads} torch thread(s), {args.device}): "
+        f"steady-state epoch ({len(times['sweep'])} epochs a side, {args.threads} torch thread(s), {args.device}"
+        f"{', AMP' if args.amp else ''}): "
         f"sweep {sweep_s:.4f} s, bare loop {bare_s:.4f} s, difference {1000 * (sweep_s - bare_s):+.1f} ms",
         flush=True,
     )
@@ -295,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{k} {v:.1f} ms" for k, v in per_epoch.items()),
         flush=True,
     )
-    print(bench_line("trainer_overhead", sweep_s, bare_s, ratio, f"<={GOAL}", digits=4, ratio_digits=3), flush=True)
+    name = "trainer_overhead" + ("_cuda" if args.device == "cuda" else "") + ("_amp" if args.amp else "")
+    print(bench_line(name, sweep_s, bare_s, ratio, f"<={GOAL}", digits=4, ratio_digits=3), flush=True)
     return 0
 
 

@@ -96,6 +96,14 @@ def test_storage_overhead_refuses_a_missing_dir(tmp_path: Path) -> None:
     assert run.returncode == 2 and f"--dir {tmp_path / 'nowhere'}: not an existing folder" in run.stderr
 
 
+def test_trainer_overhead_refuses_amp_off_cuda() -> None:
+    """sweep's trainer ignores train.amp off CUDA: a CPU run with --amp would time two full-precision loops."""
+    script = ROOT / "benchmarks" / "trainer_overhead.py"
+    run = subprocess.run([sys.executable, str(script), "--smoke", "--amp"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2 and "--amp needs --device cuda" in run.stderr
+
+
 def test_pruning_smoke() -> None:
     """Means over the sampler seeds, like for like; the studies' processes change nothing but the wall time."""
     lines = bench_lines("pruning.py", "--smoke")  # seeds 0 and 1, the studies one after another in one process
@@ -185,6 +193,26 @@ def test_runner_write_keeps_the_hand_written_part(tmp_path: Path) -> None:
     assert "old table" not in text and text.count(run.MARKER) == 1
     assert text.endswith("## Why\n\nprose\n")
     assert "| fake_1 | 1.0 | 2.0 | 0.50 | <=1.0 | pass |" in text
+
+
+def test_runner_runs_the_trainer_again_on_the_gpu_with_amp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where CUDA is (faked here: there is no GPU), trainer_overhead runs a second time on it with AMP, and its
+    row gets the trainer's units; without CUDA it runs once."""
+    run = load("run")
+    calls = []
+
+    def fake_run(script: Path, args: list[str], timeout: float | None) -> object:
+        calls.append((script.stem, args))
+        name = "trainer_overhead_cuda_amp" if "--amp" in args else "trainer_overhead"
+        return run.Outcome(script.name, args, 0, lines=[f"BENCH {name} sweep=1 baseline=1 ratio=1.0 goal=<=1.05 pass"])
+
+    monkeypatch.setattr(run, "run_script", fake_run)
+    for cuda, expected in ((True, [["--quick"], ["--quick", "--device", "cuda", "--amp"]]), (False, [["--quick"]])):
+        calls.clear()
+        monkeypatch.setattr(run, "cuda_available", lambda cuda=cuda: cuda)
+        assert run.main(["--quick", "--only", "trainer_overhead"]) == 0
+        assert calls == [("trainer_overhead", args) for args in expected]
+    assert run.units("trainer_overhead_cuda_amp") == run.units("trainer_overhead") != ""
 
 
 @pytest.mark.parametrize(("script", "name"), [("throughput.py", "throughput_clips_per_s"),
