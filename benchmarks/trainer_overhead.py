@@ -21,8 +21,8 @@ The process's CPU time per epoch is printed beside the wall time: on a shared ma
 other processes (but it does not see time spent waiting for the disk).
 
 `--amp` trains both sides in mixed precision (float16 autocast and a gradient scaler, sweep's `train.amp`),
-which sweep's trainer does on CUDA only: it needs `--device cuda`. Off CPU or with AMP the BENCH line is named
-`trainer_overhead_cuda` or `trainer_overhead_cuda_amp`, so a GPU figure never stands in a CPU row.
+which sweep's trainer does on CUDA only: it needs `--device cuda`. On CUDA the BENCH line is named
+`trainer_overhead_cuda` (`trainer_overhead_cuda_amp` with `--amp`), so a GPU figure never stands in a CPU row.
 
 The data go through sweep's disk cache (if it has one) in a private temporary folder. The last line is
 `BENCH trainer_overhead sweep=<s/epoch> baseline=<s/epoch> ratio=<r> goal=<=1.05 pass|fail`.
