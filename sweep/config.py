@@ -471,6 +471,7 @@ def _resolve_tree(tree: dict[str, Any], where: Callable[[str], str]) -> dict[str
             source=where("features.name"),
             key="features.name",
         )
+    _check_features(resolved, spec.inputs[0] if kind == "auto" else kind, where)
     if spec.validate is not None:
         try:
             spec.validate(model)
@@ -493,6 +494,43 @@ def _resolve_tree(tree: dict[str, Any], where: Callable[[str], str]) -> dict[str
             key="model.pretrained",
         )
     return resolved
+
+
+def _check_features(resolved: Mapping[str, Any], kind: str, where: Callable[[str], str]) -> None:
+    """Spectrogram settings the clip cannot satisfy, refused here rather than by every trial at its first batch.
+
+    The mel and Kaldi front-ends (sweep/data/features.py) need 0 <= f_min < f_max <= sample_rate/2 (null f_max
+    is the Nyquist frequency; null f_min is 0 Hz for logmel, Kaldi's 20 Hz for fbank), a window (`n_fft`) no
+    longer than the clip a model sees, and a hop no longer than it either (one frame is no spectrogram).
+    """
+    if kind == "waveform":
+        return
+    f, data = resolved["features"], resolved["data"]
+    rate = data["sample_rate"]
+    nyquist = rate / 2
+    low = f["f_min"] if f["f_min"] is not None else 20.0 if kind == "fbank" else 0.0
+    high = f["f_max"] if f["f_max"] is not None else nyquist
+    accepted = f"accepted: 0 <= f_min < f_max <= data.sample_rate/2 = {nyquist:g} Hz (f_max null: {nyquist:g} Hz)"
+    if high > nyquist:
+        raise ConfigError(
+            f"f_max {high:g} Hz is above the Nyquist frequency; {accepted}",
+            source=where("features.f_max"),
+            key="features.f_max",
+        )
+    if low >= high:
+        key = "features.f_min" if f["f_min"] is not None else "features.f_max"
+        shown = f"f_min {low:g} Hz" + (" (fbank's default)" if f["f_min"] is None else "")
+        bound = f"f_max {high:g} Hz" + (" (Nyquist: f_max is null)" if f["f_max"] is None else "")
+        raise ConfigError(f"{shown} must be below {bound}; {accepted}", source=where(key), key=key)
+    samples = round(data["clip_seconds"] * rate)
+    clip = f"a clip is data.clip_seconds {data['clip_seconds']:g} × data.sample_rate {rate} = {samples} samples"
+    for key in ("n_fft", "hop_length"):
+        if f[key] > samples:
+            raise ConfigError(
+                f"{key} {f[key]} is longer than the clip: {clip}; accepted: {key} <= {samples}",
+                source=where(f"features.{key}"),
+                key=f"features.{key}",
+            )
 
 
 def _resolve_node(node: dict[str, Any], given: Any, here: str, where, variant_of) -> dict[str, Any]:

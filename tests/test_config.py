@@ -642,3 +642,45 @@ def test_a_searched_input_kind_must_suit_the_model(tmp_path: Path) -> None:
     assert "when the search picks features.name=waveform: model audio_cnn does not read waveform input" in str(
         load_error(path)
     )
+
+
+AUDIO = "data: {sample_rate: 8000, clip_seconds: 0.5}\n"  # Nyquist 4000 Hz, 4000 samples a clip
+NYQUIST = "accepted: 0 <= f_min < f_max <= data.sample_rate/2 = 4000 Hz (f_max null: 4000 Hz)"
+
+
+@pytest.mark.parametrize(
+    ("features", "key", "message"),
+    [
+        ("{f_min: 5000}", "features.f_min",
+         f"f_min 5000 Hz must be below f_max 4000 Hz (Nyquist: f_max is null); {NYQUIST}"),
+        ("{f_min: 3000, f_max: 2000}", "features.f_min", f"f_min 3000 Hz must be below f_max 2000 Hz; {NYQUIST}"),
+        ("{f_max: 6000}", "features.f_max", f"f_max 6000 Hz is above the Nyquist frequency; {NYQUIST}"),
+        ("{name: fbank, f_max: 10}", "features.f_max",
+         f"f_min 20 Hz (fbank's default) must be below f_max 10 Hz; {NYQUIST}"),
+        ("{n_fft: 8192}", "features.n_fft", "n_fft 8192 is longer than the clip: a clip is data.clip_seconds 0.5 × "
+         "data.sample_rate 8000 = 4000 samples; accepted: n_fft <= 4000"),
+        ("{hop_length: 4001}", "features.hop_length", "hop_length 4001 is longer than the clip: a clip is "
+         "data.clip_seconds 0.5 × data.sample_rate 8000 = 4000 samples; accepted: hop_length <= 4000"),
+    ],
+)
+def test_impossible_spectrogram_settings_are_refused(tmp_path: Path, features: str, key: str, message: str) -> None:
+    """What the mel and Kaldi front-ends cannot compute (every trial failed at its first batch) or compute as an
+    empty or one-frame spectrogram is refused when the file is read, naming the key and the accepted range."""
+    path = write(tmp_path, f"{AUDIO}features: {features}\n")
+    err = load_error(path)
+    assert (err.source, err.key, err.detail) == (str(path), key, message)
+
+
+def test_spectrogram_limits_are_inclusive_and_skip_waveform_models(tmp_path: Path) -> None:
+    edge = load(write(tmp_path, f"{AUDIO}features: {{f_min: 0, f_max: 4000, n_fft: 4000, hop_length: 4000}}\n"))
+    assert edge["features"]["f_max"] == 4000.0
+    # a raw-waveform model computes no spectrogram: its features keys mean nothing to it
+    waveform = load(write(tmp_path, f"{AUDIO}model: {{name: eat_s}}\nfeatures: {{n_fft: 8192}}\n"))
+    assert waveform["model"]["name"] == "eat_s"
+
+
+def test_search_values_beyond_nyquist_are_refused_before_a_trial_picks_them(tmp_path: Path) -> None:
+    path = write(tmp_path, f"{AUDIO}search_space:\n  features.f_max: {{type: float, low: 2000, high: 8000}}\n")
+    err = load_error(path)
+    assert err.key == "features.f_max"
+    assert err.detail.startswith("when the search picks features.f_max=8000.0: f_max 8000 Hz is above the Nyquist")
