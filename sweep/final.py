@@ -69,7 +69,7 @@ def final(
 
     profile = check_executor(config)
     runs = plan(config, seeds, cv)
-    _preflight(config, runs)
+    _preflight(config, runs, profile)
     home = study_dir(name) / "final"
     for run in runs:  # a run folder holds one run: nothing of an earlier one may be mistaken for it
         shutil.rmtree(home / run, ignore_errors=True)
@@ -251,25 +251,35 @@ def write_confusion_png(path: Path, matrix: torch.Tensor, classes: list[str], ti
     os.replace(tmp, path)
 
 
-def _preflight(config: Mapping[str, Any], runs: Mapping[str, Mapping[str, Any]]) -> None:
-    """Every split a run reads holds clips and pretrained weights are cached, before anything is submitted."""
+def _preflight(
+    config: Mapping[str, Any], runs: Mapping[str, Mapping[str, Any]], profile: Mapping[str, Any] | None = None
+) -> None:
+    """Every split a run reads holds clips whose headers are sound, pretrained weights are cached and a CUDA
+    device asked for is here, before anything is submitted (a final run decodes its test fold: it may)."""
     from sweep import models
-    from sweep.launch import empty_splits, settle
+    from sweep.data import check_files, split_items
+    from sweep.launch import cuda_missing, empty_splits, own_caches, settle
 
-    problems = []
+    problems, everywhere, read = [], [], {}
     try:
         index = _index(config)
         for run, c in runs.items():
-            problems += empty_splits(
-                index, c, ("train", "val", "test") if c["data"]["folds"]["val"] else ("train", "test"), run
-            )
+            splits = ("train", "val", "test") if c["data"]["folds"]["val"] else ("train", "test")
+            problems += empty_splits(index, c, splits, run)
+            for split in splits:  # runs differ in seed or folds: each file once
+                items = split_items(index.items, c["data"]["folds"], split, c["data"]["split_seed"])
+                read.update((it.key, it) for it in items)
     except ConfigError as exc:
         problems.append(str(exc))
+    bad, warnings = check_files(config, {"the final runs' folds": list(read.values())}, {})
+    problems += bad
     try:
         models.check_weights(config["model"])
     except models.WeightsMissing as exc:
-        problems.append(str(exc))
-    settle(config, problems)
+        (problems if profile is not None and own_caches(profile) else everywhere).append(str(exc))
+    if config["executor"]["name"] != "slurm":
+        everywhere += cuda_missing(config)
+    settle(config, problems, warnings, everywhere)
 
 
 def _index(config: Mapping[str, Any]):

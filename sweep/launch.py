@@ -10,11 +10,12 @@ import contextlib
 import copy
 import datetime
 import os
+import re
 import shutil
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -25,7 +26,7 @@ from sweep import status
 from sweep.config import ConfigError, resolve
 from sweep.jobs import in_queue
 from sweep.jobs import record as jobs_record
-from sweep.profile import load_profile, submitit_parameters
+from sweep.profile import check_with_cluster, load_profile, submitit_parameters
 from sweep.storage import mask, open_storage, study_dir
 from sweep.study import CONFIG_ATTR, counts, retry, top_up
 
@@ -91,7 +92,8 @@ def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def check_executor(config: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The SLURM profile, validated before anything is stored or submitted (None for other executors)."""
+    """The SLURM profile, validated and tried on the cluster (`sbatch --test-only`) before anything is stored or
+    submitted (None for other executors)."""
     ex = config["executor"]
     if ex["name"] != "slurm":
         return None
@@ -102,28 +104,83 @@ def check_executor(config: Mapping[str, Any]) -> dict[str, Any] | None:
         raise ConfigError(
             "sbatch is not on PATH: launch SLURM studies from a login node of the cluster", key="executor.name"
         )
+    check_with_cluster(profile, ex["cluster"], ex["workers"], config["study"]["name"])
     return profile
 
 
-def preflight(config: Mapping[str, Any]) -> None:
-    """Check the dataset's metadata and the pretrained weights before anything is stored or submitted."""
+def preflight(config: Mapping[str, Any], profile: Mapping[str, Any] | None = None) -> None:
+    """Check what a trial would fail on at once, before anything is stored or submitted: the dataset's metadata,
+    the headers of every file the search decodes (the test fold's files only for presence and size), the
+    pretrained weights, and a CUDA device asked for where the workers run on this machine."""
     from sweep import data, models, space
 
-    problems = []
+    problems, warnings, everywhere = [], [], []
     try:
-        problems += empty_splits(data.DATASETS[config["data"]["dataset"]].index(config), config, ("train", "val"))
+        index = data.DATASETS[config["data"]["dataset"]].index(config)
     except data.DataError as exc:
         problems.append(str(exc))
+    else:
+        problems += empty_splits(index, config, ("train", "val"))
+        bad, warnings = data.check_files(config, *search_files(index, config))
+        problems += bad
     names = {config["model"]["name"]}
     for param in space.parse(config["search_space"], config):
         if param.path == "model.name":
             names.update(param.distribution.choices)
+    missing = []
     for name in sorted(names):
         try:
             models.check_weights(resolve(space.apply(config, {"model.name": name}), "preflight")["model"])
         except models.WeightsMissing as exc:
-            problems.append(str(exc))
-    settle(config, problems)
+            missing.append(str(exc))
+    if profile is not None and own_caches(profile):
+        problems += missing
+    else:
+        everywhere += missing
+    if config["executor"]["name"] != "slurm":
+        everywhere += cuda_missing(config)
+    settle(config, problems, warnings, everywhere)
+
+
+def search_files(index: Any, config: Mapping[str, Any]) -> tuple[dict[str, list], dict[str, list]]:
+    """The items a search decodes (train, val) and those it must never open (test), by split."""
+    from sweep.data import split_items
+
+    folds, seed = config["data"]["folds"], config["data"]["split_seed"]
+    decoded = {f"split {split}": split_items(index.items, folds, split, seed) for split in ("train", "val")}
+    return decoded, {"split test": split_items(index.items, folds, "test", seed)}
+
+
+# Variables that move the weight caches (models.hf_cache, models.torch_cache): a profile whose `setup` sets one
+# gives its jobs other caches than this machine's, so what is missing here may be there.
+CACHE_VARIABLES = re.compile(r"\b(HF_HOME|HF_HUB_CACHE|TORCH_HOME|XDG_CACHE_HOME)=")
+
+
+def own_caches(profile: Mapping[str, Any]) -> bool:
+    """Whether the profile's jobs set their own weight caches (else they read this machine's, exported)."""
+    return any(CACHE_VARIABLES.search(line) for line in profile["setup"])
+
+
+def cuda_missing(config: Mapping[str, Any]) -> list[str]:
+    """A problem line if `train.device` (or a value the search picks for it) is cuda and this machine, where
+    debug and local workers run, has no CUDA device."""
+    from sweep import space
+
+    devices = {config["train"]["device"]}
+    for param in space.parse(config["search_space"], config):
+        if param.path == "train.device":
+            devices.update(param.distribution.choices)
+    if "cuda" not in devices:
+        return []
+    import torch
+
+    if torch.cuda.is_available():
+        return []
+    return [
+        f"train.device is cuda, but this machine has no CUDA device (torch {torch.__version__}, "
+        f"CUDA build {torch.version.cuda or 'none'}) and {config['executor']['name']} workers run here: "
+        "set train.device: auto (CUDA where there is one) or cpu, or run on a GPU machine or --executor slurm"
+    ]
 
 
 def empty_splits(index: Any, config: Mapping[str, Any], splits: tuple[str, ...], run: str = "") -> list[str]:
@@ -138,17 +195,27 @@ def empty_splits(index: Any, config: Mapping[str, Any], splits: tuple[str, ...],
     ]
 
 
-def settle(config: Mapping[str, Any], problems: list[str]) -> None:
-    """Problems found before submitting stop the command, except on SLURM, where they are warnings.
+def settle(
+    config: Mapping[str, Any], problems: Sequence[str], warnings: Sequence[str] = (), everywhere: Sequence[str] = ()
+) -> None:
+    """Stop the command on what was found before submitting; `warnings` only warn.
 
-    The jobs may see other paths there than the login node (node-local scratch, their own HF_HOME in the
-    profile's setup); elsewhere they run on this machine, so what is missing here is missing for them.
+    `problems` (data on this machine's paths) are warnings on SLURM: the jobs may see other paths there than
+    the login node (node-local scratch, a root from their own environment). `everywhere` stops on every
+    executor: a CUDA device asked for where the workers run here, and weights missing from the caches the
+    SLURM jobs read too (they inherit this environment unless the profile's `setup` moves the caches).
     """
-    if problems and config["executor"]["name"] == "slurm":
+    for warning in warnings:
+        print(f"sweep: warning: {warning}", file=sys.stderr, flush=True)
+    stop = list(everywhere)
+    if config["executor"]["name"] == "slurm":
         for problem in problems:
-            print(f"sweep: warning: {problem} (checked on this machine; the SLURM jobs may see otherwise)")
-    elif problems:
-        raise ConfigError("; ".join(problems))
+            print(f"sweep: warning: {problem} (checked on this machine; the SLURM jobs may see otherwise)",
+                  file=sys.stderr, flush=True)
+    else:
+        stop = [*problems, *stop]
+    if stop:
+        raise ConfigError("; ".join(stop))
 
 
 def make_executor(config: Mapping[str, Any], logs: Path, workers: int, profile: Mapping[str, Any] | None):
@@ -169,7 +236,7 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
 
     name = config["study"]["name"]
     profile = check_executor(config)
-    preflight(config)
+    preflight(config, profile)
     if detach and config["executor"]["name"] == "debug":
         raise ConfigError("--detach needs workers that outlive this process: use --executor local or slurm")
     storage = open_storage(url)
@@ -218,10 +285,30 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
     status.summary(study, sys.stdout)
     for line in lost + failed:
         print(line, file=sys.stderr)
-    unfinished = [t for t in study.get_trials(deepcopy=False) if counts(t) and not t.state.is_finished()]
+    trials = study.get_trials(deepcopy=False)
+    unfinished = [t for t in trials if counts(t) and not t.state.is_finished()]
     if unfinished:
         print(f"{len(unfinished)} trial(s) of the budget still to run: launch again to run them", file=sys.stderr)
-    return 1 if failed or unfinished else 0
+    all_failed = every_trial_failed(trials, context["launch"])
+    if all_failed:
+        print(all_failed, file=sys.stderr)
+    return 1 if failed or unfinished or all_failed else 0
+
+
+def every_trial_failed(trials: list, launch_id: str) -> str:
+    """A message when every trial this launch finished failed ("" otherwise, or when it finished none).
+
+    A budget spent on failures is no success, however few trials it held: the exit code says so, and the
+    trials' own fail_reason says why (each reason once, with the trials that gave it).
+    """
+    mine = [t for t in trials if t.user_attrs.get("launch") == launch_id and counts(t) and t.state.is_finished()]
+    if not mine or any(t.state != TrialState.FAIL for t in mine):
+        return ""
+    reasons: dict[str, list[int]] = {}
+    for t in mine:
+        reasons.setdefault(str(t.user_attrs.get("fail_reason", "no reason recorded")), []).append(t.number)
+    lines = [f"trial{'s' if len(n) > 1 else ''} {', '.join(map(str, n))}: {why}" for why, n in reasons.items()]
+    return f"every trial of this launch failed ({len(mine)}):\n  " + "\n  ".join(lines)
 
 
 def job_error(exc: BaseException) -> str:

@@ -6,9 +6,12 @@ misspelt one is an error here rather than a job that fails in the queue.
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sweep.config import ConfigError, Field, parse_yaml
 
@@ -96,3 +99,121 @@ def submitit_parameters(profile: Mapping[str, Any], workers: int, name: str) -> 
     if profile["mem_gb"]:
         params["mem_gb"] = profile["mem_gb"]
     return params
+
+
+TEST_TIMEOUT = 60.0  # seconds for sbatch --test-only or sinfo to answer; a controller that is up takes well under 1
+
+
+def check_with_cluster(profile: Mapping[str, Any], source: str, workers: int, name: str) -> None:
+    """Ask SLURM whether it takes the profile's array job, before any study is created or topped up.
+
+    `sbatch --test-only` reads the very script submitit would submit (same flags, same array) and answers
+    without queueing anything; a refusal (no such partition, an unknown GRES, more CPUs or memory than any
+    node has) is a ConfigError naming the profile file, the key at fault where sbatch's reason names one,
+    and sbatch's own words, instead of a FailedJobError traceback after the study holds its waiting trials.
+    """
+    import submitit
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    with tempfile.TemporaryDirectory(prefix="sweep-test-only-") as tmp:
+        executor = submitit.AutoExecutor(folder=str(Path(tmp) / "%j"), cluster="slurm")
+        executor.update_parameters(**submitit_parameters(profile, workers, name))
+        params = dict(executor._executor.parameters, map_count=workers)
+        script = Path(tmp) / "job.sh"
+        script.write_text(_make_sbatch_string(command="true", folder=executor.folder, **params))
+        try:
+            run = subprocess.run(
+                ["sbatch", "--test-only", str(script)], capture_output=True, text=True, timeout=TEST_TIMEOUT
+            )
+        except subprocess.TimeoutExpired:
+            raise ConfigError(
+                f"sbatch --test-only did not answer in {TEST_TIMEOUT:g} s: is the SLURM controller up (`sinfo`)?",
+                source=source,
+            ) from None
+    if run.returncode == 0:
+        return
+    reason = sbatch_reason(run.stderr + run.stdout) or f"exit status {run.returncode}"
+    nodes = sinfo()
+    key = blame(reason, profile, nodes)
+    raise ConfigError(f"sbatch refused: {reason}{_hint(key, nodes)}", source=source, key=key)
+
+
+def sbatch_reason(output: str) -> str:
+    """sbatch's own reason, without its prefixes: its `error:` lines first, else the allocation failure."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [line.removeprefix("sbatch: error: ") for line in lines if line.startswith("sbatch: error: ")]
+    errors = [line.removeprefix("Batch job submission failed: ") for line in errors]
+    failures = [line.removeprefix("allocation failure: ") for line in lines if line.startswith("allocation failure")]
+    return "; ".join(dict.fromkeys(errors or failures or lines[-1:]))
+
+
+class Node(NamedTuple):
+    """One line of `sinfo`: a partition ("*" marks the default) and its nodes' GRES, CPUs and memory (MB)."""
+
+    partition: str
+    gres: str
+    cpus: int
+    mem_mb: int
+
+
+def sinfo() -> list[Node]:
+    """The cluster's partitions and node sizes, or [] when sinfo does not answer in a form understood."""
+    try:
+        out = subprocess.run(
+            ["sinfo", "--noheader", "--format=%P|%G|%c|%m"], capture_output=True, text=True, timeout=TEST_TIMEOUT
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    nodes = []
+    for line in out.splitlines():
+        parts = line.strip().split("|")
+        with contextlib.suppress(ValueError):
+            nodes.append(Node(parts[0], parts[1], int(parts[2].rstrip("+")), int(parts[3].rstrip("+"))))
+    return nodes
+
+
+# sbatch's reason → the profile key that set what it refuses (first match wins)
+BLAME = (
+    ("partition", "partition"),
+    ("generic resource", "gres"),
+    ("gres", "gres"),
+    ("account", "account"),
+    ("qos", "qos"),
+    ("feature", "constraint"),
+    ("node name", "exclude"),
+    ("time limit", "time_min"),
+    ("memory", "mem_gb"),
+)
+
+
+def blame(reason: str, profile: Mapping[str, Any], nodes: list[Node]) -> str | None:
+    """The profile key sbatch's reason points at, or None when it names none. "Requested node configuration
+    is not available" names none: it is the key asking for more than the largest node of the partition holds."""
+    text = reason.lower()
+    for words, key in BLAME:
+        if words in text:
+            if key == "gres" and not profile["gres"]:
+                return "gpus_per_node" if profile["gpus_per_node"] else None
+            return key
+    if "node configuration" in text:
+        wanted = profile["partition"]
+        mine = [n for n in nodes if n.partition.rstrip("*") == wanted or (wanted is None and n.partition[-1:] == "*")]
+        if mine and profile["cpus_per_task"] > max(n.cpus for n in mine):
+            return "cpus_per_task"
+        if mine and profile["mem_gb"] and profile["mem_gb"] * 1024 > max(n.mem_mb for n in mine):
+            return "mem_gb"
+    return None
+
+
+def _hint(key: str | None, nodes: list[Node]) -> str:
+    """What the cluster offers for the key at fault, as sinfo lists it."""
+    if not nodes:
+        return ""
+    if key == "partition":
+        return f" (sinfo lists the partitions: {', '.join(dict.fromkeys(n.partition for n in nodes))})"
+    if key in ("gres", "gpus_per_node"):
+        offered = sorted({n.gres for n in nodes if n.gres not in ("(null)", "")})
+        return f" (the nodes' GRES, by sinfo: {', '.join(offered) or 'none'})"
+    if key in ("cpus_per_task", "mem_gb"):
+        return f" (the largest node: {max(n.cpus for n in nodes)} CPUs, {max(n.mem_mb for n in nodes)} MB)"
+    return ""

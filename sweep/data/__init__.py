@@ -123,6 +123,42 @@ def _hash(seed: int, text: str) -> str:
     return hashlib.sha1(f"{seed}:{text}".encode()).hexdigest()
 
 
+SHOWN_BAD = 10  # bad files named by path in one message; the rest are counted
+
+
+def check_files(
+    config: Mapping[str, Any], decoded: Mapping[str, Sequence[Item]], listed: Mapping[str, Sequence[Item]]
+) -> tuple[list[str], list[str]]:
+    """(problems, warnings) about the files a run will decode (`decoded`: their headers are read) and those it
+    only names (`listed`: present and non-empty, never opened, which is how a search checks the test fold);
+    each maps a group's name (`split train`) to its items.
+
+    A bad file is a problem, or under `data.on_bad_file: skip` a warning that it will be left out, unless every
+    file of its group is bad: the reader would then have nothing to load. Generated datasets have no files.
+    """
+    from sweep.data.audio import bad_files
+
+    skip = config["data"].get("on_bad_file", "error") == "skip"
+    problems, warnings = [], []
+    for groups, header in ((decoded, True), (listed, False)):
+        for group, items in groups.items():
+            paths = [it.key for it in items if isinstance(it.key, str)]
+            bad = bad_files(paths, header)
+            if not bad:
+                continue
+            shown = "; ".join(f"{path}: {why}" for path, why in bad[:SHOWN_BAD])
+            more = f"; and {len(bad) - SHOWN_BAD} more" if len(bad) > SHOWN_BAD else ""
+            what = f"{len(bad)} of the {len(paths)} files of {group}"
+            if not header:
+                what += " (checked for presence and size only: a search never opens them)"
+            if skip and len(bad) < len(paths):
+                warnings.append(f"{what} will be left out (data.on_bad_file: skip): {shown}{more}")
+            else:
+                hint = "" if skip else " (set data.on_bad_file: skip to leave unreadable files out)"
+                problems.append(f"{what} cannot be read: {shown}{more}{hint}")
+    return problems, warnings
+
+
 def load_split(config: Mapping[str, Any], split: str) -> Clips:
     """The clips of one split (`train`, `val` or `test`) as the config's folds define it."""
     data = config["data"]
