@@ -81,3 +81,20 @@ def sweep_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = No
     """Run the real `sweep` command line in a child process."""
     return subprocess.run([sys.executable, "-m", "sweep", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def undecodable(path: Path, sample_rate: int = 8000) -> None:
+    """Write a file whose header is sound (soundfile.info reads it: FLAC, whatever the name) and whose audio does
+    not decode: a fault no header check can see, so it surfaces only when a trial reads the file."""
+    import io
+
+    import numpy as np
+    import soundfile
+
+    buffer = io.BytesIO()
+    noise = np.random.default_rng(0).uniform(-0.5, 0.5, sample_rate // 2).astype(np.float32)  # incompressible
+    soundfile.write(buffer, noise, sample_rate, format="FLAC")
+    data = bytearray(buffer.getvalue())
+    for i in range(200, len(data)):  # past the stream info and the first frame's header
+        data[i] = (data[i] * 7 + 13) & 255
+    path.write_bytes(bytes(data))

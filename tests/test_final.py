@@ -152,7 +152,8 @@ def test_cross_validation_tests_each_fold_once(home: Path, capsys: pytest.Captur
 
 
 def test_a_search_never_reads_the_test_folds(home: Path) -> None:
-    """Fold 5 (the test fold) holds garbage: the search runs, only the final run trips over it."""
+    """Fold 5 (the test fold) holds garbage: the search runs (it checks a test-fold file's size, never its
+    contents), only the final run, which reads the test fold, refuses it before anything is trained."""
     from sweep.data.layouts import write_esc50
 
     root = write_esc50(home / "ESC-50", n_classes=3, clips_per_class=5, sample_rate=8000, clip_seconds=1.0)
@@ -169,9 +170,10 @@ def test_a_search_never_reads_the_test_folds(home: Path) -> None:
     search = sweep_cli("launch", "esc.yaml", "--executor", "debug", cwd=home)
     assert search.returncode == 0, search.stderr
     run = sweep_cli("final", "esc", "--executor", "local", cwd=home)
-    assert run.returncode == 1, run.stdout + run.stderr
-    assert "seed-0" in run.stderr and "cannot read audio file" in run.stderr
-    assert any(str(path) in run.stderr for path in broken), run.stderr
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "3 of the 15 files of the final runs' folds cannot be read" in run.stderr
+    assert all(f"{path}: Error opening it: Format not recognised" in run.stderr for path in broken), run.stderr
+    assert not (home / "studies" / "esc" / "final" / "logs").exists()  # nothing submitted
     assert not (home / "studies" / "esc" / "final" / "summary.json").exists()
 
 

@@ -212,13 +212,13 @@ def test_detached_launch_returns_and_the_workers_finish_on_their_own(home: Path,
 
 def test_a_worker_whose_trials_keep_failing_is_reported_and_the_launch_fails(home: Path) -> None:
     """Three trials in a row fail (their audio is unreadable): the local worker stops, launch exits 1 naming it."""
-    from conftest import TINY
+    from conftest import TINY, undecodable
 
     from sweep.data.layouts import write_esc50
 
     root = write_esc50(home / "ESC-50", n_classes=3, clips_per_class=5, sample_rate=8000, clip_seconds=0.5)
     for wav in (root / "audio").glob("1-*.wav"):
-        wav.write_bytes(b"not audio")  # a train fold: the metadata check before launch cannot see it
+        undecodable(wav)  # a train fold, sound headers: the checks before launch cannot see it
     config = dict(TINY, data={"dataset": "esc50", "root": str(root), "sample_rate": 8000, "clip_seconds": 0.5})
     (home / "tiny.yaml").write_text(yaml.safe_dump(config))
     run = sweep_cli("launch", "tiny.yaml", "--workers", "1", "--trials", "4", cwd=home)

@@ -15,7 +15,7 @@ import pytest
 import soundfile
 import torch
 import yaml
-from conftest import TINY, sweep_cli
+from conftest import TINY, sweep_cli, undecodable
 
 from sweep.data.layouts import write_esc50, write_folder
 
@@ -116,20 +116,12 @@ def test_cuda_asked_for_where_the_workers_run_on_this_machine_without_it_is_refu
     assert not (home / "studies" / "pre").exists()
 
 
-def corrupt_body(path: Path) -> None:
-    """Keep a FLAC file's header (soundfile.info reads it) and scramble the audio after it (decoding fails)."""
-    data = bytearray(path.read_bytes())
-    for i in range(200, len(data)):
-        data[i] = (data[i] * 7 + 13) & 255
-    path.write_bytes(bytes(data))
-
-
 def test_a_launch_whose_every_trial_failed_exits_non_zero_with_the_reason(home: Path) -> None:
     """Headers read fine, the audio does not decode: nothing a header check can see, so the trials fail; two
     failed trials (fewer than a worker's three-in-a-row stop) used to make a launch that exited 0."""
-    root = write_folder(home / "clips", clips_per_class=5, sample_rate=8000, seconds=0.5, extensions=(".flac",))
-    for path in root.rglob("*.flac"):
-        corrupt_body(path)
+    root = write_folder(home / "clips", clips_per_class=5, sample_rate=8000, seconds=0.5)
+    for path in root.rglob("*.wav"):
+        undecodable(path)
         assert soundfile.info(str(path)).frames > 0
     run = sweep_cli("launch", str(study_file(home, {"dataset": "folder", "root": str(root)})), "--trials", "2",
                     cwd=home)
