@@ -32,26 +32,30 @@ class CheckpointError(ConfigError):
 
 
 def load_checkpoint(path: Path, map_location: Any = "cpu", *, mmap: bool = False) -> dict[str, Any]:
-    """The checkpoint's contents, read as weights only; anything else is a `CheckpointError` naming the file.
+    """A checkpoint sweep wrote (`train._save`), read as weights only; anything else is a `CheckpointError`
+    naming the file. `mmap` maps the tensors instead of reading them: checking a file costs little then."""
+    state = load_weights(path, map_location, mmap=mmap)
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path}: not a sweep checkpoint (no model state in it)")
+    return state
 
-    `mmap` maps the tensors instead of reading them: checking a file (`resume_source`) costs little then.
-    """
+
+def load_weights(path: Path, map_location: Any = "cpu", *, mmap: bool = False) -> Any:
+    """Any torch file read as weights only (sweep's checkpoints, torchvision's pretrained state dicts)."""
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         names = _unsafe_globals(path) or re.findall(r"GLOBAL (\S+) was not an allowed", str(exc))
         if not names:  # garbage, not an attack: no object was asked for
             why = _WHY.search(str(exc))
             raise CheckpointError(f"{path}: not a readable checkpoint ({why.group(1) if why else exc})") from None
         raise CheckpointError(
-            f"{path}: refused: it asks for {', '.join(names)} (a checkpoint sweep wrote holds only tensors, numbers "
-            "and strings). It was not loaded, so nothing in it ran; if you did not write it, someone else did"
+            f"{path}: refused: it asks for {', '.join(names)} (the checkpoints and weights sweep reads hold only "
+            "tensors, numbers and strings). It was not loaded, so nothing in it ran; if you did not write it, "
+            "someone else did"
         ) from None
     except (OSError, RuntimeError, EOFError, ValueError) as exc:  # truncated, not a zip file, unreadable
         raise CheckpointError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:200]})") from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError(f"{path}: not a sweep checkpoint (no model state in it)")
-    return state
 
 
 _WHY = re.compile(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n|$)")  # the unpickler's own reason

@@ -110,8 +110,13 @@ def test_a_retry_resumes_only_from_a_weights_only_checkpoint_in_its_own_study(
 
     url = resolve_storage("tiny")
     study = create_or_resume(tiny_config, open_storage(url), url)
-    sources = [str(outside), str(trials / "90"), str(trials / "91"), str(trials / ".." / ".." / ".." / "elsewhere"),
-               str(trials / "92")]
+    sources = [
+        str(outside),
+        str(trials / "90"),
+        str(trials / "91"),
+        str(trials / ".." / ".." / ".." / "elsewhere"),
+        str(trials / "92"),
+    ]
     for source in sources:
         study.enqueue_trial({"train.lr": 3.0e-3, "augment.strength": 0.0}, user_attrs={"sweep_resume_from": source})
     assert top_up(study, len(sources)) == len(sources)
