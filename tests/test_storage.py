@@ -151,6 +151,8 @@ def test_a_raw_at_in_a_password_is_refused_saying_how_to_encode_it() -> None:
             expand_url(url, {})
         assert f"('@' → %40, and '%' → %25), as in {fixed}," in str(err.value)
         assert not [part for part in ("SEC", "RETPW", "Sx1", "Ry2", "Tz3") if part in str(err.value)]
+    assert expand_url("postgresql://u:pw@db/x?options=a@b", {}) == "postgresql://u:pw@db/x?options=a@b"
+    assert mask("postgresql://u:pw@db/x?options=a@b") == "postgresql://u:***@db/x?options=a@b"
 
 
 def test_scrub_removes_every_part_of_a_password_a_driver_split_at_its_first_at() -> None:

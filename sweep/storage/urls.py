@@ -68,6 +68,9 @@ def _split_userinfo(url: str) -> tuple[str, str | None, str | None, str]:
     if "@" not in rest[:netloc_end]:
         return scheme + "://", None, None, rest
     creds, host = rest[:netloc_end].rsplit("@", 1)
+    first, _, between = creds.partition("@")
+    if "?" in between:  # the last '@' is in the query (`?options=a@b`): the first one ends the userinfo
+        creds, host = first, rest[len(first) + 1 : netloc_end]
     user, _, password = creds.partition(":")
     return scheme + "://", user, password if ":" in creds else None, host + rest[netloc_end:]
 
