@@ -325,7 +325,7 @@ def _take_over(previous: str | None, trials_dir: Path, out_dir: Path) -> str | N
     if folder is None:
         return refused
     shutil.copy2(folder / CHECKPOINT, out_dir / CHECKPOINT)
-    if (folder / "tb").is_dir():  # links are copied as links: nothing outside the folder is read
+    if (folder / "tb").is_dir() and not (folder / "tb").is_symlink():  # links inside are copied as links
         shutil.copytree(folder / "tb", out_dir / "tb", symlinks=True, dirs_exist_ok=True)
     return None
 
