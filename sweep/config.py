@@ -321,6 +321,9 @@ def parse_yaml(text: str, source: str) -> Any:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"not valid YAML{where}: {problem}", source=source) from None
+    except RecursionError:  # the parser recurses per level: thousands of `[` are a crash, not a config
+        line = loader.get_mark().line + 1
+        raise ConfigError(f"line {line}: nested too deeply to be a config", source=source) from None
     finally:
         loader.dispose()
 
@@ -498,7 +501,7 @@ def copy_tree(node: Any) -> Any:
 
 
 def resolve(
-    raw: Any, source: str, overrides: list[tuple[str, Any]] = (), labels: Mapping[str, str] = {}
+    raw: Any, source: str, overrides: list[tuple[str, Any]] = (), labels: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
     """File contents + `--set` overrides → the complete, validated config with every default filled.
 
@@ -656,7 +659,7 @@ def defaults_tree() -> dict[str, Any]:
 
 
 def load(
-    path: str | Path, overrides: list[tuple[str, Any]] = (), labels: Mapping[str, str] = {}
+    path: str | Path, overrides: list[tuple[str, Any]] = (), labels: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
     """Read, override and validate one study file; the study name defaults to the file's stem."""
     path = Path(path)
@@ -670,9 +673,9 @@ def load(
     return config
 
 
-def _origins(overrides: list[tuple[str, Any]], labels: Mapping[str, str]) -> dict[str, str]:
+def _origins(overrides: list[tuple[str, Any]], labels: Mapping[str, str] | None) -> dict[str, str]:
     """Overridden key → what the user typed to set it: its flag's label, else `--set KEY`."""
-    return {key: labels.get(key, f"--set {key}") for key, _ in overrides}
+    return {key: (labels or {}).get(key, f"--set {key}") for key, _ in overrides}
 
 
 def check_study_name(name: str, source: str | None = None, key: str | None = "study.name") -> str:

@@ -708,6 +708,11 @@ def test_a_recursive_alias_is_refused(tmp_path: Path) -> None:
     )
 
 
+def test_nesting_past_the_parsers_recursion_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "study: {n_trials: 2}\ntrain:\n  lr: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert str(load_error(path)) == f"{path}: line 3: nested too deeply to be a config"
+
+
 @pytest.mark.parametrize(
     ("text", "key", "lines"),
     [
