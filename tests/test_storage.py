@@ -1047,3 +1047,15 @@ def test_processes_creating_one_sqlite_file_at_once_share_it(home: Path) -> None
     stored = {s.study_name for s in optuna.get_all_study_summaries(open_storage(url), include_best_trial=False)}
     assert stored == set(names) == {f"s{i}" for i in range(6)}
     assert sorted(p.name for p in (home / "new").iterdir() if not p.name.startswith("study.db")) == []
+
+
+def test_a_literal_query_password_goes_to_a_private_file_too(tmp_path: Path) -> None:
+    from sweep.storage.urls import PASSWORD_FILE, for_workers
+
+    url = "postgresql://alice:u-secret@db/x?sslmode=disable&password=q%26secret&application_name=s"
+    handed = for_workers(url, tmp_path / "study")
+    assert "secret" not in handed.replace(str(tmp_path), "")
+    assert (tmp_path / "study" / f"{PASSWORD_FILE}-query").read_text() == "q&secret"
+    assert (tmp_path / "study" / PASSWORD_FILE).read_text() == "u-secret"
+    assert stat.S_IMODE((tmp_path / "study" / f"{PASSWORD_FILE}-query").stat().st_mode) == 0o600
+    assert expand_url(handed) == "postgresql://alice:u-secret@db/x?sslmode=disable&password=q%26secret&application_name=s"
