@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sweep.config import ConfigError, Field, parse_yaml
+from sweep.config import ConfigError, Field, read_yaml
 
 PROFILE: dict[str, Field] = {
     "partition": Field(str, None, nullable=True),
@@ -56,7 +56,7 @@ def load_profile(path: str | Path) -> dict[str, Any]:
         profiles = sorted(p.name for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
         known = f" (profiles in {path.parent}: {', '.join(profiles)})" if profiles else ""
         raise ConfigError(f"no such SLURM profile{known}", source=source, key="executor.cluster")
-    raw = parse_yaml(path.read_text(), source) or {}
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError("a profile is a mapping of SLURM settings", source=source)
     profile = {}
