@@ -591,7 +591,7 @@ def _resolve_tree(tree: dict[str, Any], where: Callable[[str], str]) -> dict[str
             source=where("features.name"),
             key="features.name",
         )
-    _check_features(resolved, spec.inputs[0] if kind == "auto" else kind, where)
+    _check_features(resolved, spec.inputs[0] if kind == "auto" else kind, spec.min_mels, where)
     if spec.validate is not None:
         try:
             spec.validate(model)
@@ -616,12 +616,15 @@ def _resolve_tree(tree: dict[str, Any], where: Callable[[str], str]) -> dict[str
     return resolved
 
 
-def _check_features(resolved: Mapping[str, Any], kind: str, where: Callable[[str], str]) -> None:
+def _check_features(
+    resolved: Mapping[str, Any], kind: str, min_mels: int | None, where: Callable[[str], str]
+) -> None:
     """Spectrogram settings the clip cannot satisfy, refused here rather than by every trial at its first batch.
 
     The mel and Kaldi front-ends (sweep/data/features.py) need 0 <= f_min < f_max <= sample_rate/2 (null f_max
     is the Nyquist frequency; null f_min is 0 Hz for logmel, Kaldi's 20 Hz for fbank), a window (`n_fft`) no
-    longer than the clip a model sees, and a hop no longer than it either (one frame is no spectrogram).
+    longer than the clip a model sees, and a hop no longer than it either (one frame is no spectrogram); an
+    untrained model may need a least number of mel bins (AST: one 16-bin patch).
     """
     if kind == "waveform":
         return
@@ -642,6 +645,14 @@ def _check_features(resolved: Mapping[str, Any], kind: str, where: Callable[[str
         shown = f"f_min {low:g} Hz" + (" (fbank's default)" if f["f_min"] is None else "")
         bound = f"f_max {high:g} Hz" + (" (Nyquist: f_max is null)" if f["f_max"] is None else "")
         raise ConfigError(f"{shown} must be below {bound}; {accepted}", source=where(key), key=key)
+    model = resolved["model"]
+    if min_mels is not None and not model["pretrained"] and f["n_mels"] < min_mels:
+        raise ConfigError(
+            f"model {model['name']} needs at least {min_mels} mel bins, got {f['n_mels']}; accepted: n_mels >= "
+            f"{min_mels}",
+            source=where("features.n_mels"),
+            key="features.n_mels",
+        )
     samples = round(data["clip_seconds"] * rate)
     clip = f"a clip is data.clip_seconds {data['clip_seconds']:g} × data.sample_rate {rate} = {samples} samples"
     for key in ("n_fft", "hop_length"):

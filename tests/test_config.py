@@ -679,6 +679,15 @@ def test_spectrogram_limits_are_inclusive_and_skip_waveform_models(tmp_path: Pat
     assert waveform["model"]["name"] == "eat_s"
 
 
+def test_an_untrained_ast_needs_one_patch_of_mel_bins(tmp_path: Path) -> None:
+    err = load_error(write(tmp_path, f"{AUDIO}model: {{name: ast}}\nfeatures: {{n_mels: 8}}\n"))
+    assert (err.key, err.detail) == (
+        "features.n_mels",
+        "model ast needs at least 16 mel bins, got 8; accepted: n_mels >= 16",
+    )
+    assert load(write(tmp_path, f"{AUDIO}model: {{name: ast}}\nfeatures: {{n_mels: 16}}\n"))["features"]["n_mels"] == 16
+
+
 def test_search_values_beyond_nyquist_are_refused_before_a_trial_picks_them(tmp_path: Path) -> None:
     path = write(tmp_path, f"{AUDIO}search_space:\n  features.f_max: {{type: float, low: 2000, high: 8000}}\n")
     err = load_error(path)

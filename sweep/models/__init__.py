@@ -40,6 +40,7 @@ class ModelSpec:
     # validate(model_config) raises ConfigError(message, key="model.<key>") for combinations of keys that
     # are each valid alone but not together (e.g. architecture sizes with pretrained weights)
     validate: Callable[[Mapping[str, Any]], None] | None = None
+    min_mels: int | None = None  # mel bins (features.n_mels) the architecture needs at least, untrained
 
 
 MODELS: dict[str, ModelSpec] = {}
@@ -52,9 +53,10 @@ def register(
     inputs: tuple[str, ...] = ("logmel", "fbank"),
     check_weights: Callable[[Mapping[str, Any]], None] | None = None,
     validate: Callable[[Mapping[str, Any]], None] | None = None,
+    min_mels: int | None = None,
 ) -> Callable[[Builder], Builder]:
     def wrap(build: Builder) -> Builder:
-        MODELS[name] = ModelSpec(params, build, pretrained, inputs, check_weights, validate)
+        MODELS[name] = ModelSpec(params, build, pretrained, inputs, check_weights, validate, min_mels)
         return build
 
     return wrap

@@ -73,7 +73,15 @@ class AST(nn.Module):
         return self.head(self.encoder(input_values=x).pooler_output)
 
 
-@register("ast", PARAMS, pretrained=True, inputs=("fbank", "logmel"), check_weights=check_hf_weights, validate=validate)
+@register(
+    "ast",
+    PARAMS,
+    pretrained=True,
+    inputs=("fbank", "logmel"),
+    check_weights=check_hf_weights,
+    validate=validate,
+    min_mels=PATCH,  # one patch high; with weights the checkpoint's own count is checked when it is loaded
+)
 def build(cfg: Mapping[str, Any], n_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     from transformers import ASTConfig, ASTForAudioClassification
 
@@ -89,7 +97,7 @@ def build(cfg: Mapping[str, Any], n_classes: int, input_shape: tuple[int, ...]) 
         if model.config.max_length != cfg["max_length"]:
             stretch_time(model.audio_spectrogram_transformer.embeddings, model.config, cfg["max_length"])
     else:
-        if n_mels < PATCH:
+        if n_mels < PATCH:  # config.resolve refuses it first (min_mels); this is for a model built directly
             raise ConfigError(f"AST needs at least {PATCH} mel bins (one patch), got {n_mels}", key="features.n_mels")
         s = _sizes(cfg)
         config = ASTConfig(
