@@ -1,7 +1,8 @@
 """The common trainer: one plain PyTorch loop for every model, readable top to bottom.
 
 Each epoch: train, evaluate on the validation folds, write metrics.json / TensorBoard / an atomic
-checkpoint, then `trial.report` the metric and stop if the pruner says so. A checkpoint in `out_dir`
+checkpoint, then `trial.report` the metric and stop if the pruner says so (never after the last epoch: a
+fully trained trial completes). A checkpoint in `out_dir`
 is resumed from, so a trial restarted after its worker died continues where it stopped.
 
 The final run (`final=True`, `sweep final`) is the same loop on the train and validation folds together,
@@ -143,7 +144,7 @@ def train(
             _save(out_dir, model, optimizer, scheduler, scaler, history, train_set.classes, metric, better, final)
             if trial is not None:
                 trial.report(row[metric], epoch)
-                if trial.should_prune():
+                if epoch < t["epochs"] and trial.should_prune():  # after the last epoch, nothing is left to save
                     raise optuna.TrialPruned(f"pruned after epoch {epoch}: {metric}={row[metric]:.4f}")
     finally:
         writer.close()
