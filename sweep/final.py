@@ -66,8 +66,11 @@ def final(
     came from (`source`: the study or file; `trial` and `params`: the best trial's), copied into every result.
     """
     from sweep.launch import check_executor, job_error, make_executor, outcomes
+    from sweep.worker import default_threads
 
     profile = check_executor(config)
+    if config["train"]["threads"] is None:  # once for every run: not from how many of them share a machine
+        config = dict(config, train=dict(config["train"], threads=default_threads(config, profile)))
     runs = plan(config, seeds, cv)
     _preflight(config, runs)
     home = study_dir(name) / "final"
@@ -75,7 +78,6 @@ def final(
         shutil.rmtree(home / run, ignore_errors=True)
     (home / "summary.json").unlink(missing_ok=True)
     executor_name = config["executor"]["name"]
-    concurrent = 1 if executor_name == "debug" else len(runs)
     executor = make_executor(config, home / "logs", len(runs), profile)
     record = {"study": name, "source": "", "trial": None, "params": None, **(origin or {})}
     jobs = executor.map_array(
@@ -83,7 +85,6 @@ def final(
         list(runs.values()),
         [str(home / run) for run in runs],
         [dict(record, run=run) for run in runs],
-        [concurrent] * len(runs),
     )
     epochs = config["train"]["epochs"]
     print(f"final runs of {name} ({record['source']}): {', '.join(runs)}, {epochs} epochs each, on {executor_name}")
@@ -115,12 +116,10 @@ def final(
     return 0
 
 
-def run_one(config: dict[str, Any], out_dir: str, record: dict[str, Any], concurrent: int) -> dict[str, Any]:
+def run_one(config: dict[str, Any], out_dir: str, record: dict[str, Any]) -> dict[str, Any]:
     """The submitit job of one run: train on train + val, score the test folds, write the run's folder."""
     from sweep.train import train
-    from sweep.worker import threads_per_worker
 
-    torch.set_num_threads(threads_per_worker(dict(config, executor=dict(config["executor"], workers=concurrent))))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_yaml(config))

@@ -62,6 +62,8 @@ def train(
         else t["device"]
     )
     amp = t["amp"] and device.type == "cuda"
+    if t["threads"] is not None:  # part of the config: the same seed gives the same numbers beside any other run
+        torch.set_num_threads(t["threads"])
     torch.manual_seed(t["seed"])
     if final:  # the test folds are read before training, so a broken file stops the run at once
         train_set, test_set = train_and_val(config), load_split(config, "test")

@@ -75,10 +75,16 @@ def slurm_job_id() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
-def threads_per_worker(config: Mapping[str, Any]) -> int:
-    """SLURM's allocation when there is one, else the config's, else an equal share of this machine."""
-    if os.environ.get("SLURM_CPUS_PER_TASK"):
-        return int(os.environ["SLURM_CPUS_PER_TASK"])
+def default_threads(config: Mapping[str, Any], profile: Mapping[str, Any] | None = None) -> int:
+    """The torch threads a run computes with when `train.threads` is null: the CPUs one worker is given (the
+    SLURM profile's cpus_per_task, else executor.cpus_per_worker, else an equal share of this machine among
+    executor.workers).
+
+    Called once, where a study is created or a final run starts, and stored in the config: CPU arithmetic
+    changes with the thread count, so a run must not take it from how many runs happen to share its machine.
+    """
+    if config["executor"]["name"] == "slurm" and profile is not None:
+        return int(profile["cpus_per_task"])
     if config["executor"]["cpus_per_worker"]:
         return config["executor"]["cpus_per_worker"]
     return max(1, (os.cpu_count() or 1) // config["executor"]["workers"])
@@ -173,9 +179,6 @@ def run_worker(
     `trainer` replaces `sweep.train.train` (same signature): benchmarks/storage_overhead.py times everything
     a worker does around training with one that only reports to the pruner.
     """
-    import torch
-
-    torch.set_num_threads(threads_per_worker(config))
     started, host = time.time(), socket.gethostname()
     ex = config["executor"]
     study = open_study(config, open_storage(storage_url, wait_s=300), worker_index=index)

@@ -126,6 +126,31 @@ def _check_predict(run: Path, home: Path) -> None:
     assert bad.returncode == 2 and f"no checkpoint at {home / 'nowhere'}" in bad.stderr
 
 
+def test_a_seed_gives_the_same_numbers_alone_or_beside_other_runs(home: Path) -> None:
+    """Seed 0 alone and seed 0 among three concurrent local runs: the same thread count (recorded in each run's
+    config.yaml), so the same arithmetic: identical losses, test accuracy and confusion matrix. (Width 8, depth 2
+    and batches of 32 are large enough for torch to split work between threads: sums then change with the count.)"""
+    config = copy.deepcopy(TINY)
+    config["data"]["clips_per_class"] = 20
+    config["model"].update(width=8, depth=2)
+    config["train"].update(epochs=2, batch_size=32)
+    config.update(search_space={}, study={"name": "seeded"}, executor={"name": "local", "workers": 1})
+    (home / "seeded.yaml").write_text(yaml.safe_dump(config))
+    seed_0 = home / "studies" / "seeded" / "final" / "seed-0"
+
+    def seed_0_of(*args: str) -> tuple[dict, dict]:
+        run = sweep_cli("final", "seeded.yaml", *args, cwd=home)
+        assert run.returncode == 0, run.stdout + run.stderr
+        return json.loads((seed_0 / "metrics.json").read_text()), load(seed_0 / "config.yaml")
+
+    alone, alone_config = seed_0_of()
+    among, among_config = seed_0_of("--seeds", "3")
+    assert [r["train_loss"] for r in among["history"]] == [r["train_loss"] for r in alone["history"]]
+    assert (among["accuracy"], among["confusion"]) == (alone["accuracy"], alone["confusion"])
+    assert isinstance(alone_config["train"]["threads"], int)
+    assert among_config["train"]["threads"] == alone_config["train"]["threads"]
+
+
 def test_cross_validation_tests_each_fold_once(home: Path, capsys: pytest.CaptureFixture) -> None:
     config = copy.deepcopy(TINY)
     config["train"]["epochs"] = 1
