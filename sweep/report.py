@@ -28,6 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweep import __version__
 from sweep.config import dump_yaml
+from sweep.status import maximizes, value_text
 from sweep.study import CONFIG_ATTR, VOID, counts
 
 PLOTS = ("history", "intermediate", "importance", "parallel", "slice")
@@ -100,7 +101,7 @@ def build(
         _section("best", "Best trial", _best_html(top, metric)),
         _section("pruning", "What pruning saved", _savings_html(pruning_savings(study, trials))),
         *sections,
-        _section("trials", "Trials", _table(trials, top, metric, _default_epochs(study))),
+        _section("trials", "Trials", _table(trials, top, metric, _default_epochs(study), maximizes(study))),
     ]
     return _page(study.study_name, "\n".join(parts)), drawn
 
@@ -318,7 +319,9 @@ def _savings_html(s: Savings) -> str:
     )
 
 
-def _table(trials: Sequence[FrozenTrial], top: FrozenTrial | None, metric: str, default: int | None) -> str:
+def _table(
+    trials: Sequence[FrozenTrial], top: FrozenTrial | None, metric: str, default: int | None, maximize: bool
+) -> str:
     head = ["trial", "state", metric, "epochs", "wall time", "host", "worker", "SLURM job", "params", "note"]
     rows = []
     for t in trials:
@@ -330,7 +333,7 @@ def _table(trials: Sequence[FrozenTrial], top: FrozenTrial | None, metric: str, 
         cells = [
             str(t.number),
             state,
-            _value(t),
+            value_text(t, maximize),
             f"{_epochs(t)}/{planned}" if planned else str(_epochs(t)),
             _hms(_wall(t)) if _wall(t) is not None else "-",
             str(t.user_attrs.get("host", "-")),
@@ -429,14 +432,6 @@ def _wall(t: FrozenTrial) -> float | None:
     if t.datetime_start is not None and t.datetime_complete is not None:
         return (t.datetime_complete - t.datetime_start).total_seconds()
     return None
-
-
-def _value(t: FrozenTrial) -> str:
-    if t.state == TrialState.COMPLETE and t.value is not None:
-        return f"{t.value:.4f}"
-    if t.intermediate_values:  # pruned, failed or running: its last reported value, in parentheses
-        return f"({t.intermediate_values[max(t.intermediate_values)]:.4f})"
-    return "-"
 
 
 def _fmt(v: Any) -> str:

@@ -29,6 +29,7 @@ import optuna
 
 from sweep import space
 from sweep.config import dump_yaml, resolve
+from sweep.status import best_epoch, maximizes
 from sweep.storage import flush_trial, open_storage, tell_with
 from sweep.study import open_study, pop_trial, recover_stale, retry
 
@@ -251,7 +252,11 @@ def run_trial(
         result = train(config, out_dir, trial)
     except optuna.TrialPruned as exc:
         print(f"{log} {exc}", flush=True)
-        _finished(study, trial, out_dir, "pruned", started, closing)
+        top = best_epoch(trial._cached_frozen_trial, maximizes(study))  # a pruned trial's value is its best epoch's
+        if top is None:  # pruned before its first epoch ended: nothing to show
+            _finished(study, trial, out_dir, "pruned", started, closing)
+        else:
+            _finished(study, trial, out_dir, "pruned", started, {**closing, "best_epoch": top[0]}, top[1])
         return "pruned"
     except NonFiniteLoss as exc:
         print(f"{log} failed: {exc}", flush=True)
