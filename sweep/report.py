@@ -34,6 +34,8 @@ from sweep.study import CONFIG_ATTR, VOID, counts
 PLOTS = ("history", "intermediate", "importance", "parallel", "slice")
 _COLORS = {"complete": "#1f77b4", "pruned": "#d62728", "running": "#2ca02c", "fail": "#7f7f7f"}
 MAX_CURVE_TRACES = 100  # more trials than this share one trace per state in the learning-curve plot
+SLICE_COLUMNS = 4  # slice panels per row: about 300 px each across the page's 1248 px
+SLICE_ROW_HEIGHT = 380
 
 
 @dataclass
@@ -91,7 +93,7 @@ def build(
         ("intermediate", f"Learning curves ({metric})", _curves_need(counted), lambda _: _curves(counted, metric)),
         ("importance", "Hyperparameter importances", _need(complete, 2, names), _importances),
         ("parallel", "Parallel coordinates", _need(complete, 1, names), vis.plot_parallel_coordinate),
-        ("slice", "Slice plots", _need(complete, 1, names), vis.plot_slice),
+        ("slice", "Slice plots", _need(complete, 1, names), _slices),
     ):
         body, drawn[key] = _section_plot(key, study, needs, figure)
         sections.append(_section(key, title, body))
@@ -146,6 +148,33 @@ def _importances(study: optuna.Study) -> Any:
     n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     fig.update_layout(title=f"Hyperparameter importances (PED-ANOVA over {n} completed trials)")
     return fig
+
+
+def _slices(study: optuna.Study) -> Any:
+    """Optuna's slice plots, their panels wrapped into rows of `SLICE_COLUMNS`: Optuna puts every parameter in
+    one row 300 px a panel wide, which for five or more is wider than the page (the last panels and the colour
+    bar cut off). The figure then takes the page's width, as every plot does, and a row's height."""
+    fig = optuna.visualization.plot_slice(study)
+    n = sum(1 for key in fig.layout if key.startswith("xaxis"))
+    cols = min(n, SLICE_COLUMNS)
+    rows = math.ceil(n / cols)
+    y_title = fig.layout.yaxis.title.text
+    for i in range(n):
+        row, col = divmod(i, cols)
+        x, y = fig.layout[f"xaxis{i + 1 if i else ''}"], fig.layout[f"yaxis{i + 1 if i else ''}"]
+        x.domain = _cell(col, cols, 0.06)
+        bottom, top = _cell(rows - 1 - row, rows, 0.3 / rows)  # the first row on top
+        y.domain = [bottom, top]
+        if col == 0:  # each row's first panel carries the shared axis' labels
+            y.update(showticklabels=True, title_text=y_title)
+    fig.update_layout(height=SLICE_ROW_HEIGHT * rows + 110, width=None)
+    return fig
+
+
+def _cell(index: int, count: int, gap: float) -> list[float]:
+    """The domain [start, end] of cell `index` of `count` across [0, 1], with `gap` between neighbours."""
+    start, end = index / count, (index + 1) / count
+    return [start + (gap / 2 if index else 0.0), end - (gap / 2 if index < count - 1 else 0.0)]
 
 
 def _curves(trials: Sequence[FrozenTrial], metric: str) -> Any:
@@ -240,7 +269,9 @@ def _section_plot(key: str, study: optuna.Study, needs: str | None, figure: Call
     except Exception as exc:  # a study mid-write can be odd; one plot failing must not cost the whole page
         why = html.escape(f"{type(exc).__name__}: {exc}")
         return f'<p class="note" id="note-{key}">Could not draw: {why}</p>', False
-    fig.update_layout(template="plotly_white", height=520, margin={"t": 60, "l": 60, "r": 20, "b": 50})
+    # no plot is wider than the page: each takes its container's width (`responsive`), whatever Optuna set
+    fig.update_layout(template="plotly_white", width=None, height=fig.layout.height or 520,
+                      margin={"t": 60, "l": 60, "r": 20, "b": 50})
     div = fig.to_html(
         full_html=False, include_plotlyjs=False, div_id=f"plot-{key}", config={"displaylogo": False, "responsive": True}
     )

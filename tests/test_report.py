@@ -251,6 +251,42 @@ def test_report_with_only_pruned_and_failed_trials_shows_what_it_can(browser: Ch
     _keep(shot)
 
 
+SLICE_BOXES = """JSON.stringify((() => {
+    const plot = document.querySelector('#plot-slice');
+    const box = e => { const r = e.getBoundingClientRect(); return {left: r.left, right: r.right}; };
+    return {page: document.documentElement.clientWidth, scroll: document.documentElement.scrollWidth,
+            svg: Array.from(plot.querySelectorAll('.main-svg')).map(box),
+            colorbar: Array.from(plot.querySelectorAll('.colorbar')).map(box),
+            titles: Array.from(plot.querySelectorAll('.xtitle, [class^="x"][class$="title"]')).map(
+                e => ({text: e.textContent, ...box(e)}))};
+})())"""
+
+
+def test_slice_plot_of_many_params_fits_the_page(browser: Chromium, tmp_path: Path) -> None:
+    """Six parameters: Optuna draws one 300 px panel each in one 1800 px row; at a 1400 px window every
+    panel, its axis title and the colour bar lie inside the page."""
+    study = _study()
+    names = [f"train.p{i}" for i in range(6)]
+    dist = optuna.distributions.FloatDistribution(0.0, 1.0)
+    for n in range(5):
+        study.add_trial(optuna.trial.create_trial(
+            value=0.1 * n, params={k: (n + i) % 5 / 5 for i, k in enumerate(names)},
+            distributions=dict.fromkeys(names, dist), intermediate_values={1: 0.1 * n}))
+    report = write_report(study, tmp_path / "report.html")
+    assert report.plots["slice"]
+    assert browser.open(report.path) == []
+    boxes = json.loads(browser.evaluate(SLICE_BOXES))
+    page = boxes["page"]
+    assert 1300 < page <= 1400 and boxes["scroll"] <= page, boxes  # 1400 less a scroll bar
+    assert sorted({t["text"] for t in boxes["titles"]} & set(names)) == names, boxes["titles"]
+    assert len(boxes["colorbar"]) == 1
+    for item in boxes["svg"] + boxes["colorbar"] + boxes["titles"]:
+        assert 0 <= item["left"] and item["right"] <= page, (item, page)
+    shot = tmp_path / "report-slice-six-params.png"
+    browser.screenshot(shot)
+    _keep(shot)
+
+
 def test_pruning_savings_counts_epochs_per_trial_and_leaves_out_retries(tmp_path: Path) -> None:
     study = _study(epochs=8)
     _add(study, TrialState.COMPLETE, [0.5] * 8, wall_seconds=16.0)
