@@ -15,7 +15,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,9 +47,16 @@ class Result:
 
 
 def train(
-    config: Mapping[str, Any], out_dir: Path, trial: optuna.Trial | None = None, *, final: bool = False
+    config: Mapping[str, Any],
+    out_dir: Path,
+    trial: optuna.Trial | None = None,
+    *,
+    final: bool = False,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> Result:
-    """Train one config into `out_dir`; with `final`, on train + val, then evaluate the test folds once."""
+    """Train one config into `out_dir`; with `final`, on train + val, then evaluate the test folds once.
+
+    `on_epoch` gets each epoch's row once it is saved (`sweep final` logs it: one line per epoch)."""
     if final and trial is not None:
         raise ValueError("a final run has no trial: it is neither reported nor pruned")
     t, metric = config["train"], config["study"]["metric"]
@@ -144,6 +151,8 @@ def train(
                     writer.add_scalar(key, value, epoch)
             writer.flush()
             _save(out_dir, model, optimizer, scheduler, scaler, history, train_set.classes, metric, better, final)
+            if on_epoch is not None:
+                on_epoch(row)
             if trial is not None:
                 trial.report(row[metric], epoch)
                 if epoch < t["epochs"] and trial.should_prune():  # after the last epoch, nothing is left to save
