@@ -66,13 +66,16 @@ def final(
     came from (`source`: the study or file; `trial` and `params`: the best trial's), copied into every result.
     """
     from sweep.launch import check_executor, job_error, make_executor, outcomes
-    from sweep.worker import default_threads
+    from sweep.worker import default_threads, shared_cores
 
     profile = check_executor(config)
     if config["train"]["threads"] is None:  # once for every run: not from how many of them share a machine
         config = dict(config, train=dict(config["train"], threads=default_threads(config, profile)))
     runs = plan(config, seeds, cv)
     _preflight(config, runs)
+    note = shared_cores(config, len(runs))
+    if note:
+        print(note, flush=True)
     home = study_dir(name) / "final"
     for run in runs:  # a run folder holds one run: nothing of an earlier one may be mistaken for it
         shutil.rmtree(home / run, ignore_errors=True)

@@ -180,7 +180,7 @@ def make_executor(config: Mapping[str, Any], logs: Path, workers: int, profile: 
 
 def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
     """Run the study's remaining budget; returns the process exit code (non-zero if a worker failed)."""
-    from sweep.worker import Worker, run_context
+    from sweep.worker import Worker, run_context, shared_cores
 
     name = config["study"]["name"]
     profile = check_executor(config)
@@ -196,6 +196,9 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
         status.summary(study, sys.stdout)
         return 0
     workers = 1 if config["executor"]["name"] == "debug" else min(config["executor"]["workers"], waiting)
+    note = shared_cores(config, workers)
+    if note:
+        print(note, flush=True)
     context = dict(run_context(workers), launch=uuid.uuid4().hex[:12])
     since = datetime.datetime.now()  # as Optuna stamps datetime_start: local, naive
     executor = make_executor(config, home / "logs", workers, profile)

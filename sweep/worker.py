@@ -91,6 +91,16 @@ def default_threads(config: Mapping[str, Any], profile: Mapping[str, Any] | None
     return max(1, (os.cpu_count() or 1) // config["executor"]["workers"])
 
 
+def shared_cores(config: Mapping[str, Any], concurrent: int) -> str | None:
+    """A note when `concurrent` local runs of `train.threads` threads each ask for more threads than this machine
+    has cores: they then share cores, slower but with the same numbers (the count is not lowered to fit)."""
+    wanted, cores = concurrent * config["train"]["threads"], os.cpu_count() or 1
+    if config["executor"]["name"] != "local" or wanted <= cores:
+        return None
+    return (f"note: {concurrent} runs × train.threads {config['train']['threads']} = {wanted} threads on {cores} "
+            "cores: they share cores (slower, same numbers); a smaller train.threads trains faster here")
+
+
 class Heartbeat:
     """Stamps the trial this worker runs every `every` seconds (the first stamp `every` seconds after it
     started; until then its start time stands for one), so other workers can tell a dead worker's trial apart.

@@ -145,6 +145,26 @@ def test_a_study_keeps_the_thread_count_it_was_created_with(
     assert "created before train.threads existed: it resumes with 1" in capsys.readouterr().out
 
 
+def test_default_threads_follow_what_one_worker_is_given_and_too_many_are_named(tiny_config: dict) -> None:
+    import copy
+    import os
+
+    from sweep.worker import default_threads, shared_cores
+
+    config = copy.deepcopy(tiny_config)
+    config["executor"].update(name="slurm", cpus_per_worker=None, workers=64)
+    assert default_threads(config, {"cpus_per_task": 6}) == 6  # SLURM's allocation, not the worker count
+    config["executor"].update(name="local", cpus_per_worker=3)
+    assert default_threads(config) == 3
+    config["executor"].update(cpus_per_worker=None, workers=1)
+    assert default_threads(config) == (os.cpu_count() or 1)
+    config["train"]["threads"] = os.cpu_count() or 1
+    assert shared_cores(config, 1) is None
+    assert "2 runs × train.threads" in shared_cores(config, 2) and "same numbers" in shared_cores(config, 2)
+    config["executor"]["name"] = "slurm"
+    assert shared_cores(config, 2) is None  # each SLURM task has its own allocation
+
+
 def test_nan_trial_fails_with_reason_and_worker_goes_on(home: Path, tiny_config: dict) -> None:
     from sweep.launch import create_or_resume
     from sweep.storage import open_storage, resolve_storage, study_dir

@@ -3,6 +3,7 @@ what the study and the workers call instead of the storage's own methods."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -107,7 +108,7 @@ def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None, state: 
     sweep never uses (a read, and a copy of the whole config attribute, per trial)."""
     from optuna.study import _tell
 
-    if state != TrialState.PRUNED or value is None:
+    if state != TrialState.PRUNED or value is None or not math.isfinite(value):
         _tell._tell_with_warning(study, trial, value, state, skip_if_finished)
         return
     # Optuna takes no value with PRUNED and stores the last epoch's; sweep's value of a pruned trial is its best
