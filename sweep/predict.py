@@ -18,7 +18,7 @@ from sweep.config import ConfigError, parse_yaml
 def predict(checkpoint: Path, files: Sequence[Path], top_k: int = 5) -> list[list[tuple[str, float]]]:
     """For each file, its `top_k` (class, probability) pairs, most probable first."""
     from sweep.data import Clips, DataError, Item, crop
-    from sweep.data.audio import read_files
+    from sweep.data.audio import UnreadableAudio, read_files
     from sweep.data.features import build_features
     from sweep.models import build_model
 
@@ -37,6 +37,9 @@ def predict(checkpoint: Path, files: Sequence[Path], top_k: int = 5) -> list[lis
     config["data"]["on_bad_file"] = "error"
     try:
         waves, lengths, _ = read_files(config, [Item(str(f), 0, 0, str(f)) for f in files])
+    except UnreadableAudio as exc:  # its own words: predict has no data.on_bad_file to suggest
+        readable = " (predict reads audio files: wav, flac, ogg)" if Path(exc.path).exists() else ""
+        raise ConfigError(f"cannot read audio file {exc.path}: {exc.reason}{readable}") from None
     except DataError as exc:
         raise ConfigError(str(exc)) from None
     samples = round(config["data"]["clip_seconds"] * config["data"]["sample_rate"])
