@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from sweep.checkpoint import load_checkpoint
 from sweep.config import ConfigError, parse_yaml
 
 
@@ -28,7 +29,7 @@ def predict(checkpoint: Path, files: Sequence[Path], top_k: int = 5) -> list[lis
     if not config_path.is_file():
         raise ConfigError(f"{checkpoint}: no config.yaml beside it; predict reads the config its run trained with")
     config = parse_yaml(config_path.read_text(), str(config_path))  # the run's resolved record, as it ran
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = load_checkpoint(checkpoint)
     classes = state.get("classes")
     if not classes:
         raise ConfigError(f"{checkpoint} does not record its classes (written before sweep kept them); retrain it")
