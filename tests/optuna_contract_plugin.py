@@ -27,6 +27,7 @@ ALL_MODES = ["sweep_sqlite", "sweep_cached_sqlite", "sweep_postgresql", "sweep_c
 _HEARTBEAT = ("sweep_sqlite", "sweep_cached_sqlite", "sweep_postgresql", "sweep_cached_postgresql")
 # Optuna's modes that a test names itself (StorageSupplier("sqlite")), not through the lists: sweep's instead
 _SUBSTITUTES = {"sqlite": "sweep_sqlite", "cached_sqlite": "sweep_cached_sqlite", "journal": "sweep_journal"}
+_COUNTS = pytest.StashKey[dict]()
 _databases: list[str] = []  # the session's PostgreSQL databases, once made
 _free: list[str] = []  # those no storage of the running test uses
 
@@ -114,6 +115,22 @@ def pytest_configure(config: pytest.Config) -> None:
             _free.append(self._sweep_database)
 
     supplied.StorageSupplier.__enter__, supplied.StorageSupplier.__exit__ = __enter__, __exit__
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Count the tests per sweep mode, for the summary `test_storage_contract.py` checks and reports."""
+    counts: dict[str, int] = {}
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        modes = {v for v in params.values() if isinstance(v, str) and v.startswith("sweep_")}
+        for mode in modes or {"other (a mode of its own, or sweep_sqlite/sweep_journal for Optuna's)"}:
+            counts[mode] = counts.get(mode, 0) + 1
+    config.stash[_COUNTS] = counts
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    for mode, n in sorted(config.stash.get(_COUNTS, {}).items()):
+        terminalreporter.write_line(f"sweep contract: {mode}: {n} tests")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
