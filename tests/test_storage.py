@@ -217,9 +217,13 @@ def test_an_in_memory_sqlite_database_is_refused(home: Path, tiny_file: Path) ->
     for url in ("sqlite:///:memory:", "sqlite://", "sqlite:///file::memory:?cache=shared"):
         with pytest.raises(ConfigError, match="in-memory SQLite database.*sqlite:///PATH"):
             open_storage(url)
+        with pytest.raises(ConfigError, match="in-memory SQLite database"):
+            resolve_storage("s", cli=url)  # every command, before it looks for the study
     cli = sweep_cli("launch", str(tiny_file), "--storage", "sqlite:///:memory:", cwd=home, timeout=120)
     assert cli.returncode == 2, cli.stderr
     assert "sweep: error:" in cli.stderr and "in-memory SQLite database" in cli.stderr
+    cli = sweep_cli("status", "s", "--storage", "sqlite:///:memory:", cwd=home, timeout=120)
+    assert cli.returncode == 2 and "in-memory SQLite database" in cli.stderr, cli.stderr
 
 
 def test_file_urls_with_a_root_folder_as_relative_path_are_refused_with_both_spellings(

@@ -19,7 +19,7 @@ from sweep.storage.filesystems import check_sqlite_location
 from sweep.storage.journal import SweepJournalStorage
 from sweep.storage.rdb import RetryingRDBStorage
 from sweep.storage.retry import RETRY_S, _first_line, _mysql_code, is_transient
-from sweep.storage.urls import _SERVERS, PASSWORD_ENV, expand_url, is_in_memory, mask, scrub
+from sweep.storage.urls import _SERVERS, PASSWORD_ENV, check_not_in_memory, expand_url, mask, scrub
 
 _log = logging.getLogger("sweep.storage")  # one logger for the whole package
 
@@ -136,13 +136,7 @@ def _create_sqlite(path: Path) -> None:
 
 
 def _open(url: str, retry_s: float) -> optuna.storages.BaseStorage:
-    if is_in_memory(url):
-        raise ConfigError(
-            f"{url} is an in-memory SQLite database: it lives in one connection of one process, so the workers, "
-            "the launcher and later commands (status, report) would each see an empty or no study; use a file, "
-            "sqlite:///PATH (the default: studies/NAME/study.db)",
-            key="storage",
-        )
+    check_not_in_memory(url)
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///") :])
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -51,8 +51,9 @@ def _absolute(url: str) -> str:
     tmp/x.log, or /tmp/x.log?) is refused with both spellings: writing a file the user will not find, or that
     workers started elsewhere look for in their own working directory, is worse than asking.
     """
+    check_not_in_memory(url)
     for scheme in FILE_SCHEMES:
-        if url.startswith(scheme) and not is_in_memory(url):
+        if url.startswith(scheme):
             path = url[len(scheme) :]
             first = "" if path.startswith("/") else path.split("/")[0]  # pathlib would drop a leading "./"
             if first not in ("", ".", "..") and Path("/", first).exists() and Path.cwd() != Path("/"):
@@ -66,12 +67,19 @@ def _absolute(url: str) -> str:
     return url
 
 
-def is_in_memory(url: str) -> bool:
-    """An SQLite URL of an in-memory database (``sqlite://``, ``sqlite:///:memory:``, ``mode=memory``)."""
+def check_not_in_memory(url: str) -> None:
+    """Refuse an in-memory SQLite URL (``sqlite://``, ``sqlite:///:memory:``, ``mode=memory``): the database
+    lives in one connection of one process, and Optuna's engine drops it with its schema between calls."""
     if not url.startswith("sqlite:"):
-        return False
+        return
     path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else ""
-    return path.split("?")[0] in ("", ":memory:") or path.startswith("file::memory:") or "mode=memory" in url
+    if path.split("?")[0] in ("", ":memory:") or path.startswith("file::memory:") or "mode=memory" in url:
+        raise ConfigError(
+            f"{url} is an in-memory SQLite database: it lives in one connection of one process, so the workers, "
+            "the launcher and later commands (status, report) would each see an empty or no study; use a file, "
+            "sqlite:///PATH (the default: studies/NAME/study.db)",
+            key="storage",
+        )
 
 
 # ---- credentials ---------------------------------------------------------------------------------------
