@@ -49,7 +49,8 @@ def test_sweeps_storages_pass_optunas_own_storage_tests(tmp_path: Path) -> None:
                     f":all: optuna=={version} -d .ci/cache)")
     with tarfile.open(sdist) as tar:
         members = [m for m in tar.getmembers() if m.name.startswith(f"optuna-{version}/tests/")]
-        tar.extractall(tmp_path, members=members, filter="data")  # tests only: Optuna itself is the installed one
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python < 3.10.12 has no filters
+        tar.extractall(tmp_path, members=members, **safe)  # tests only: Optuna itself is the installed one
     path = [str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]  # this sweep, and the plugin
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
     run = subprocess.run(
