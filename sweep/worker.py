@@ -29,6 +29,7 @@ import optuna
 
 from sweep import space
 from sweep.config import dump_yaml, resolve
+from sweep.status import best_epoch, maximizes
 from sweep.storage import flush_trial, open_storage, tell_with
 from sweep.study import open_study, pop_trial, recover_stale, retry
 
@@ -75,13 +76,29 @@ def slurm_job_id() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
-def threads_per_worker(config: Mapping[str, Any]) -> int:
-    """SLURM's allocation when there is one, else the config's, else an equal share of this machine."""
-    if os.environ.get("SLURM_CPUS_PER_TASK"):
-        return int(os.environ["SLURM_CPUS_PER_TASK"])
+def default_threads(config: Mapping[str, Any], profile: Mapping[str, Any] | None = None) -> int:
+    """The torch threads a run computes with when `train.threads` is null: the CPUs one worker is given (the
+    SLURM profile's cpus_per_task, else executor.cpus_per_worker, else an equal share of this machine among
+    executor.workers).
+
+    Called once, where a study is created or a final run starts, and stored in the config: CPU arithmetic
+    changes with the thread count, so a run must not take it from how many runs happen to share its machine.
+    """
+    if config["executor"]["name"] == "slurm" and profile is not None:
+        return int(profile["cpus_per_task"])
     if config["executor"]["cpus_per_worker"]:
         return config["executor"]["cpus_per_worker"]
     return max(1, (os.cpu_count() or 1) // config["executor"]["workers"])
+
+
+def shared_cores(config: Mapping[str, Any], concurrent: int) -> str | None:
+    """A note when `concurrent` local runs of `train.threads` threads each ask for more threads than this machine
+    has cores: they then share cores, slower but with the same numbers (the count is not lowered to fit)."""
+    wanted, cores = concurrent * config["train"]["threads"], os.cpu_count() or 1
+    if config["executor"]["name"] != "local" or wanted <= cores:
+        return None
+    return (f"note: {concurrent} runs × train.threads {config['train']['threads']} = {wanted} threads on {cores} "
+            "cores: they share cores (slower, same numbers); a smaller train.threads trains faster here")
 
 
 class Heartbeat:
@@ -173,9 +190,6 @@ def run_worker(
     `trainer` replaces `sweep.train.train` (same signature): benchmarks/storage_overhead.py times everything
     a worker does around training with one that only reports to the pruner.
     """
-    import torch
-
-    torch.set_num_threads(threads_per_worker(config))
     started, host = time.time(), socket.gethostname()
     ex = config["executor"]
     study = open_study(config, open_storage(storage_url, wait_s=300), worker_index=index)
@@ -252,7 +266,11 @@ def run_trial(
         result = train(config, out_dir, trial)
     except optuna.TrialPruned as exc:
         print(f"{log} {exc}", flush=True)
-        _finished(study, trial, out_dir, "pruned", started, closing)
+        top = best_epoch(trial._cached_frozen_trial, maximizes(study))  # a pruned trial's value is its best epoch's
+        if top is None:  # pruned before its first epoch ended: nothing to show
+            _finished(study, trial, out_dir, "pruned", started, closing)
+        else:
+            _finished(study, trial, out_dir, "pruned", started, {**closing, "best_epoch": top[0]}, top[1])
         return "pruned"
     except NonFiniteLoss as exc:
         print(f"{log} failed: {exc}", flush=True)

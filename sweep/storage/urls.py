@@ -39,12 +39,47 @@ def resolve_storage(name: str, cli: str | None = None, config: Mapping[str, Any]
     return f"sqlite:///{study_dir(name) / 'study.db'}"
 
 
+FILE_SCHEMES = ("sqlite:///", "journal:///")
+
+
 def _absolute(url: str) -> str:
-    """File URLs made absolute here, so workers started elsewhere open the same file."""
-    for scheme in ("sqlite:///", "journal:///"):
-        if url.startswith(scheme) and url != scheme + ":memory:":
-            return scheme + str(Path(url[len(scheme) :]).resolve())
+    """File URLs made absolute here, so workers started elsewhere open the same file.
+
+    Both follow SQLAlchemy's sqlite rule: the path after the three slashes is as written, so
+    ``sqlite:///studies/x.db`` is relative and ``journal:////shared/x.log`` (four slashes) absolute. A relative
+    path whose first folder is also one at the root (``journal:///tmp/x.log``: the working directory's
+    tmp/x.log, or /tmp/x.log?) is refused with both spellings: writing a file the user will not find, or that
+    workers started elsewhere look for in their own working directory, is worse than asking.
+    """
+    check_not_in_memory(url)
+    for scheme in FILE_SCHEMES:
+        if url.startswith(scheme):
+            path = url[len(scheme) :]
+            first = "" if path.startswith("/") else path.split("/")[0]  # pathlib would drop a leading "./"
+            if first not in ("", ".", "..") and Path("/", first).exists() and Path.cwd() != Path("/"):
+                raise ConfigError(
+                    f"{url} names {path} relative to the working directory ({scheme} is followed by the path "
+                    f"as written, as in SQLAlchemy's sqlite:///); write {scheme}/{path} for /{path}, or "
+                    f"{scheme}./{path} for {Path(path).resolve()}",
+                    key="storage",
+                )
+            return scheme + str(Path(path).resolve())
     return url
+
+
+def check_not_in_memory(url: str) -> None:
+    """Refuse an in-memory SQLite URL (``sqlite://``, ``sqlite:///:memory:``, ``mode=memory``): the database
+    lives in one connection of one process, and Optuna's engine drops it with its schema between calls."""
+    if not url.startswith("sqlite:"):
+        return
+    path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else ""
+    if path.split("?")[0] in ("", ":memory:") or path.startswith("file::memory:") or "mode=memory" in url:
+        raise ConfigError(
+            f"{url} is an in-memory SQLite database: it lives in one connection of one process, so the workers, "
+            "the launcher and later commands (status, report) would each see an empty or no study; use a file, "
+            "sqlite:///PATH (the default: studies/NAME/study.db)",
+            key="storage",
+        )
 
 
 # ---- credentials ---------------------------------------------------------------------------------------
