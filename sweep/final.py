@@ -117,9 +117,11 @@ def final(
 
 def run_one(config: dict[str, Any], out_dir: str, record: dict[str, Any], concurrent: int) -> dict[str, Any]:
     """The submitit job of one run: train on train + val, score the test folds, write the run's folder."""
+    from sweep.launch import remove_template_folder
     from sweep.train import train
     from sweep.worker import threads_per_worker
 
+    remove_template_folder(Path(out_dir).parent / "logs")
     torch.set_num_threads(threads_per_worker(dict(config, executor=dict(config["executor"], workers=concurrent))))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -151,16 +151,28 @@ def settle(config: Mapping[str, Any], problems: list[str]) -> None:
         raise ConfigError("; ".join(problems))
 
 
+# Each job's logs go to logs/JOB_ID/: submitit's folder template, formatted per job.
+JOB_FOLDER = "%j"
+
+
 def make_executor(config: Mapping[str, Any], logs: Path, workers: int, profile: Mapping[str, Any] | None):
     import submitit
 
     name = config["study"]["name"]
-    executor = submitit.AutoExecutor(folder=str(logs / "%j"), cluster=config["executor"]["name"])
+    executor = submitit.AutoExecutor(folder=str(logs / JOB_FOLDER), cluster=config["executor"]["name"])
     if profile is not None:
         executor.update_parameters(**submitit_parameters(profile, workers, name))
     else:
         executor.update_parameters(timeout_min=int(config["executor"]["timeout_min"]), name=name)
     return executor
+
+
+def remove_template_folder(logs: Path) -> None:
+    """Remove the empty folder literally named `%j` that submitit's local job controller makes from the folder
+    template (`Controller.start_tasks` mkdirs the unformatted path) before it starts the job: the job removes
+    it on starting, so no logs/ folder keeps one. A folder that is not empty is not sweep's to remove."""
+    with contextlib.suppress(OSError):  # not there (SLURM, debug), not empty, or another job removed it first
+        (logs / JOB_FOLDER).rmdir()
 
 
 def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
@@ -331,15 +343,25 @@ def outcomes(jobs: list, poll: float = 1.0) -> list[Outcome]:
     return out
 
 
-def watch(study: optuna.Study, jobs: list, every: float = 2.0) -> None:
-    """Print progress whenever it changes (one rewritten line on a terminal) until every job has ended."""
-    tty, last, started, ended = sys.stdout.isatty(), "", time.time(), JobsEnded(jobs)
+# In a log file (not a terminal) `watch` writes a line when the study's state changes, and otherwise one every
+# this many seconds, to show the launcher is still watching: a 10-hour study logged a line every 2 s before.
+QUIET_LINE_EVERY = 600.0
+
+
+def watch(study: optuna.Study, jobs: list, every: float = 2.0, quiet: float = QUIET_LINE_EVERY) -> None:
+    """Print progress until every job has ended: on a terminal one line rewritten every `every` s; elsewhere a
+    line whenever the study's state changes, and at least one every `quiet` s while it does not."""
+    tty, started, ended = sys.stdout.isatty(), time.time(), JobsEnded(jobs)
+    last, written = "", float("-inf")
     while True:
         done = ended()
-        line = status.progress(study, time.time() - started)
-        if line != last:
-            print(f"\r{line}\x1b[K" if tty else line, end="" if tty else "\n", flush=True)
-            last = line
+        state, now = status.progress_state(study), time.time()
+        line = f"{status.clock(now - started)}  {state}"
+        if tty:
+            print(f"\r{line}\x1b[K", end="", flush=True)
+        elif state != last or now - written >= quiet:
+            print(line, flush=True)
+            last, written = state, now
         if done:
             break
         time.sleep(every)

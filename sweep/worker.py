@@ -175,6 +175,9 @@ def run_worker(
     """
     import torch
 
+    from sweep.launch import remove_template_folder
+
+    remove_template_folder(Path(study_dir) / "logs")
     torch.set_num_threads(threads_per_worker(config))
     started, host = time.time(), socket.gethostname()
     ex = config["executor"]

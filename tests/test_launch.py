@@ -28,6 +28,8 @@ def test_launch_resume_status_best_round_trip(home: Path, tiny_file: Path) -> No
     assert len(trials) == 5  # the budget is exact: no trial beyond it was created
     assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
     assert {t.user_attrs["worker"] for t in trials} <= {0, 1}
+    logs = home / "studies" / "tiny" / "logs"
+    assert not (logs / "%j").exists(), sorted(p.name for p in logs.iterdir())  # submitit's unformatted template
     for t in trials:  # the record of each trial: resolved config, seed, versions, commit, on disk and in attrs
         folder = home / "studies" / "tiny" / "trials" / str(t.number)
         saved = yaml.safe_load((folder / "config.yaml").read_text())
@@ -248,3 +250,41 @@ def test_a_trial_popped_by_a_worker_that_stopped_before_recording_anything_is_ha
     assert trials[earlier.number].state == TrialState.RUNNING  # not this launch's
     assert trials[orphan.number].state == TrialState.FAIL and VOID in trials[orphan.number].user_attrs
     assert len([t for t in trials.values() if t.state == TrialState.WAITING]) == 2  # re-enqueued + the third
+
+
+class _EndsAfter:
+    """A job as `watch` sees one (`done()`), ending after `polls` polls: what it watches here is the study."""
+
+    def __init__(self, polls: int) -> None:
+        self.polls = polls
+
+    def done(self, force_check: bool = False) -> bool:
+        self.polls -= 1
+        return self.polls < 0
+
+
+def test_progress_in_a_log_file_is_written_on_change_not_on_every_poll(home: Path, capsys) -> None:
+    from sweep.launch import watch
+    from sweep.storage import open_storage
+    from sweep.study import pop_trial, top_up
+
+    study = optuna.create_study(study_name="quiet", storage=open_storage(f"sqlite:///{home / 'q.db'}"))
+    top_up(study, 2)
+    watch(study, [_EndsAfter(5)], every=0)  # six polls, nothing changes: one line
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and "0/2 finished" in lines[0], lines
+
+    class _Claims(_EndsAfter):  # the study changes at the third poll
+        def done(self, force_check: bool = False) -> bool:
+            if self.polls == 3:
+                pop_trial(study)
+            return super().done(force_check)
+
+    watch(study, [_Claims(5)], every=0)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("  ", 1)[1] for line in lines] == [
+        "0/2 finished (0 complete, 0 pruned, 0 failed), 0 running",
+        "0/2 finished (0 complete, 0 pruned, 0 failed), 1 running",
+    ]
+    watch(study, [_EndsAfter(2)], every=0, quiet=0)  # nothing changes, but a line is due at every poll
+    assert len(capsys.readouterr().out.splitlines()) == 3
