@@ -27,10 +27,10 @@ from sweep.jobs import in_queue
 from sweep.jobs import record as jobs_record
 from sweep.profile import load_profile, submitit_parameters
 from sweep.storage import mask, open_storage, study_dir
-from sweep.study import CONFIG_ATTR, counts, retry, top_up
+from sweep.study import CONFIG_ATTR, check_budget, counts, retry, top_up
 
 # Keys a resumed study may change: how much and how it runs, not what a trial means.
-RESUMABLE = ("study.n_trials", "study.timeout", "executor.", "storage")
+RESUMABLE = ("study.n_trials", "study.max_trials", "study.timeout", "executor.", "storage")
 # Defaults that changed since a study may have been stored: (section, key, old default, new default). A study
 # stored with the old value resumes with it, so the config that created it still resumes it unchanged.
 CHANGED_DEFAULTS = (("pruner", "n_warmup_steps", None, 1),)  # 2026-11-23: a quarter of train.epochs → 1
@@ -184,9 +184,10 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
     preflight(config)
     if detach and config["executor"]["name"] == "debug":
         raise ConfigError("--detach needs workers that outlive this process: use --executor local or slurm")
+    check_budget(config)
     storage = open_storage(url)
     study = create_or_resume(config, storage, url)
-    waiting = top_up(study, config["study"]["n_trials"])
+    waiting = top_up(study, config["study"]["n_trials"], _report_enqueued)
     home = study_dir(name)
     print(f"study {name!r} in {mask(url)}: budget {config['study']['n_trials']} trials, {waiting} to run", flush=True)
     if waiting == 0:
@@ -234,6 +235,10 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
     if unfinished:
         print(f"{len(unfinished)} trial(s) of the budget still to run: launch again to run them", file=sys.stderr)
     return 1 if failed or unfinished else 0
+
+
+def _report_enqueued(enqueued: int, owed: int) -> None:
+    print(f"enqueued {enqueued}/{owed} trials", flush=True)
 
 
 def job_error(exc: BaseException) -> str:
