@@ -9,12 +9,15 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime
+import functools
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -23,6 +26,7 @@ from optuna.trial import TrialState
 
 from sweep import status
 from sweep.config import ConfigError, resolve
+from sweep.fence import Fence
 from sweep.jobs import in_queue
 from sweep.jobs import record as jobs_record
 from sweep.profile import load_profile, submitit_parameters
@@ -151,6 +155,77 @@ def settle(config: Mapping[str, Any], problems: list[str]) -> None:
         raise ConfigError("; ".join(problems))
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (what `kill`, `timeout` and SLURM send) raised where Ctrl-C raises KeyboardInterrupt, so that
+    both stop the launch the same way: workers stopped, their trials handed back, exit 128 + the signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def signal_of(stop: KeyboardInterrupt) -> int:
+    """The signal behind an interrupt: SIGTERM for `Stopped`, else SIGINT (Ctrl-C)."""
+    return getattr(stop, "signum", signal.SIGINT)
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    raise Stopped(signum)
+
+
+def interruptible(run: Callable[..., int]) -> Callable[..., int]:
+    """`run` with SIGTERM raising `Stopped` (in the main thread), and an interrupt that comes before any worker
+    was started (nothing to stop, nothing to hand back) answered with a message and exit 128 + the signal."""
+
+    @functools.wraps(run)
+    def wrapper(*args: Any, **kwargs: Any) -> int:
+        if threading.current_thread() is not threading.main_thread():
+            return run(*args, **kwargs)
+        previous = signal.signal(signal.SIGTERM, _raise_stopped)
+        try:
+            return run(*args, **kwargs)
+        except KeyboardInterrupt as stop:
+            print(f"\ninterrupted ({signal.Signals(signal_of(stop)).name}) before any worker started", flush=True)
+            return 128 + signal_of(stop)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    return wrapper
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """SIGINT and SIGTERM held until the block ends: submitting the workers is not cut off half-way, so the
+    launcher knows every job it must stop; one that came meanwhile is raised right after the block. (Recorded
+    by a handler, not blocked: a blocked signal stays blocked in the processes started meanwhile.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: held.append(signum))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if held:
+        raise Stopped(held[0]) if held[0] != signal.SIGINT else KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _signals_ignored():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 # Each job's logs go to logs/JOB_ID/: submitit's folder template, formatted per job.
 JOB_FOLDER = "%j"
 
@@ -175,8 +250,10 @@ def remove_template_folder(logs: Path) -> None:
         (logs / JOB_FOLDER).rmdir()
 
 
+@interruptible
 def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
-    """Run the study's remaining budget; returns the process exit code (non-zero if a worker failed)."""
+    """Run the study's remaining budget; returns the process exit code (non-zero if a worker failed; 130 after
+    Ctrl-C, 143 after SIGTERM, once the workers are stopped and their trials handed back)."""
     from sweep.worker import Worker, run_context
 
     name = config["study"]["name"]
@@ -194,24 +271,29 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
         status.summary(study, sys.stdout)
         return 0
     workers = 1 if config["executor"]["name"] == "debug" else min(config["executor"]["workers"], waiting)
-    context = dict(run_context(workers), launch=uuid.uuid4().hex[:12])
+    local = config["executor"]["name"] == "local"
+    launch_id = uuid.uuid4().hex[:12]
+    fence = Fence.create(home / "logs", launch_id) if local and not detach else None
+    context = dict(run_context(workers), launch=launch_id, fence=fence and str(fence.path))
     since = datetime.datetime.now()  # as Optuna stamps datetime_start: local, naive
     executor = make_executor(config, home / "logs", workers, profile)
-    with _detached_output(detach and config["executor"]["name"] == "local"):
-        jobs = executor.map_array(
-            Worker(), [config] * workers, [url] * workers, [str(home)] * workers, range(workers), [context] * workers
-        )
-    jobs_record(study, jobs, config["executor"]["name"])
-    if detach:
-        print(
-            f"jobs {' '.join(str(j.job_id) for j in jobs)} run on their own; follow them with "
-            f"`sweep status {name}`, stop them with `sweep cancel {name}`"
-        )
-        return 0
-    print(f"started {workers} {config['executor']['name']} worker(s); logs in {home / 'logs'}", flush=True)
     failed: list[str] = []
     lost: list[str] = []
+    jobs: list = []
     try:
+        with _signals_deferred(), _controller_output(home / "logs" / "controllers.log" if local else None, detach):
+            jobs = executor.map_array(
+                Worker(), [config] * workers, [url] * workers, [str(home)] * workers, range(workers),
+                [context] * workers,
+            )
+        jobs_record(study, jobs, config["executor"]["name"])
+        if detach:
+            print(
+                f"jobs {' '.join(str(j.job_id) for j in jobs)} run on their own; follow them with "
+                f"`sweep status {name}`, stop them with `sweep cancel {name}`"
+            )
+            return 0
+        print(f"started {workers} {config['executor']['name']} worker(s); logs in {home / 'logs'}", flush=True)
         watch(study, jobs)
         for index, (job, (kind, value)) in enumerate(zip(jobs, outcomes(jobs))):
             if kind == "lost":  # killed, node lost, preempted for good: its trial was retried
@@ -219,14 +301,14 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
             elif kind == "failed":  # FailedJobError (or, in debug, the exception itself): the worker raised
                 failed.append(f"worker {index} (job {job.job_id}) failed: {job_error(value)}")
                 failed.append(f"  log: {job.paths.stderr}")
-    except KeyboardInterrupt:
-        print("\ninterrupted: stopping workers", flush=True)
-        for job in jobs:
-            job.cancel(check=False)
-        _wait_gone(jobs)
-        _hand_back_running(study, context["launch"], since, config["executor"]["max_retries"])
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (`Stopped`)
+        print(f"\ninterrupted ({signal.Signals(signal_of(stop)).name}): stopping workers", flush=True)
+        with _signals_ignored():  # a second Ctrl-C must not cut the hand-back short
+            stop_workers(jobs, fence)
+            _hand_back_running(study, context["launch"], since, config["executor"]["max_retries"])
         status.summary(study, sys.stdout)
-        return 130
+        return 128 + signal_of(stop)
+    wait_stopped(jobs, fence)  # every worker has ended; a straggler submitit never signalled is stopped
     _hand_back_running(study, context["launch"], since, config["executor"]["max_retries"])
     status.summary(study, sys.stdout)
     for line in lost + failed:
@@ -254,21 +336,23 @@ def job_error(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _detached_output(detach: bool):
-    """Local workers inherit this process's stdout/stderr; detached ones must not hold a caller's pipe open
-    (their own output goes to their log files anyway)."""
-    if not detach:
+def _controller_output(log: Path | None, detach: bool):
+    """Local workers are started by submitit's controller processes, which inherit this process's stdout and
+    stderr and print nothing but their own tracebacks (a Ctrl-C gave four `KeyboardInterrupt` ones after
+    sweep's message): their output goes to `log` (the workers' own goes to their log files anyway). A detached
+    launch's must not hold a caller's pipe open either: /dev/null. Nothing to do for the other executors."""
+    if log is None and not detach:
         yield
         return
     saved = [os.dup(1), os.dup(2)]
-    devnull = os.open(os.devnull, os.O_WRONLY)
+    target = os.open(os.devnull if detach or log is None else log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     sys.stdout.flush(), sys.stderr.flush()
     try:
-        os.dup2(devnull, 1), os.dup2(devnull, 2)
+        os.dup2(target, 1), os.dup2(target, 2)
         yield
     finally:
         os.dup2(saved[0], 1), os.dup2(saved[1], 2)
-        for fd in (*saved, devnull):
+        for fd in (*saved, target):
             os.close(fd)
 
 
@@ -378,6 +462,52 @@ def _wait_gone(jobs: list, timeout: float = 15.0) -> None:
     deadline, ended = time.time() + timeout, JobsEnded(jobs, force_every=2.0, force_now=True)  # a short wait
     while time.time() < deadline and not ended():
         time.sleep(0.2)
+
+
+# How long stopped local workers have to hand their trials back before they are killed (the launcher then hands
+# back what they left RUNNING); a worker hands its trial back in a few storage writes.
+STOP_GRACE = 30.0
+
+
+def stop_workers(jobs: list, fence: Fence | None) -> None:
+    """Stop this launch's workers and return once none runs: local ones through SIGTERM to their controllers
+    (forwarded to the workers, which hand their trial back and exit), SLURM ones with scancel."""
+    from submitit import LocalJob
+
+    for job in jobs:
+        if not isinstance(job, LocalJob):
+            job.cancel(check=False)
+    if fence is None:
+        _wait_gone(jobs)
+    else:
+        wait_stopped(jobs, fence, signal.SIGTERM)
+
+
+def wait_stopped(jobs: list, fence: Fence | None, signum: int | None = None, poll: float = 0.2) -> None:
+    """Wait until every local job has ended and the fence is closed (no worker of this launch runs, and none
+    will claim a trial): `signum` is sent to the live controllers every second meanwhile (one that was still
+    starting its workers when the first came may have started one since); after `STOP_GRACE` s the workers
+    left are killed. Without a fence (debug, SLURM) there is nothing to wait for here."""
+    from submitit import LocalJob
+
+    if fence is None:
+        return
+    local = [job for job in jobs if isinstance(job, LocalJob)]
+    deadline, signalled = time.monotonic() + STOP_GRACE, float("-inf")
+    while not (all(job.done() for job in local) and fence.try_close()):
+        now = time.monotonic()
+        if signum is not None and now - signalled >= 1.0:
+            for job in local:
+                if not job.done():  # polled, so its pid is not yet reaped: still this controller's
+                    os.kill(int(job.job_id), signum)
+            signalled = now
+        if now >= deadline:
+            for job in local:
+                job.cancel(check=False)  # SIGINT: the controller kills its workers
+            killed = fence.kill_holders()
+            print(f"workers still running after {STOP_GRACE:.0f} s were killed (pids {killed})", flush=True)
+            deadline = float("inf")
+        time.sleep(poll)
 
 
 def _hand_back_running(study: optuna.Study, launch_id: str, since: datetime.datetime, max_retries: int) -> None:

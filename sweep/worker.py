@@ -29,6 +29,7 @@ import optuna
 
 from sweep import space
 from sweep.config import dump_yaml, resolve
+from sweep.fence import enter as enter_fence
 from sweep.storage import flush_trial, open_storage, tell_with
 from sweep.study import open_study, pop_trial, recover_stale, retry
 
@@ -173,13 +174,19 @@ def run_worker(
     `trainer` replaces `sweep.train.train` (same signature): benchmarks/storage_overhead.py times everything
     a worker does around training with one that only reports to the pruner.
     """
-    import torch
-
     from sweep.launch import remove_template_folder
+
+    local = _stop_on_sigterm()
+    started, host = time.time(), socket.gethostname()
+    context = dict(context)
+    fence = context.pop("fence", None)
+    if fence and enter_fence(fence) is None:
+        print("the launch that started this worker has stopped: no trial claimed", flush=True)
+        return WorkerReport(index, host, {}, 0.0)
+    import torch
 
     remove_template_folder(Path(study_dir) / "logs")
     torch.set_num_threads(threads_per_worker(config))
-    started, host = time.time(), socket.gethostname()
     ex = config["executor"]
     study = open_study(config, open_storage(storage_url, wait_s=300), worker_index=index)
     params = space.parse(config["search_space"], config)
@@ -210,7 +217,8 @@ def run_worker(
                     f"(sweep status {config['study']['name']}) and this worker's log"
                 )
     except (KeyboardInterrupt, SystemExit):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and submitit's cancel both arrive: finish this
+        for signum in (signal.SIGINT, signal.SIGTERM) if local else (signal.SIGINT,):
+            signal.signal(signum, signal.SIG_IGN)  # Ctrl-C and the launcher's stop both arrive: finish this
         if trial is not None:  # a requeued job, another worker or the next launch resumes it from its last epoch
             reason = "its SLURM job was preempted or timed out" if job.preempted else "interrupted"
             retry(study, study._storage.get_trial(trial._trial_id), reason, job.max_retries + 1)
@@ -219,6 +227,17 @@ def run_worker(
     finally:
         heartbeat.close()
     return WorkerReport(index, host, done, time.time() - started)
+
+
+def _stop_on_sigterm() -> bool:
+    """A local worker stops on SIGTERM as on Ctrl-C (handing its trial back): the launcher stops its local
+    workers with SIGTERM, which submitit's controller forwards. Returns whether this is a local worker.
+
+    Only there: on SLURM, submitit ignores SIGTERM on purpose (SLURM sends it before the preemption signal)."""
+    local = os.environ.get("SUBMITIT_EXECUTOR") == "local"
+    if local and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # raises KeyboardInterrupt
+    return local
 
 
 def run_trial(

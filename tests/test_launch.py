@@ -145,9 +145,9 @@ def test_status_and_best_on_unknown_or_empty_study(home: Path, tiny_file: Path) 
     assert not (home / "studies" / "tiny" / "best.yaml").exists()
 
 
-def test_interrupted_launch_voids_running_trials_and_resumes(home: Path, tiny_file: Path) -> None:
-    import os
-    import signal
+def _launch_until_a_trial_runs(home: Path, tiny_file: Path, trials: int = 6):
+    """A real `sweep launch` in its own session (its process group is what Ctrl-C reaches), once a trial of it
+    is RUNNING."""
     import subprocess
     import sys
     import time
@@ -156,12 +156,12 @@ def test_interrupted_launch_voids_running_trials_and_resumes(home: Path, tiny_fi
 
     from sweep.storage import open_storage
 
-    launcher = subprocess.Popen([sys.executable, "-m", "sweep", "launch", str(tiny_file), "--trials", "6"],
+    launcher = subprocess.Popen([sys.executable, "-m", "sweep", "launch", str(tiny_file), "--trials", str(trials)],
                                 cwd=home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
     deadline, seen, storage = time.time() + 120, [], None
     db = home / "studies" / "tiny" / "study.db"
-    while time.time() < deadline:  # Ctrl-C while a trial is running
+    while time.time() < deadline:
         try:  # through sweep's storage, once the launcher made the file: plain Optuna would create it itself
             if storage is None:
                 if not db.exists():
@@ -175,10 +175,28 @@ def test_interrupted_launch_voids_running_trials_and_resumes(home: Path, tiny_fi
             seen.append(f"{time.time():.1f} {type(exc).__name__}: {str(exc)[:200]}")
         time.sleep(0.2)
     assert seen and "RUNNING" in seen[-1], "no RUNNING trial seen; the polls saw:\n" + "\n".join(seen[-40:])
-    os.killpg(launcher.pid, signal.SIGINT)
-    out, _ = launcher.communicate(timeout=60)
-    assert launcher.returncode == 130, out
+    return launcher
+
+
+def _processes_under(folder: Path) -> list[str]:
+    """The live processes whose command line names `folder` (submitit's controllers and workers name their
+    logs folder), zombies aside."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if str(folder) in cmdline and state != "Z":
+            found.append(f"{proc.name}: {cmdline}")
+    return found
+
+
+def _stopped_cleanly_and_resumes(home: Path, tiny_file: Path, out: str) -> None:
     assert "interrupted" in out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out  # one clean line, not submitit's
+    assert not _processes_under(home / "studies"), _processes_under(home / "studies")
     trials = _study(home).get_trials()
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     voided = [t for t in trials if "sweep_void" in t.user_attrs]
@@ -191,6 +209,31 @@ def test_interrupted_launch_voids_running_trials_and_resumes(home: Path, tiny_fi
     assert len(counted) == 6 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in counted)
     assert len(trials) == 6 + len(voided)
     assert f"{len(voided)} voided" in sweep_cli("status", "tiny", cwd=home).stdout
+
+
+def test_interrupted_launch_voids_running_trials_and_resumes(home: Path, tiny_file: Path) -> None:
+    import os
+    import signal
+
+    launcher = _launch_until_a_trial_runs(home, tiny_file)
+    os.killpg(launcher.pid, signal.SIGINT)  # Ctrl-C: the whole foreground process group
+    out, _ = launcher.communicate(timeout=120)
+    assert launcher.returncode == 130, out
+    assert "interrupted (SIGINT)" in out
+    _stopped_cleanly_and_resumes(home, tiny_file, out)
+
+
+def test_sigterm_stops_the_launch_like_ctrl_c(home: Path, tiny_file: Path) -> None:
+    """`kill`, `timeout` and SLURM send SIGTERM to the launcher alone: it stops its workers and hands back."""
+    import os
+    import signal
+
+    launcher = _launch_until_a_trial_runs(home, tiny_file)
+    os.kill(launcher.pid, signal.SIGTERM)
+    out, _ = launcher.communicate(timeout=120)
+    assert launcher.returncode == 143, out
+    assert "interrupted (SIGTERM)" in out
+    _stopped_cleanly_and_resumes(home, tiny_file, out)
 
 
 def test_detached_launch_returns_and_the_workers_finish_on_their_own(home: Path, tiny_file: Path) -> None:
