@@ -26,6 +26,7 @@ from optuna.trial import TrialState
 
 from sweep import status
 from sweep.config import ConfigError, resolve
+from sweep.diskspace import DiskFull, Reserves
 from sweep.fence import Fence
 from sweep.jobs import in_queue
 from sweep.jobs import record as jobs_record
@@ -274,7 +275,9 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
     local = config["executor"]["name"] == "local"
     launch_id = uuid.uuid4().hex[:12]
     fence = Fence.create(home / "logs", launch_id) if local and not detach else None
-    context = dict(run_context(workers), launch=launch_id, fence=fence and str(fence.path))
+    reserves = Reserves([home, *_storage_folders(url)]) if not detach else None
+    context = dict(run_context(workers), launch=launch_id, fence=fence and str(fence.path),
+                   reserves=[str(p) for p in reserves.paths] if reserves else [])
     since = datetime.datetime.now()  # as Optuna stamps datetime_start: local, naive
     executor = make_executor(config, home / "logs", workers, profile)
     failed: list[str] = []
@@ -294,7 +297,7 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
             )
             return 0
         print(f"started {workers} {config['executor']['name']} worker(s); logs in {home / 'logs'}", flush=True)
-        watch(study, jobs)
+        watch(study, jobs, check=reserves and reserves.check)
         for index, (job, (kind, value)) in enumerate(zip(jobs, outcomes(jobs))):
             if kind == "lost":  # killed, node lost, preempted for good: its trial was retried
                 lost.append(f"worker {index} (job {job.job_id}) ended without finishing; log: {job.paths.stderr}")
@@ -308,6 +311,17 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
             _hand_back_running(study, context["launch"], since, config["executor"]["max_retries"])
         status.summary(study, sys.stdout)
         return 128 + signal_of(stop)
+    except DiskFull as full:
+        print(f"sweep: error: {full}: stopping the workers; free some space, then launch again to resume",
+              file=sys.stderr, flush=True)
+        with _signals_ignored():
+            stop_workers(jobs, fence)
+            _hand_back_running(study, context["launch"], since, config["executor"]["max_retries"])
+        status.summary(study, sys.stdout)
+        return 1
+    finally:
+        if reserves is not None:
+            reserves.release()
     wait_stopped(jobs, fence)  # every worker has ended; a straggler submitit never signalled is stopped
     _hand_back_running(study, context["launch"], since, config["executor"]["max_retries"])
     status.summary(study, sys.stdout)
@@ -317,6 +331,14 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
     if unfinished:
         print(f"{len(unfinished)} trial(s) of the budget still to run: launch again to run them", file=sys.stderr)
     return 1 if failed or unfinished else 0
+
+
+def _storage_folders(url: str) -> list[Path]:
+    """The folder of a SQLite or journal file (its disk fills up like the study's), none for a server."""
+    for scheme in ("sqlite:///", "journal:///"):
+        if url.startswith(scheme) and url[len(scheme):] not in ("", ":memory:"):
+            return [Path(url[len(scheme):]).resolve().parent]
+    return []
 
 
 def _report_enqueued(enqueued: int, owed: int) -> None:
@@ -437,13 +459,22 @@ def outcomes(jobs: list, poll: float = 1.0) -> list[Outcome]:
 QUIET_LINE_EVERY = 600.0
 
 
-def watch(study: optuna.Study, jobs: list, every: float = 2.0, quiet: float = QUIET_LINE_EVERY) -> None:
+def watch(
+    study: optuna.Study,
+    jobs: list,
+    every: float = 2.0,
+    quiet: float = QUIET_LINE_EVERY,
+    check: Callable[[], None] | None = None,
+) -> None:
     """Print progress until every job has ended: on a terminal one line rewritten every `every` s; elsewhere a
-    line whenever the study's state changes, and at least one every `quiet` s while it does not."""
+    line whenever the study's state changes, and at least one every `quiet` s while it does not. `check` is
+    called at every poll (`Reserves.check`: it raises when the disk is full)."""
     tty, started, ended = sys.stdout.isatty(), time.time(), JobsEnded(jobs)
     last, written = "", float("-inf")
     while True:
         done = ended()
+        if check is not None:  # after `ended`: a worker frees a reserve before it exits, so this sees it
+            check()
         state, now = status.progress_state(study), time.time()
         line = f"{status.clock(now - started)}  {state}"
         if tty:

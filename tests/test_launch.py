@@ -148,6 +148,10 @@ def test_status_and_best_on_unknown_or_empty_study(home: Path, tiny_file: Path) 
 def _launch_until_a_trial_runs(home: Path, tiny_file: Path, trials: int = 6):
     """A real `sweep launch` in its own session (its process group is what Ctrl-C reaches), once a trial of it
     is RUNNING."""
+    return _launch_until_a_trial_runs_in(home / "studies", home, tiny_file, trials)
+
+
+def _launch_until_a_trial_runs_in(studies: Path, home: Path, tiny_file: Path, trials: int = 6):
     import subprocess
     import sys
     import time
@@ -160,7 +164,7 @@ def _launch_until_a_trial_runs(home: Path, tiny_file: Path, trials: int = 6):
                                 cwd=home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
     deadline, seen, storage = time.time() + 120, [], None
-    db = home / "studies" / "tiny" / "study.db"
+    db = studies / "tiny" / "study.db"
     while time.time() < deadline:
         try:  # through sweep's storage, once the launcher made the file: plain Optuna would create it itself
             if storage is None:
@@ -331,3 +335,61 @@ def test_progress_in_a_log_file_is_written_on_change_not_on_every_poll(home: Pat
     ]
     watch(study, [_EndsAfter(2)], every=0, quiet=0)  # nothing changes, but a line is due at every poll
     assert len(capsys.readouterr().out.splitlines()) == 3
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A real 24 MiB file system (tmpfs), unmounted afterwards."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {made.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_full_disk_stops_the_launch_cleanly(home: Path, tiny_file: Path, small_disk: Path, monkeypatch) -> None:
+    """The study (its folder and its SQLite file) on a disk that fills up during the launch: the launcher
+    stops in seconds naming the path, the workers' logs say why, nothing stored is damaged and a launch
+    after freeing space finishes the budget exactly."""
+    import os
+    import signal
+    import sqlite3
+
+    monkeypatch.setenv("SWEEP_STUDIES_DIR", str(small_disk))
+    launcher = _launch_until_a_trial_runs_in(small_disk, home, tiny_file)
+    filler = small_disk / "filler"
+    with open(filler, "wb") as f, pytest.raises(OSError, match="No space left"):
+        while True:
+            f.write(b"x" * (1 << 16))
+            f.flush()
+    try:
+        out, _ = launcher.communicate(timeout=240)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+    assert launcher.returncode == 1, out
+    assert f"the disk holding {small_disk / 'tiny'} is full" in out and "free" in out, out
+    logs = "\n".join(p.read_text(errors="replace") for p in (small_disk / "tiny" / "logs").rglob("*_log.*"))
+    assert "the disk is full" in logs, logs[-3000:]
+    assert not _processes_under(small_disk), _processes_under(small_disk)
+
+    filler.unlink()
+    db = sqlite3.connect(small_disk / "tiny" / "study.db")
+    assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    db.close()
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{small_disk}/tiny/study.db").get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert len([t for t in trials if "sweep_void" not in t.user_attrs]) == 6  # the budget, exactly
+    assert not list(small_disk.rglob(".sweep-reserve"))
+
+    resumed = sweep_cli("launch", str(tiny_file), "--trials", "6", cwd=home)
+    assert resumed.returncode == 0, resumed.stderr
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{small_disk}/tiny/study.db").get_trials()
+    counted = [t for t in trials if "sweep_void" not in t.user_attrs]
+    assert len(counted) == 6 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in counted)
