@@ -319,6 +319,11 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
             _hand_back_running(study, context["launch"], since, config["executor"]["max_retries"])
         status.summary(study, sys.stdout)
         return 1
+    except BaseException:  # the launcher itself failed (its output closed, its storage gone): local workers are
+        if fence is not None:  # its children, and must not run on unattended; each hands its own trial back
+            with _signals_ignored():
+                stop_workers(jobs, fence)
+        raise
     finally:
         if reserves is not None:
             reserves.release()

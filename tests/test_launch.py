@@ -227,6 +227,16 @@ def test_interrupted_launch_voids_running_trials_and_resumes(home: Path, tiny_fi
     _stopped_cleanly_and_resumes(home, tiny_file, out)
 
 
+def test_a_launcher_that_fails_stops_its_local_workers(home: Path, tiny_file: Path) -> None:
+    """A launcher whose output was closed under it dies of BrokenPipeError at its next progress line: its
+    local workers stop with it, handing back their trials, instead of running on unattended."""
+    launcher = _launch_until_a_trial_runs(home, tiny_file)
+    launcher.stdout.close()  # whoever read the launcher's output went away
+    assert launcher.wait(timeout=240) != 0
+    assert not _processes_under(home / "studies"), _processes_under(home / "studies")
+    assert not [t for t in _study(home).get_trials() if t.state == TrialState.RUNNING]
+
+
 def test_sigterm_stops_the_launch_like_ctrl_c(home: Path, tiny_file: Path) -> None:
     """`kill`, `timeout` and SLURM send SIGTERM to the launcher alone: it stops its workers and hands back."""
     import os
