@@ -199,3 +199,12 @@ def test_bad_input_is_refused_and_creates_nothing(home: Path, tiny_file: Path, c
     assert "--cv" in refused(str(tiny_file), "--cv", "--seeds", "2")
     assert "--epochs must be at least 1" in refused("tiny", "--epochs", "0")
     assert not (home / "studies" / "tiny" / "final").exists() and not (home / "studies" / "bad").exists()
+
+
+def test_final_on_local_workers_leaves_no_literal_job_folder(home: Path, tiny_file: Path) -> None:
+    """submitit's local controller makes its folder template `logs/%j` unformatted: the run removes it."""
+    assert sweep_cli("launch", str(tiny_file), "--trials", "1", "--executor", "debug", cwd=home).returncode == 0
+    run = sweep_cli("final", "tiny", "--executor", "local", cwd=home)
+    assert run.returncode == 0, run.stderr
+    logs = home / "studies" / "tiny" / "final" / "logs"
+    assert logs.is_dir() and not (logs / "%j").exists(), sorted(p.name for p in logs.iterdir())
