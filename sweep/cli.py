@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -21,7 +22,7 @@ def _study_arg(args: argparse.Namespace) -> tuple[str, str]:
         config = load(target)
         name = config["study"]["name"]
         return name, resolve_storage(name, args.storage, config)
-    name = check_study_name(args.study)
+    name = check_study_name(args.study, key=None)  # STUDY as typed: no config key was involved
     return name, resolve_storage(name, args.storage)
 
 
@@ -30,6 +31,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from sweep.storage import resolve_storage
 
     overrides = [parse_set(item) for item in args.set]
+    labels = {}  # a flag's key → the flag as typed, which its errors name
     for flag, key in (
         ("trials", "study.n_trials"),
         ("workers", "executor.workers"),
@@ -39,7 +41,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
     ):
         if getattr(args, flag) is not None:
             overrides.append((key, getattr(args, flag)))
-    config = load(args.file, overrides)
+            labels[key] = f"--{flag} {shlex.quote(str(getattr(args, flag)))}"
+    config = load(args.file, overrides, labels)
     name = config["study"]["name"]
     return launch(config, resolve_storage(name, args.storage, config), detach=args.detach)
 

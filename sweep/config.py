@@ -209,8 +209,91 @@ def schema() -> dict[str, Any]:
 # ---- YAML: one loader for files, --set values and search spaces ---------------------------------------
 
 
+ALIAS_NODES = 10_000  # nodes one document may add through aliases; a block shared a few times adds hundreds
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads `1e-3` as a float (YAML 1.2), not the string PyYAML's 1.1 rules give."""
+    """SafeLoader that reads `1e-3` as a float (YAML 1.2), not the string PyYAML's 1.1 rules give, and refuses
+    what SafeLoader lets through: a key given twice (PyYAML keeps the last, so half a section vanishes
+    silently), an alias inside the block it names (a recursive structure), and aliases that add more than
+    ALIAS_NODES nodes. A "billion laughs" file is a few lines that alias into 10^9 nodes: PyYAML shares the
+    aliased objects, and the first copy of the config (or validation) expands them until memory runs out.
+    Aliases for sharing a block stay legal: the bound is counted on the composed nodes, before anything is
+    built, so a bomb is refused after reading at most its own text."""
+
+    def __init__(self, text: str, source: str) -> None:
+        super().__init__(text)
+        self.source = source
+        self._aliased = 0  # nodes added through aliases so far
+        self._sizes: dict[int, int] = {}  # id(node) → nodes it expands to, aliases included
+        self._open: set[str] = set()  # anchors whose node is still being composed
+        self._path: list[str] = []  # the keys above the node being composed, for error messages
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            self._count_alias(event)
+            return super().compose_node(parent, index)
+        self._path.append(str(index.value) if isinstance(index, yaml.ScalarNode) else str(index))
+        if event.anchor is not None:
+            self._open.add(event.anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._open.discard(event.anchor)
+            self._path.pop()
+
+    def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:
+        node = super().compose_mapping_node(anchor)
+        first: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` then keys of its own is how YAML overrides a shared block
+            key = self.construct_object(key_node)
+            try:
+                earlier = first.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: SafeLoader refuses it when it builds the mapping
+                continue
+            if earlier is not key_node:
+                raise ConfigError(
+                    f"line {key_node.start_mark.line + 1}: the key is given a second time (first at line "
+                    f"{earlier.start_mark.line + 1}); YAML would keep only the last one: merge the two",
+                    source=self.source,
+                    key=".".join([*self._path[1:], str(key)]),
+                )
+        return node
+
+    def _count_alias(self, event: yaml.AliasEvent) -> None:
+        line = event.start_mark.line + 1
+        if event.anchor in self._open:
+            raise ConfigError(
+                f"line {line}: alias *{event.anchor} is inside the block &{event.anchor} it names; "
+                "a recursive structure is not a config",
+                source=self.source,
+            )
+        target = self.anchors.get(event.anchor)
+        if target is None:
+            return  # PyYAML's own error: found undefined alias
+        self._aliased += self._size(target)
+        if self._aliased > ALIAS_NODES:
+            raise ConfigError(
+                f"line {line}: alias *{event.anchor} takes the nodes added through aliases past {ALIAS_NODES:,} "
+                "(a YAML bomb?); aliases may share a block a few times, not build a large document",
+                source=self.source,
+            )
+
+    def _size(self, node: yaml.Node) -> int:
+        """Nodes `node` expands to; memoised, so a chain of aliases costs its length, not its expansion."""
+        known = self._sizes.get(id(node))
+        if known is None:
+            if isinstance(node, yaml.MappingNode):
+                known = 1 + sum(self._size(k) + self._size(v) for k, v in node.value)
+            elif isinstance(node, yaml.SequenceNode):
+                known = 1 + sum(self._size(item) for item in node.value)
+            else:
+                known = 1
+            self._sizes[id(node)] = known
+        return known
 
 
 class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
@@ -230,13 +313,45 @@ for _cls in (_Loader, _Dumper):
 
 
 def parse_yaml(text: str, source: str) -> Any:
+    """YAML text → plain data, or ConfigError naming `source` and the line (files, --set values, profiles)."""
+    loader = _Loader(text, source)
     try:
-        return yaml.load(text, Loader=_Loader)
+        return loader.get_single_data()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"not valid YAML{where}: {problem}", source=source) from None
+    except RecursionError:  # the parser recurses per level: thousands of `[` are a crash, not a config
+        line = loader.get_mark().line + 1
+        raise ConfigError(f"line {line}: nested too deeply to be a config", source=source) from None
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's data; ConfigError naming the file for text that is not UTF-8 or not valid YAML."""
+    return parse_yaml(read_utf8(path), str(path))
+
+
+def read_utf8(path: Path) -> str:
+    """A text file the user wrote (study file, profile, metadata CSV) as UTF-8, a leading BOM dropped.
+
+    Decoded here rather than by `open()`, whose default follows the locale and whose errors are a
+    traceback with an offset into a buffer: a file in another encoding is an error naming the file and
+    the byte offset and line of its first bad byte.
+    """
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        utf16 = " (it starts with a UTF-16 byte-order mark)" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise ConfigError(
+            f"not UTF-8 text{utf16}: byte 0x{data[exc.start]:02x} at byte offset {exc.start} (line {line}) "
+            "is not valid UTF-8; save the file as UTF-8",
+            source=str(path),
+        ) from None
 
 
 def dump_yaml(config: Mapping[str, Any]) -> str:
@@ -386,19 +501,24 @@ def copy_tree(node: Any) -> Any:
     return copy.deepcopy(node)
 
 
-def resolve(raw: Any, source: str, overrides: list[tuple[str, Any]] = ()) -> dict[str, Any]:
-    """File contents + `--set` overrides → the complete, validated config with every default filled."""
+def resolve(
+    raw: Any, source: str, overrides: list[tuple[str, Any]] = (), labels: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """File contents + `--set` overrides → the complete, validated config with every default filled.
+
+    An error in an overridden value names the override as typed: `labels` maps a key set by a flag of
+    its own to that flag (`study.n_trials` → `--trials 0`); any other override is `--set KEY`.
+    """
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"the top level must be a mapping of sections, got {type(raw).__name__}", source=source)
     merged = copy_tree(raw)
-    origin: dict[str, str] = {}
+    origin = _origins(overrides, labels)
     for key, value in overrides:
         if key == "search_space" or key.startswith("search_space."):
             raise ConfigError("the search space cannot be changed with --set; edit the YAML file", key=key)
         set_path(merged, key, value)
-        origin[key] = f"--set {key}"
 
     def where(path: str) -> str:  # an override at, above or below the path (`--set trainer.lr` → `trainer`)
         return next(
@@ -539,24 +659,31 @@ def defaults_tree() -> dict[str, Any]:
     return walk(schema())
 
 
-def load(path: str | Path, overrides: list[tuple[str, Any]] = ()) -> dict[str, Any]:
+def load(
+    path: str | Path, overrides: list[tuple[str, Any]] = (), labels: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """Read, override and validate one study file; the study name defaults to the file's stem."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError("no such file", source=str(path))
-    raw = parse_yaml(path.read_text(), str(path))
-    config = resolve(raw, str(path), overrides)
+    raw = read_yaml(path)
+    config = resolve(raw, str(path), overrides, labels)
     if config["study"]["name"] is None:
         config["study"]["name"] = path.stem
-    check_study_name(config["study"]["name"], source=str(path))
+    check_study_name(config["study"]["name"], source=_origins(overrides, labels).get("study.name", str(path)))
     return config
 
 
-def check_study_name(name: str, source: str | None = None) -> str:
+def _origins(overrides: list[tuple[str, Any]], labels: Mapping[str, str] | None) -> dict[str, str]:
+    """Overridden key → what the user typed to set it: its flag's label, else `--set KEY`."""
+    return {key: (labels or {}).get(key, f"--set {key}") for key, _ in overrides}
+
+
+def check_study_name(name: str, source: str | None = None, key: str | None = "study.name") -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise ConfigError(
             f"study name {name!r} must start with a letter or digit and use only letters, digits, '_', '.', '-'",
             source=source,
-            key="study.name",
+            key=key,
         )
     return name

@@ -80,7 +80,7 @@ def final(
     record = {"study": name, "source": "", "trial": None, "params": None, **(origin or {})}
     jobs = executor.map_array(
         run_one,
-        list(runs.values()),
+        [dict(run, storage=None) for run in runs.values()],  # a run needs no storage; the URL may hold a password
         [str(home / run) for run in runs],
         [dict(record, run=run) for run in runs],
         [concurrent] * len(runs),

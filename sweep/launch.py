@@ -32,6 +32,7 @@ from sweep.jobs import in_queue
 from sweep.jobs import record as jobs_record
 from sweep.profile import load_profile, submitit_parameters
 from sweep.storage import mask, open_storage, study_dir
+from sweep.storage.urls import for_workers
 from sweep.study import CONFIG_ATTR, check_budget, counts, retry, top_up
 
 # Keys a resumed study may change: how much and how it runs, not what a trial means.
@@ -235,6 +236,8 @@ def make_executor(config: Mapping[str, Any], logs: Path, workers: int, profile: 
     import submitit
 
     name = config["study"]["name"]
+    logs.mkdir(parents=True, exist_ok=True)
+    logs.chmod(0o700)  # submitit's pickles hold each job's arguments, its logs whatever a run prints: owner only
     executor = submitit.AutoExecutor(folder=str(logs / JOB_FOLDER), cluster=config["executor"]["name"])
     if profile is not None:
         executor.update_parameters(**submitit_parameters(profile, workers, name))
@@ -280,13 +283,14 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
                    reserves=[str(p) for p in reserves.paths] if reserves else [])
     since = datetime.datetime.now()  # as Optuna stamps datetime_start: local, naive
     executor = make_executor(config, home / "logs", workers, profile)
+    worker_config, worker_url = dict(config, storage=None), for_workers(url, home)  # no password in the pickles
     failed: list[str] = []
     lost: list[str] = []
     jobs: list = []
     try:
         with _signals_deferred(), _controller_output(home / "logs" / "controllers.log" if local else None, detach):
             jobs = executor.map_array(
-                Worker(), [config] * workers, [url] * workers, [str(home)] * workers, range(workers),
+                Worker(), [worker_config] * workers, [worker_url] * workers, [str(home)] * workers, range(workers),
                 [context] * workers,
             )
         jobs_record(study, jobs, config["executor"]["name"])

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import torch
 
+from sweep.checkpoint import load_checkpoint
 from sweep.config import ConfigError, parse_yaml
 
 
 def predict(checkpoint: Path, files: Sequence[Path], top_k: int = 5) -> list[list[tuple[str, float]]]:
     """For each file, its `top_k` (class, probability) pairs, most probable first."""
     from sweep.data import Clips, DataError, Item, crop
-    from sweep.data.audio import read_files
+    from sweep.data.audio import UnreadableAudio, read_files
     from sweep.data.features import build_features
     from sweep.models import build_model
 
@@ -28,7 +29,7 @@ def predict(checkpoint: Path, files: Sequence[Path], top_k: int = 5) -> list[lis
     if not config_path.is_file():
         raise ConfigError(f"{checkpoint}: no config.yaml beside it; predict reads the config its run trained with")
     config = parse_yaml(config_path.read_text(), str(config_path))  # the run's resolved record, as it ran
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = load_checkpoint(checkpoint)
     classes = state.get("classes")
     if not classes:
         raise ConfigError(f"{checkpoint} does not record its classes (written before sweep kept them); retrain it")
@@ -37,6 +38,9 @@ def predict(checkpoint: Path, files: Sequence[Path], top_k: int = 5) -> list[lis
     config["data"]["on_bad_file"] = "error"
     try:
         waves, lengths, _ = read_files(config, [Item(str(f), 0, 0, str(f)) for f in files])
+    except UnreadableAudio as exc:  # its own words: predict has no data.on_bad_file to suggest
+        readable = " (predict reads audio files: wav, flac, ogg)" if Path(exc.path).exists() else ""
+        raise ConfigError(f"cannot read audio file {exc.path}: {exc.reason}{readable}") from None
     except DataError as exc:
         raise ConfigError(str(exc)) from None
     samples = round(config["data"]["clip_seconds"] * config["data"]["sample_rate"])

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sweep.config import ConfigError, Field, parse_yaml
+from sweep.config import ConfigError, Field, read_yaml
 
 PROFILE: dict[str, Field] = {
     "partition": Field(str, None, nullable=True),
@@ -53,7 +53,7 @@ def load_profile(path: str | Path) -> dict[str, Any]:
         profiles = sorted(p.name for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
         known = f" (profiles in {path.parent}: {', '.join(profiles)})" if profiles else ""
         raise ConfigError(f"no such SLURM profile{known}", source=source, key="executor.cluster")
-    raw = parse_yaml(path.read_text(), source) or {}
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError("a profile is a mapping of SLURM settings", source=source)
     profile = {}

@@ -23,6 +23,7 @@ import optuna
 import torch
 import torch.nn.functional as F
 
+from sweep.checkpoint import load_checkpoint
 from sweep.data import Clips, load_split
 from sweep.data.augment import Augment
 from sweep.data.features import build_features
@@ -80,7 +81,7 @@ def train(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "checkpoint.pt"
-    state = torch.load(ckpt_path, map_location=device, weights_only=False) if ckpt_path.exists() else None
+    state = load_checkpoint(ckpt_path, map_location=device) if ckpt_path.exists() else None
     if state is not None:  # resume: same config, so the same shapes; epochs already run are re-reported
         history = state["history"]
         for row in history:

@@ -264,6 +264,7 @@ def run_trial(
     trainer: Callable[..., Any] | None = None,
 ) -> str:
     """Run one trial to its end and tell the study; returns complete, pruned, nan or error."""
+    from sweep.checkpoint import CheckpointError
     from sweep.train import NonFiniteLoss, train
 
     train = trainer or train
@@ -277,7 +278,10 @@ def run_trial(
         flush_trial(study, trial)  # the journal appends the claim's attributes and the params together
         config = resolve(space.apply(base, drawn), f"trial {trial.number}")
         closing.update(_record(trial, config, drawn, out_dir, worker, host, context))
-        _take_over(trial.user_attrs.get("sweep_resume_from"), out_dir)
+        refused = _take_over(trial.user_attrs.get("sweep_resume_from"), study_dir / "trials", out_dir)
+        if refused:
+            print(f"{log}: not resuming, starting from epoch 0: {refused}", file=sys.stderr, flush=True)
+            closing["sweep_resume_refused"] = refused
         print(f"{log} starts: {json.dumps(drawn)}", flush=True)
         result = train(config, out_dir, trial)
     except optuna.TrialPruned as exc:
@@ -288,6 +292,10 @@ def run_trial(
         print(f"{log} failed: {exc}", flush=True)
         _fail(study, trial, str(exc), closing)
         return "nan"
+    except CheckpointError as exc:  # its own folder held a checkpoint sweep did not write: no traceback to show
+        print(f"{log} failed: {exc}", file=sys.stderr, flush=True)
+        _fail(study, trial, str(exc), closing)
+        return "error"
     except Exception as exc:
         if is_disk_full(exc):  # not the trial's fault: the worker stops and hands it back (`run_worker`)
             raise
@@ -342,13 +350,20 @@ def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, attrs: dict[str
                   skip_if_finished=True)
 
 
-def _take_over(previous: str | None, out_dir: Path) -> None:
-    """A retried trial starts from the checkpoint (and TensorBoard curves) its predecessor left."""
-    if not previous or not (Path(previous) / "checkpoint.pt").exists():
-        return
-    shutil.copy2(Path(previous) / "checkpoint.pt", out_dir / "checkpoint.pt")
-    if (Path(previous) / "tb").is_dir():
-        shutil.copytree(Path(previous) / "tb", out_dir / "tb", dirs_exist_ok=True)
+def _take_over(previous: str | None, trials_dir: Path, out_dir: Path) -> str | None:
+    """A retried trial starts from the checkpoint (and TensorBoard curves) its predecessor left, if that is a
+    trial folder of this study holding a weights-only checkpoint; returns why not, when it is refused.
+
+    `previous` comes from a trial attribute, which anyone who can write to the study database can set."""
+    from sweep.checkpoint import CHECKPOINT, resume_source
+
+    folder, refused = resume_source(previous, trials_dir, out_dir)
+    if folder is None:
+        return refused
+    shutil.copy2(folder / CHECKPOINT, out_dir / CHECKPOINT)
+    if (folder / "tb").is_dir() and not (folder / "tb").is_symlink():  # links inside are copied as links
+        shutil.copytree(folder / "tb", out_dir / "tb", symlinks=True, dirs_exist_ok=True)
+    return None
 
 
 def _record(

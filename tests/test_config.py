@@ -553,7 +553,7 @@ def test_dump_yaml_refuses_what_yaml_cannot_hold() -> None:
 # ---- the command line: every bad input exits 2 before anything starts ----------------------------------
 
 
-def run_launch(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def run_launch(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("SWEEP_STORAGE", "SWEEP_STUDIES_DIR")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return subprocess.run(
@@ -562,7 +562,7 @@ def run_launch(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
 
 
@@ -642,3 +642,149 @@ def test_a_searched_input_kind_must_suit_the_model(tmp_path: Path) -> None:
     assert "when the search picks features.name=waveform: model audio_cnn does not read waveform input" in str(
         load_error(path)
     )
+
+
+# ---- hostile YAML: alias bombs, recursive aliases, duplicate keys, other encodings -------------------
+
+LAUGHS = "".join(  # "billion laughs": 9 levels of 9 aliases each, 10^9 nodes from 10 lines
+    f"{name}: &{name} [{', '.join([f'*{prev}'] * 9) if prev else ', '.join(['lol'] * 9)}]\n"
+    for prev, name in zip([None, *"abcdefgh"], "abcdefghi")
+)
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The single `sweep: error:` line of a refused launch (exit 2, no traceback)."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_cli_yaml_bomb_exits_2_naming_the_file_and_line(tmp_path: Path) -> None:
+    """Unbounded, this file is expanded into 10^9 nodes by the first copy of the config (85 s, then MemoryError):
+    the timeout is the failure mode, the bound is what makes it return at once."""
+    write(tmp_path, "study: {n_trials: 2}\n" + LAUGHS, name="bomb.yaml")
+    line = one_error_line(run_launch(tmp_path, "bomb.yaml", "--executor", "debug", timeout=20))
+    # b, c, d add 9·10 + 9·91 + 9·820 = 8,289 nodes; e's first alias of d (7,381 more) passes 10,000, on line 6
+    assert line == (
+        "sweep: error: bomb.yaml: line 6: alias *d takes the nodes added through aliases past 10,000 (a YAML bomb?); "
+        "aliases may share a block a few times, not build a large document"
+    )
+    assert_nothing_started(tmp_path)
+
+
+def test_an_alias_bomb_in_a_set_value_is_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_set("train.lr={" + LAUGHS.strip().replace("\n", ", ") + "}")
+    assert str(info.value).startswith("--set train.lr={a: &a [lol,")
+    assert ": line 1: alias *d takes the nodes added through aliases past 10,000" in str(info.value)
+
+
+def test_aliases_that_share_a_block_still_load(tmp_path: Path) -> None:
+    """A block shared by aliases and a merge key overridden by keys of its own are YAML's intended use."""
+    path = write(
+        tmp_path,
+        "train: &train {epochs: 3, lr: 0.01}\n"
+        "search_space:\n"
+        "  train.lr: &range {type: float, low: 0.001, high: 0.1, log: true}\n"
+        "  train.weight_decay: {<<: *range, low: 0.0001, log: true}\n"
+        "  augment.strength: {<<: *range, low: 0.0, high: 1.0, log: false}\n"
+        "  model.width: {type: categorical, choices: &sizes [2, 4]}\n"
+        "  model.depth: {type: categorical, choices: *sizes}\n",
+    )
+    config = load(path)
+    assert config["train"]["epochs"] == 3 and config["train"]["lr"] == 0.01
+    space = config["search_space"]
+    assert space["train.weight_decay"] == {"type": "float", "low": 0.0001, "high": 0.1, "log": True}
+    assert space["augment.strength"] == {"type": "float", "low": 0.0, "high": 1.0, "log": False}
+    assert space["model.depth"]["choices"] == [2, 4]
+
+
+def test_a_recursive_alias_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "study: {n_trials: 2}\ntrain:\n  lr: &loop [1, *loop]\n")
+    assert str(load_error(path)) == (
+        f"{path}: line 3: alias *loop is inside the block &loop it names; a recursive structure is not a config"
+    )
+
+
+def test_nesting_past_the_parsers_recursion_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "study: {n_trials: 2}\ntrain:\n  lr: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert str(load_error(path)) == f"{path}: line 3: nested too deeply to be a config"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "lines"),
+    [
+        ("train:\n  lr: 0.1\nstudy:\n  n_trials: 2\ntrain:\n  epochs: 1\n", "train", (5, 1)),
+        ("study: {n_trials: 2}\ntrain:\n  epochs: 1\n  lr: 0.1\n  epochs: 2\n", "train.epochs", (5, 3)),
+        ("search_space:\n  train.lr: {type: float, low: 0.1, high: 0.2}\n  train.lr: [0.1, 0.2]\n",
+         "search_space.train.lr", (3, 2)),
+        ("study: {n_trials: 2, name: a, n_trials: 3}\n", "study.n_trials", (1, 1)),
+        ("data:\n  folds: {train: [1], val: [2]}\n  folds:\n    test: [3]\n", "data.folds", (3, 2)),
+    ],
+)
+def test_duplicate_keys_are_refused_naming_both_lines(tmp_path: Path, text: str, key: str, lines: tuple) -> None:
+    """PyYAML keeps the last of two equal keys: a second `train:` would silently drop the first section."""
+    path = write(tmp_path, text)
+    err = load_error(path)
+    assert (err.source, err.key) == (str(path), key)
+    assert str(err) == (
+        f"{path}: `{key}`: line {lines[0]}: the key is given a second time (first at line {lines[1]}); "
+        "YAML would keep only the last one: merge the two"
+    )
+
+
+def test_cli_duplicate_section_and_duplicate_set_value_exit_2(tmp_path: Path) -> None:
+    write(tmp_path, "train:\n  lr: 0.1\nstudy:\n  n_trials: 2\ntrain:\n  epochs: 1\n", name="twice.yaml")
+    line = one_error_line(run_launch(tmp_path, "twice.yaml", "--executor", "debug"))
+    assert line == (
+        "sweep: error: twice.yaml: `train`: line 5: the key is given a second time (first at line 1); "
+        "YAML would keep only the last one: merge the two"
+    )
+    write(tmp_path, "study: {n_trials: 2}\n", name="ok.yaml")
+    line = one_error_line(run_launch(tmp_path, "ok.yaml", "--set", "train={lr: 0.1, lr: 0.2}", "--executor", "debug"))
+    assert line.startswith("sweep: error: --set train={lr: 0.1, lr: 0.2}: `lr`: line 1: the key is given a second")
+    assert_nothing_started(tmp_path)
+
+
+def test_cli_non_utf8_study_file_exits_2_naming_the_byte_offset(tmp_path: Path) -> None:
+    (tmp_path / "latin1.yaml").write_bytes("study:\n  n_trials: 2\n# café au lait\n".encode("latin-1"))
+    line = one_error_line(run_launch(tmp_path, "latin1.yaml", "--executor", "debug"))
+    assert line == (
+        "sweep: error: latin1.yaml: not UTF-8 text: byte 0xe9 at byte offset 26 (line 3) is not valid UTF-8; "
+        "save the file as UTF-8"
+    )
+    (tmp_path / "utf16.yaml").write_text("study:\n  n_trials: 2\n", encoding="utf-16")
+    line = one_error_line(run_launch(tmp_path, "utf16.yaml", "--executor", "debug"))
+    assert line.startswith("sweep: error: utf16.yaml: not UTF-8 text (it starts with a UTF-16 byte-order mark): ")
+    assert_nothing_started(tmp_path)
+
+
+def test_utf8_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    (tmp_path / "bom.yaml").write_bytes("\ufeffstudy: {n_trials: 2, name: café}\n".encode())
+    with pytest.raises(ConfigError, match="study name 'café' must start"):  # read as text: the name is the check
+        load(tmp_path / "bom.yaml")
+    (tmp_path / "bom.yaml").write_bytes("\ufeffstudy: {n_trials: 2}\n# café\n".encode())
+    assert load(tmp_path / "bom.yaml")["study"]["n_trials"] == 2
+
+
+# ---- the command line names the flag the user typed ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--study", "a/b"), "--study a/b: `study.name`: study name 'a/b' must start with a letter or digit"),
+        (("--study", ""), "--study '': `study.name`: study name '' must start with a letter or digit"),
+        (("--trials", "0"), "--trials 0: `study.n_trials`: expected an integer >= 1, got 0"),
+        (("--workers", "0"), "--workers 0: `executor.workers`: expected an integer >= 1, got 0"),
+        (("--set", "study.n_trials=5", "--trials", "-1"), "--trials -1: `study.n_trials`: expected an integer >= 1"),
+        (("--set", "study.name=a/b"), "--set study.name: `study.name`: study name 'a/b' must start with a letter"),
+    ],
+)
+def test_cli_flag_errors_name_the_flag_as_typed(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    write(tmp_path, "study: {n_trials: 2}\n", name="base.yaml")
+    line = one_error_line(run_launch(tmp_path, "base.yaml", "--executor", "debug", *args))
+    assert line.startswith(f"sweep: error: {message}")
+    assert_nothing_started(tmp_path)

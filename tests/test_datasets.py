@@ -12,6 +12,8 @@ import pytest
 import soundfile
 import torch
 import torchaudio.functional
+import yaml
+from conftest import sweep_cli
 
 from sweep.config import resolve
 from sweep.data import DATASETS, DataError, load_split, split_items
@@ -306,6 +308,78 @@ def test_metadata_errors_name_the_file_and_what_is_expected(esc50: Path, tmp_pat
     empty.mkdir()
     with pytest.raises(DataError, match=r"metadata/UrbanSound8K.csv does not exist"):
         load_split(config("urbansound8k", empty), "train")
+
+
+def latin1_on_line(path: Path, line: int) -> int:
+    """Rewrite a metadata file with one Latin-1 byte (é = 0xe9) in the given line; return its byte offset."""
+    lines = path.read_text().split("\n")
+    cut = lines[line - 1].rfind(",") + 1 if "," in lines[line - 1] else len(lines[line - 1])
+    lines[line - 1] = lines[line - 1][:cut] + "é" + lines[line - 1][cut:]
+    data = "\n".join(lines).encode("latin-1")
+    path.write_bytes(data)
+    return data.index(b"\xe9")
+
+
+def not_utf8(path: Path, offset: int, line: int) -> str:
+    return (
+        f"{path}: not UTF-8 text: byte 0xe9 at byte offset {offset} (line {line}) is not valid UTF-8; "
+        "save the file as UTF-8"
+    )
+
+
+def test_non_utf8_metadata_names_the_file_and_byte_offset(esc50: Path, tmp_path: Path) -> None:
+    """Each dataset's metadata in its official layout, one byte of another encoding in it: the error names
+    the file, the offset and the line, where open() would raise UnicodeDecodeError from inside csv."""
+    meta = esc50 / "meta" / "esc50.csv"
+    offset = latin1_on_line(meta, 3)
+    with pytest.raises(DataError) as info:
+        load_split(config("esc50", esc50), "train")
+    assert str(info.value) == not_utf8(meta, offset, 3)
+
+    us8k = write_urbansound8k(tmp_path / "UrbanSound8K", n_classes=2, clips_per_class=10)
+    meta = us8k / "metadata" / "UrbanSound8K.csv"
+    offset = latin1_on_line(meta, 12)
+    with pytest.raises(DataError) as info:
+        load_split(config("urbansound8k", us8k), "train")
+    assert str(info.value) == not_utf8(meta, offset, 12)
+
+    folder = write_folder(tmp_path / "f", csv_name="labels.csv")
+    offset = latin1_on_line(folder / "labels.csv", 2)
+    with pytest.raises(DataError) as info:
+        DATASETS["folder"].index(config("folder", folder, FOLDS5, csv="labels.csv"))
+    assert str(info.value) == not_utf8(folder / "labels.csv", offset, 2)
+
+    words = write_speechcommands(tmp_path / "sc", words=("yes", "no"), speakers=5)
+    offset = latin1_on_line(words / "validation_list.txt", 1)
+    with pytest.raises(DataError) as info:
+        load_split(config("speechcommands", words), "train")
+    assert str(info.value) == not_utf8(words / "validation_list.txt", offset, 1)
+
+
+def test_utf8_metadata_with_a_byte_order_mark_and_non_ascii_names_loads(esc50: Path) -> None:
+    meta = esc50 / "meta" / "esc50.csv"
+    meta.write_bytes(b"\xef\xbb\xbf" + meta.read_text().replace(",tone,", ",tonalit\u00e9,").encode())
+    index = DATASETS["esc50"].index(config("esc50", esc50))
+    assert len(index.items) == 20 and index.classes[0] == "tonalit\u00e9"
+
+
+@pytest.mark.parametrize("dataset", ["esc50", "urbansound8k"])
+def test_cli_launch_on_non_utf8_metadata_exits_2(home: Path, dataset: str) -> None:
+    if dataset == "esc50":
+        root = write_esc50(home / "ESC-50", n_classes=2, clips_per_class=5, sample_rate=SR, clip_seconds=0.25)
+        meta = root / "meta" / "esc50.csv"
+    else:
+        root = write_urbansound8k(home / "UrbanSound8K", n_classes=2, clips_per_class=10)
+        meta = root / "metadata" / "UrbanSound8K.csv"
+    offset = latin1_on_line(meta, 4)
+    study = {"study": {"n_trials": 2}, "data": {"dataset": dataset, "root": str(root), "sample_rate": SR},
+             "executor": {"name": "debug"}}
+    (home / "s.yaml").write_text(yaml.safe_dump(study))
+    result = sweep_cli("launch", "s.yaml", cwd=home, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"sweep: error: {not_utf8(meta, offset, 4)}"
+    assert not (home / "studies").exists()
 
 
 def test_bad_audio_files_stop_the_load_or_are_skipped(esc50: Path) -> None:

@@ -201,6 +201,23 @@ def test_bad_input_is_refused_and_creates_nothing(home: Path, tiny_file: Path, c
     assert not (home / "studies" / "tiny" / "final").exists() and not (home / "studies" / "bad").exists()
 
 
+def test_predict_names_a_missing_or_unreadable_audio_file_in_its_own_terms(home: Path) -> None:
+    """predict has no dataset: `data.on_bad_file`, which a dataset load suggests, means nothing to it."""
+    config = copy.deepcopy(TINY)
+    config.update(search_space={}, study={"name": "one"})
+    config["train"]["epochs"] = 1
+    (home / "one.yaml").write_text(yaml.safe_dump(config))
+    assert sweep_cli("final", "one.yaml", "--executor", "debug", cwd=home).returncode == 0
+    run = home / "studies" / "one" / "final" / "seed-0"
+    (home / "notes.wav").write_text("this is not audio\n")
+    for name, reason in (("missing.wav", "no such file"), ("notes.wav", "")):
+        bad = sweep_cli("predict", str(run), str(home / name), cwd=home)
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+        assert bad.stderr.startswith(f"sweep: error: cannot read audio file {home / name}: {reason}")
+        assert "on_bad_file" not in bad.stderr and "data." not in bad.stderr
+    assert "(predict reads audio files: wav, flac, ogg)" in bad.stderr
+
+
 def test_final_on_local_workers_leaves_no_literal_job_folder(home: Path, tiny_file: Path) -> None:
     """submitit's local controller makes its folder template `logs/%j` unformatted: the run removes it."""
     assert sweep_cli("launch", str(tiny_file), "--trials", "1", "--executor", "debug", cwd=home).returncode == 0

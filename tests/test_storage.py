@@ -12,6 +12,8 @@ import logging
 import multiprocessing as mp
 import os
 import sqlite3
+import stat
+import subprocess
 import threading
 import time
 import traceback
@@ -24,10 +26,11 @@ from typing import Any
 
 import optuna
 import pytest
+import yaml
 from conftest import sweep_cli
 from optuna.storages.journal._storage import JournalOperation
 from optuna.trial import TrialState
-from sqlalchemy import event
+from sqlalchemy import create_engine, event
 from sqlalchemy.engine import make_url
 
 from sweep.config import ConfigError
@@ -118,6 +121,48 @@ def test_expand_url_takes_passwords_from_the_environment() -> None:
     with pytest.raises(ConfigError, match=r"uses \$\{NOPE\}, but NOPE is not set") as err:
         expand_url("postgresql://alice:${NOPE}@db/x", env)
     assert "postgresql://alice:***@db/x" in str(err.value)
+
+
+def test_a_literal_password_goes_to_a_private_file_for_the_workers(tmp_path: Path) -> None:
+    from sweep.storage.urls import PASSWORD_FILE, for_workers
+
+    url = "postgresql://alice:p%40ss:w/rd@db/x"
+    handed = for_workers(url, tmp_path / "study")
+    secret = tmp_path / "study" / PASSWORD_FILE
+    assert "p%40ss" not in handed and "p@ss" not in handed and str(secret) in handed
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600 and secret.read_text() == "p@ss:w/rd"
+    assert expand_url(handed) == "postgresql://alice:p%40ss%3Aw%2Frd@db/x" and mask(handed) == mask(url)
+    for kept in ("postgresql://alice:${PW}@db/x", "postgresql://alice@db/x", "sqlite:////tmp/x.db"):
+        assert for_workers(kept, tmp_path / "other") == kept  # nothing literal: nothing written
+    assert not (tmp_path / "other").exists()
+    odd = for_workers("postgresql://alice:pw1@db/x", tmp_path / "a st@dy")  # an '@' in the folder's path
+    assert expand_url(odd) == "postgresql://alice:pw1@db/x"
+    secret.unlink()
+    with pytest.raises(ConfigError, match=rf"takes its password from {secret}, which cannot be read"):
+        expand_url(handed)
+
+
+def test_a_raw_at_in_a_password_is_refused_saying_how_to_encode_it() -> None:
+    for url, fixed in (
+        ("postgresql://u:SEC@RETPW@127.0.0.1/test", "postgresql://u:***%40***@127.0.0.1/test"),
+        ("mysql+pymysql://u:Sx1@Ry2@Tz3@db/x", "mysql+pymysql://u:***%40***%40***@db/x"),
+    ):
+        with pytest.raises(ConfigError, match="raw '@' in its user name or password") as err:
+            expand_url(url, {})
+        assert f"('@' → %40, and '%' → %25), as in {fixed}," in str(err.value)
+        assert not [part for part in ("SEC", "RETPW", "Sx1", "Ry2", "Tz3") if part in str(err.value)]
+    assert expand_url("postgresql://u:pw@db/x?options=a@b", {}) == "postgresql://u:pw@db/x?options=a@b"
+    assert mask("postgresql://u:pw@db/x?options=a@b") == "postgresql://u:***@db/x?options=a@b"
+
+
+def test_scrub_removes_every_part_of_a_password_a_driver_split_at_its_first_at() -> None:
+    """A real driver error: psycopg2 reads `SEC` as the password and `RETPW@127.0.0.1` as the host name."""
+    url = "postgresql://u:SEC@RETPW@127.0.0.1:5432/test"
+    with pytest.raises(Exception) as err:
+        create_engine(url.replace("postgresql://", "postgresql+psycopg2://")).connect()
+    assert "RETPW" in str(err.value)  # what the driver says
+    clean = scrub(str(err.value), url)
+    assert "RETPW" not in clean and "SEC" not in clean and "***@127.0.0.1" in clean
 
 
 # ---- network file systems ---------------------------------------------------------------------------------
@@ -271,6 +316,59 @@ def test_password_never_reaches_attrs_or_logs(
         default=str,
     )
     assert "Secret-Pa55" not in text
+
+
+def test_a_literal_password_reaches_no_file_under_studies_and_no_database_row(
+    pg: Server, home: Path, tiny_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real local launch with `--storage postgresql://USER:PASSWORD@…`: its workers read the password from a
+    0600 file in the study folder; no other byte under studies/ (submitit's pickles and logs, trial configs) nor
+    the database holds it. The study file's own `storage:` (another password, overridden by --storage) is not
+    copied anywhere either. This machine's PostgreSQL trusts 127.0.0.1, so any password logs in: what is
+    tested is where the literal lands."""
+    monkeypatch.delenv(PASSWORD_ENV, raising=False)
+    password, in_file = f"Lit3ral-{uuid.uuid4().hex[:12]}", f"InFile-{uuid.uuid4().hex[:12]}"
+    user = pg.create_user(password)
+    url = pg.url(user=user, password=password)
+    raw = yaml.safe_load(tiny_file.read_text())
+    tiny_file.write_text(yaml.safe_dump({**raw, "storage": pg.url(user=user, password=in_file)}, sort_keys=False))
+
+    out = sweep_cli("launch", str(tiny_file), "--storage", url, "--trials", "2", cwd=home)
+    assert out.returncode == 0, out.stdout + out.stderr
+    trials = optuna.load_study(study_name="tiny", storage=open_storage(url)).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    study = home / "studies" / "tiny"
+    secret = study / "storage-password"
+    assert secret.read_text() == password and stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert stat.S_IMODE((study / "logs").stat().st_mode) == 0o700
+    files = [p for p in (home / "studies").rglob("*") if p.is_file() and p != secret]
+    assert any(p.name.endswith("_submitted.pkl") for p in files) and any(p.name == "config.yaml" for p in files)
+    leaks = [str(p) for p in files for s in (password, in_file) if s.encode() in p.read_bytes()]
+    assert not leaks
+    assert password not in out.stdout + out.stderr
+    admin = make_url(PG_ADMIN)
+    dump = subprocess.run(
+        ["pg_dump", "-h", admin.host, "-p", str(admin.port or 5432), "-U", admin.username, pg.database],
+        capture_output=True, check=True,
+    ).stdout
+    assert b"sweep_config" in dump and b'"name": "tiny"' in dump  # the dump holds the study and its config
+    assert password.encode() not in dump and in_file.encode() not in dump
+
+
+def test_a_raw_at_in_a_password_never_reaches_a_message_of_status_or_launch(
+    pg: Server, home: Path, tiny_file: Path
+) -> None:
+    """The driver would split `SEC@RETPW` at its first '@' and print `RETPW@127.0.0.1` as a host it cannot find;
+    sweep refuses the URL before connecting and shows where %40 goes; the encoded URL then works."""
+    user = pg.create_user("SEC@RETPW")
+    url = pg.url(user=user, password="SEC@RETPW")
+    for args in (("status", "tiny"), ("launch", str(tiny_file))):
+        out = sweep_cli(*args, "--storage", url, cwd=home)
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert "SEC" not in out.stdout + out.stderr and "RETPW" not in out.stdout + out.stderr
+        assert f"percent-encode it ('@' → %40, and '%' → %25), as in postgresql://{user}:***%40***@" in out.stderr
+    assert not (home / "studies").exists()
+    optuna.create_study(study_name="encoded", storage=open_storage(url.replace("SEC@RETPW", "SEC%40RETPW")))
 
 
 # ---- dropped connections --------------------------------------------------------------------------------
@@ -856,9 +954,14 @@ class Server:
         timer.start()
 
     def create_user(self, password: str) -> str:
+        """A user with this password owning (PostgreSQL) or granted everything on (MariaDB) the test database."""
         user = f"sweep_pw_{uuid.uuid4().hex[:8]}"
-        self.sql(f"CREATE USER '{user}'@'%%' IDENTIFIED BY %s", (password,))
-        self.sql(f"GRANT ALL PRIVILEGES ON `{self.database}`.* TO '{user}'@'%'")
+        if self.is_pg:
+            self.sql(f"CREATE ROLE {user} LOGIN PASSWORD %s", (password,))
+            self.sql(f'ALTER DATABASE "{self.database}" OWNER TO {user}')  # PostgreSQL 15: public is the owner's
+        else:
+            self.sql(f"CREATE USER '{user}'@'%%' IDENTIFIED BY %s", (password,))
+            self.sql(f"GRANT ALL PRIVILEGES ON `{self.database}`.* TO '{user}'@'%'")
         self.users.append(user)
         return user
 
@@ -895,6 +998,8 @@ def _server(admin_url: str) -> Iterator[Server]:
         if server.is_pg:
             server.sql(f'ALTER DATABASE "{server.database}" ALLOW_CONNECTIONS true')
             server.sql(f'DROP DATABASE "{server.database}" WITH (FORCE)')
+            for user in server.users:
+                server.sql(f"DROP ROLE {user}")
         else:
             server.kill_all()
             server.sql(f"DROP DATABASE `{server.database}`")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import io
 import math
 import os
 import warnings
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sweep.config import Field
+from sweep.config import ConfigError, Field, read_utf8
 from sweep.data import DataError, Index, Item
 from sweep.progress import Progress
 
@@ -51,21 +52,25 @@ def read_csv(
     """
     if not path.is_file():
         raise DataError(f"metadata file {path} does not exist{'; ' + hint if hint else ''}")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in reader.fieldnames or []]
-        reader.fieldnames = header
-        missing = [c for c in columns if c not in header]
-        if missing:
-            expected = ", ".join([*columns, *(f"{c} (optional)" for c in optional)])
-            raise DataError(
-                f"{path}: missing column(s) {', '.join(missing)}; expected the columns {expected} "
-                f"(its header has: {', '.join(header) or 'nothing'})"
-            )
-        rows = []
-        for row in reader:
-            rows.append((reader.line_num, row))
-    return rows
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    header = [h.strip() for h in reader.fieldnames or []]
+    reader.fieldnames = header
+    missing = [c for c in columns if c not in header]
+    if missing:
+        expected = ", ".join([*columns, *(f"{c} (optional)" for c in optional)])
+        raise DataError(
+            f"{path}: missing column(s) {', '.join(missing)}; expected the columns {expected} "
+            f"(its header has: {', '.join(header) or 'nothing'})"
+        )
+    return [(reader.line_num, row) for row in reader]
+
+
+def read_text(path: Path) -> str:
+    """A metadata file as UTF-8 text, or DataError naming the file and the offset of its first bad byte."""
+    try:
+        return read_utf8(path)
+    except ConfigError as exc:
+        raise DataError(str(exc)) from None
 
 
 def value(path: Path, line: int, row: Mapping[str, str | None], column: str, kind: type = str) -> Any:
@@ -186,6 +191,17 @@ def _resample(batch: Sequence[np.ndarray], rate: int, target: int) -> list[torch
     return [out[row, :n].clone() for row, n in enumerate(lengths)]
 
 
+class UnreadableAudio(DataError):
+    """An audio file that cannot be decoded, with its path and why, so that a command without a dataset
+    (`sweep predict`) can say it in its own terms instead of naming `data.on_bad_file`."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(
+            f"cannot read audio file {path}: {reason} (set data.on_bad_file: skip to leave unreadable files out)"
+        )
+
+
 def read_files(config: Mapping[str, Any], items: Sequence[Item]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Decode the files the items name (their keys are paths): mono, at `data.sample_rate`, zero-padded.
 
@@ -215,10 +231,7 @@ def read_files(config: Mapping[str, Any], items: Sequence[Item]) -> tuple[torch.
             for i, (path, (audio, rate, reason)) in enumerate(zip(chunk, pool.map(_decode, chunk)), start):
                 if audio is None:
                     if not skip:
-                        raise DataError(
-                            f"cannot read audio file {path}: {reason} "
-                            "(set data.on_bad_file: skip to leave unreadable files out)"
-                        )
+                        raise UnreadableAudio(path, reason)
                     bad.append((path, reason))
                 elif rate == target:
                     clips[i] = _centre(torch.from_numpy(audio), limit)

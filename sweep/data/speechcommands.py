@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from sweep.data import DataError, DatasetSpec, Index, Item, data_root, register
-from sweep.data.audio import FILE_PARAMS, read_files, select_classes, visible
+from sweep.data.audio import FILE_PARAMS, read_files, read_text, select_classes, visible
 
 LISTS = {2: "validation_list.txt", 3: "testing_list.txt"}
 _SHOWN = 3
@@ -35,11 +36,10 @@ def _listed(root: os.PathLike) -> dict[str, int]:
         )
     fold_of: dict[str, int] = {}
     for fold, path in paths.items():
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                rel = line.strip().replace("\\", "/")
-                if rel and fold_of.setdefault(rel, fold) != fold:
-                    raise DataError(f"{path}, line {line_no}: {rel} is also in {LISTS[fold_of[rel]]}")
+        for line_no, line in enumerate(read_text(Path(path)).split("\n"), 1):
+            rel = line.strip().replace("\\", "/")
+            if rel and fold_of.setdefault(rel, fold) != fold:
+                raise DataError(f"{path}, line {line_no}: {rel} is also in {LISTS[fold_of[rel]]}")
     return fold_of
 
 

@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from sweep.checkpoint import load_weights
 from sweep.config import Field
 from sweep.models import WeightsMissing, register, torch_cache
 
@@ -67,7 +68,7 @@ def build(cfg: Mapping[str, Any], n_classes: int, input_shape: tuple[int, ...]) 
     model = torchvision.models.get_model(cfg["name"], weights=None)  # weights=None never downloads
     if cfg["pretrained"]:
         check_weights(cfg)
-        model.load_state_dict(torch.load(weights_file(cfg["name"])[1], map_location="cpu", weights_only=True))
+        model.load_state_dict(load_weights(weights_file(cfg["name"])[1]))
     n_features = model.fc.in_features
     # pretrained=True here only tells fastai to sum the loaded conv1 over RGB; it fetches nothing
     body = create_body(model, n_in=1, pretrained=cfg["pretrained"], cut=-2)

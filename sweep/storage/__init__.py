@@ -24,8 +24,9 @@ newly finished trials, over reads and writes in SQLAlchemy Core (`core`). benchm
 
 Credentials: write ``${VAR}`` anywhere in a URL (``postgresql://alice:${SWEEP_DB_PASSWORD}@db/sweep``) and it
 is expanded from the environment when the storage is opened, in each process; a URL with a user but no
-password takes `PASSWORD_ENV` (``SWEEP_DB_PASSWORD``) when that is set. The URL that is resolved, printed,
-passed to workers and saved is the unexpanded one; every message goes through `mask` / `scrub`.
+password takes `PASSWORD_ENV` (``SWEEP_DB_PASSWORD``) when that is set. The URL that is resolved, printed
+and saved is the unexpanded one; workers get it with a literal password swapped for a 0600 file
+(`urls.for_workers`); every message goes through `mask` / `scrub`.
 """
 
 # One module per concern; this package re-exports what `from sweep.storage import …` has always given.

@@ -1,5 +1,5 @@
 """Storage URLs: which one a study uses (`resolve_storage`), and their credentials: expanded from the
-environment when a storage is opened, masked in every message."""
+environment (or a password file) when a storage is opened, masked in every message, never written in clear."""
 
 from __future__ import annotations
 
@@ -49,7 +49,9 @@ def _absolute(url: str) -> str:
 
 # ---- credentials ---------------------------------------------------------------------------------------
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# ${VAR}: an environment variable; ${file:PATH}: a file's content (PATH percent-encoded), see `for_workers`.
+_VAR = re.compile(r"\$\{(?:file:([^}]*)|([A-Za-z_][A-Za-z0-9_]*))\}")
+PASSWORD_FILE = "storage-password"  # in the study folder, mode 0600: a literal password, for the workers
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 _QUERY_SECRET = re.compile(r"([?&](?:password|passwd|pwd)=)[^&#\s]*", re.IGNORECASE)
 
@@ -66,6 +68,9 @@ def _split_userinfo(url: str) -> tuple[str, str | None, str | None, str]:
     if "@" not in rest[:netloc_end]:
         return scheme + "://", None, None, rest
     creds, host = rest[:netloc_end].rsplit("@", 1)
+    first, _, between = creds.partition("@")
+    if "?" in between:  # the last '@' is in the query (`?options=a@b`): the first one ends the userinfo
+        creds, host = first, rest[len(first) + 1 : netloc_end]
     user, _, password = creds.partition(":")
     return scheme + "://", user, password if ":" in creds else None, host + rest[netloc_end:]
 
@@ -82,38 +87,96 @@ def scrub(text: str, *urls: str) -> str:
     """A message (a driver's error, a log line) with every URL in it masked and the URLs' passwords removed.
 
     Drivers and SQLAlchemy sometimes echo a DSN or the URL they failed to parse; the literal password is
-    replaced too, raw and percent-encoded, in case it appears outside a URL.
+    replaced too, raw and percent-encoded, in case it appears outside a URL, and so is each part of it between
+    raw '@'s: a driver splits such a password at its first '@' and calls the rest the host name.
     """
     text = _URL.sub(lambda m: mask(m.group(0)), text)
     for url in urls:
-        password = _split_userinfo(url)[2]
-        for secret in {password, unquote(password or ""), quote(unquote(password or ""), safe="")} - {None, ""}:
+        raw = _split_userinfo(url)[2] or ""
+        password = unquote(raw)
+        secrets = {raw, password, quote(password, safe=""), *raw.split("@"), *password.split("@")}
+        for secret in sorted(secrets, key=len, reverse=True):
             if len(secret) >= 3:  # a one-letter password would mask every such letter; it is no secret anyway
                 text = text.replace(secret, "***")
     return text
 
 
 def expand_url(url: str, environ: Mapping[str, str] | None = None) -> str:
-    """The URL a process connects with: ``${VAR}`` replaced from the environment, `PASSWORD_ENV` filled in.
+    """The URL a process connects with: ``${VAR}`` replaced from the environment, ``${file:PATH}`` by the file's
+    content, `PASSWORD_ENV` filled in.
 
-    Done at open time in every process, so the password lives only in the environment of the launcher and the
-    workers, never in the URL that is printed, saved or pickled for submitit. A value landing in the userinfo
-    is percent-encoded (passwords may contain '@', ':' or '/'). A missing variable is a `ConfigError`.
+    Done at open time in every process, so the password lives only in the environment (or the 0600 file) of
+    the launcher and the workers, never in the URL that is printed, saved or pickled for submitit. A value
+    landing in the userinfo is percent-encoded (passwords may contain '@', ':' or '/'). A missing variable or
+    file, or a raw '@' in the URL's own password, is a `ConfigError`.
     """
     env = os.environ if environ is None else environ
+    _refuse_raw_at(url)
     userinfo_end = _userinfo_end(url)
 
     def value(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in env:
+        path, name = match.groups()
+        if path is not None:
+            text = _read_password_file(url, Path(unquote(path)))
+        elif name in env:
+            text = env[name]
+        else:
             raise ConfigError(f"storage URL {mask(url)} uses ${{{name}}}, but {name} is not set", key="storage")
-        return quote(env[name], safe="") if match.start() < userinfo_end else env[name]
+        return quote(text, safe="") if match.start() < userinfo_end else text
 
     expanded = _VAR.sub(value, url)
     scheme, user, password, rest = _split_userinfo(expanded)
     if user and password is None and env.get(PASSWORD_ENV) and expanded.startswith(_SERVERS):
         expanded = f"{scheme}{user}:{quote(env[PASSWORD_ENV], safe='')}@{rest}"
     return expanded
+
+
+def for_workers(url: str, study_folder: Path) -> str:
+    """The URL to hand to workers (pickled by submitit into the job folders): no password in clear.
+
+    A password written into the URL itself (not a ``${VAR}``) goes to `PASSWORD_FILE` in the study folder,
+    mode 0600, and the URL names that file instead (``${file:PATH}``), read back by `expand_url` when a worker
+    opens the storage; ``${VAR}`` references stay as they are, to be expanded from the workers' environment.
+    """
+    scheme, user, password, rest = _split_userinfo(url)
+    if password is None or not _VAR.sub("", password):
+        return url
+    path = study_folder / PASSWORD_FILE
+    study_folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(unquote(_split_userinfo(expand_url(url))[2] or ""))
+    os.chmod(tmp, 0o600)  # O_CREAT's mode applies to a new file only
+    os.replace(tmp, path)
+    return f"{scheme}{user}:${{file:{quote(str(path), safe='/._-~+,=')}}}@{rest}"
+
+
+def _read_password_file(url: str, path: Path) -> str:
+    try:
+        return path.read_text().rstrip("\n")
+    except OSError as exc:
+        raise ConfigError(
+            f"storage URL {mask(url)} takes its password from {path}, which cannot be read ({exc.strerror}); "
+            "`sweep launch` writes it there for its workers (mode 0600)",
+            key="storage",
+        ) from None
+
+
+def _refuse_raw_at(url: str) -> None:
+    """A raw '@' in the userinfo: sweep reads up to the last '@', drivers to the first, which would send the
+    rest of the password to DNS as a host name and print it in their errors. Say how to write it instead."""
+    scheme, user, password, rest = _split_userinfo(url)
+    if user is None or "@" not in _VAR.sub("", f"{user}:{password or ''}"):
+        return
+    hidden = "%40".join("***" if part else "" for part in _VAR.sub("x", password or "").split("@"))
+    fixed = f"{scheme}{quote(user, safe='${}')}{':' + hidden if password is not None else ''}@{rest}"
+    raise ConfigError(
+        f"storage URL {mask(url)} has a raw '@' in its user name or password; percent-encode it ('@' → %40, "
+        f"and '%' → %25), as in {fixed}, or take the password from the environment "
+        f"(${{{PASSWORD_ENV}}} in the URL, or {PASSWORD_ENV} with a password-less URL)",
+        key="storage",
+    )
 
 
 def _userinfo_end(url: str) -> int:
