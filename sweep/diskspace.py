@@ -48,8 +48,7 @@ class Reserves:
             devices.add(os.stat(folder).st_dev)
             path = folder / RESERVE_NAME
             try:
-                with open(path, "wb") as f:
-                    os.posix_fallocate(f.fileno(), 0, RESERVE_BYTES)  # real blocks, not a sparse file
+                _fill(path)
                 self.paths.append(path)
             except OSError:  # no room for it: the disk is full already, which `check` says at once
                 path.unlink(missing_ok=True)
@@ -65,6 +64,22 @@ class Reserves:
 
     def release(self) -> None:
         release(self.paths)
+
+
+def _fill(path: Path) -> None:
+    """A file of `RESERVE_BYTES` with its blocks allocated (a sparse file would free nothing)."""
+    import errno
+
+    with open(path, "wb") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, RESERVE_BYTES)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # e.g. ENOSPC
+                raise
+            for _ in range(RESERVE_BYTES >> 16):  # a file system without fallocate (some NFS): write zeros
+                f.write(bytes(1 << 16))
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def release(paths: Iterable[str | Path]) -> None:
