@@ -403,3 +403,22 @@ def test_a_full_disk_stops_the_launch_cleanly(home: Path, tiny_file: Path, small
     trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{small_disk}/tiny/study.db").get_trials()
     counted = [t for t in trials if "sweep_void" not in t.user_attrs]
     assert len(counted) == 6 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in counted)
+
+
+def test_a_full_disk_under_sqlite_is_not_retried(small_disk: Path) -> None:
+    """SQLite's `database or disk is full` (and ENOSPC) is permanent: retried, it hung a launch 10 minutes."""
+    from sweep.storage import RetryingRDBStorage, is_disk_full, is_transient
+
+    storage = RetryingRDBStorage(f"sqlite:///{small_disk}/full.db", retry_s=0)
+    study = optuna.create_study(study_name="full", storage=storage)
+    trial_id = study.ask()._trial_id
+    with open(small_disk / "filler", "wb") as f, pytest.raises(OSError) as filled:
+        while True:
+            f.write(b"x" * (1 << 16))
+            f.flush()
+    assert is_disk_full(filled.value) and not is_transient(filled.value)
+    with pytest.raises(Exception) as failed:  # noqa: PT011  (whatever Optuna wraps SQLite's error in)
+        for i in range(10_000):  # until SQLite has no page left to write to
+            storage.set_trial_user_attr(trial_id, f"a{i}", "x" * 60_000)
+    assert "database or disk is full" in str(failed.value) or "disk" in str(failed.value.__cause__)
+    assert is_disk_full(failed.value) and not is_transient(failed.value)
