@@ -181,6 +181,7 @@ def _schema() -> dict[str, Any]:
             "amp": Field(bool, True),
             "device": Field(str, "auto", choices=("auto", "cpu", "cuda")),
             "seed": Field(int, 0),
+            "threads": Field(int, None, low=1, nullable=True),  # null: set once per study (worker.default_threads)
         },
         "search_space": Field(dict, {}),
         "executor": {

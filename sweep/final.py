@@ -66,16 +66,21 @@ def final(
     came from (`source`: the study or file; `trial` and `params`: the best trial's), copied into every result.
     """
     from sweep.launch import check_executor, job_error, make_executor, outcomes
+    from sweep.worker import default_threads, shared_cores
 
     profile = check_executor(config)
+    if config["train"]["threads"] is None:  # once for every run: not from how many of them share a machine
+        config = dict(config, train=dict(config["train"], threads=default_threads(config, profile)))
     runs = plan(config, seeds, cv)
     _preflight(config, runs)
+    note = shared_cores(config, len(runs))
+    if note:
+        print(note, flush=True)
     home = study_dir(name) / "final"
     for run in runs:  # a run folder holds one run: nothing of an earlier one may be mistaken for it
         shutil.rmtree(home / run, ignore_errors=True)
     (home / "summary.json").unlink(missing_ok=True)
     executor_name = config["executor"]["name"]
-    concurrent = 1 if executor_name == "debug" else len(runs)
     executor = make_executor(config, home / "logs", len(runs), profile)
     record = {"study": name, "source": "", "trial": None, "params": None, **(origin or {})}
     jobs = executor.map_array(
@@ -83,7 +88,6 @@ def final(
         [dict(run, storage=None) for run in runs.values()],  # a run needs no storage; the URL may hold a password
         [str(home / run) for run in runs],
         [dict(record, run=run) for run in runs],
-        [concurrent] * len(runs),
     )
     epochs = config["train"]["epochs"]
     print(f"final runs of {name} ({record['source']}): {', '.join(runs)}, {epochs} epochs each, on {executor_name}")
@@ -91,6 +95,7 @@ def final(
     results: dict[str, dict[str, Any]] = {}
     failed: list[str] = []
     try:
+        follow({run: home / run for run in runs}, jobs, epochs)
         for run, job, (kind, value) in zip(runs, jobs, outcomes(jobs)):
             if kind == "ok":
                 results[run] = value
@@ -115,25 +120,28 @@ def final(
     return 0
 
 
-def run_one(config: dict[str, Any], out_dir: str, record: dict[str, Any], concurrent: int) -> dict[str, Any]:
+def run_one(config: dict[str, Any], out_dir: str, record: dict[str, Any]) -> dict[str, Any]:
     """The submitit job of one run: train on train + val, score the test folds, write the run's folder."""
     from sweep.launch import remove_template_folder
     from sweep.train import train
-    from sweep.worker import threads_per_worker
 
     remove_template_folder(Path(out_dir).parent / "logs")
-    torch.set_num_threads(threads_per_worker(dict(config, executor=dict(config["executor"], workers=concurrent))))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_yaml(config))
     started = time.time()
-    result = train(config, out, final=True)
+    epochs = config["train"]["epochs"]
+
+    def log(row: dict[str, float]) -> None:  # to the job's log (the terminal, with the debug executor)
+        print(epoch_line(record["run"], row, epochs), flush=True)
+
+    result = train(config, out, final=True, on_epoch=log)
     classes = _classes(config)
     metrics = {
         **record,
         "seed": config["train"]["seed"],
-        "epochs": config["train"]["epochs"],
-        "folds": config["data"]["folds"],
+        "epochs": epochs,
+        "folds": trained_folds(config),
         **scores(result.confusion, classes),
         "config": str(out / "config.yaml"),
         "checkpoint": str(out / "checkpoint.pt"),
@@ -145,6 +153,57 @@ def run_one(config: dict[str, Any], out_dir: str, record: dict[str, Any], concur
     write_confusion_html(out / "confusion.html", result.confusion, classes, title)
     write_confusion_png(out / "confusion.png", result.confusion, classes, title)
     return metrics
+
+
+def trained_folds(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The folds a final run trained and was tested on: its training set is the train and validation folds
+    together. A fold in both `val` and `test` is divided between them by recording source (`data.split_seed`):
+    it is listed under both, and under `divided`."""
+    folds = config["data"]["folds"]
+    record: dict[str, Any] = {"train": sorted({*folds["train"], *folds["val"]}), "test": list(folds["test"])}
+    divided = sorted(set(folds["val"]) & set(folds["test"]))
+    if divided:
+        record["divided"] = divided
+    return record
+
+
+def epoch_line(run: str, row: Mapping[str, float], epochs: int) -> str:
+    """One line per epoch of a final run, as its log and the terminal running `sweep final` show it."""
+    return f"{run}: epoch {int(row['epoch'])}/{epochs}  train_loss {row['train_loss']:.4f}  {row['seconds']:.1f} s"
+
+
+def follow(folders: Mapping[str, Path], jobs: list, epochs: int, every: float = 1.0) -> None:
+    """Print each run's epochs as they end (read from the metrics.json its trainer replaces after every epoch),
+    one line each, until every job has ended. The debug executor's runs train later, in this process, and
+    print their own lines."""
+    from submitit import DebugJob
+
+    from sweep.launch import JobsEnded
+
+    if all(isinstance(job, DebugJob) for job in jobs):
+        return
+    shown = dict.fromkeys(folders, 0)
+    ended = JobsEnded(jobs)
+    while True:
+        done = ended()
+        for run, folder in folders.items():
+            rows = _epochs_so_far(folder)
+            for row in rows[shown[run]:]:
+                print(epoch_line(run, row, epochs), flush=True)
+            shown[run] = max(shown[run], len(rows))
+        if done:
+            return
+        time.sleep(every)
+
+
+def _epochs_so_far(folder: Path) -> list[dict[str, float]]:
+    """The epoch rows of a run's metrics.json: the trainer's (`epochs`) while it trains, run_one's (`history`)
+    once it is done; none before the first epoch."""
+    try:
+        record = json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return record.get("history", record.get("epochs", []))
 
 
 def scores(matrix: torch.Tensor, classes: list[str]) -> dict[str, Any]:
@@ -175,13 +234,14 @@ def scores(matrix: torch.Tensor, classes: list[str]) -> dict[str, Any]:
 
 
 def summarize(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """Per-run accuracy and macro-F1, and their mean ± sample standard deviation (0 for a single run)."""
+    """Per-run accuracy and macro-F1, and their mean ± sample standard deviation over `n` runs (one run has no
+    spread: its std is null, not a 0 that would read as a measured one)."""
     keys = ("accuracy", "macro_f1", "seed", "test_clips")
     runs = {run: {**{k: r[k] for k in keys}, "test_folds": r["folds"]["test"]} for run, r in results.items()}
-    summary: dict[str, Any] = {"runs": runs}
+    summary: dict[str, Any] = {"runs": runs, "n": len(runs)}
     for key in ("accuracy", "macro_f1"):
         values = [r[key] for r in runs.values()]
-        summary[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+        summary[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None}
     first = next(iter(results.values()))
     summary.update({key: first[key] for key in ("study", "source", "trial", "params", "epochs")})
     return summary
@@ -189,16 +249,21 @@ def summarize(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 
 def table(summary: Mapping[str, Any]) -> str:
     rows = [(run, f"{r['accuracy']:.4f}", f"{r['macro_f1']:.4f}") for run, r in summary["runs"].items()]
-    rows.append(
-        (
-            "mean ± std",
-            f"{summary['accuracy']['mean']:.4f} ± {summary['accuracy']['std']:.4f}",
-            f"{summary['macro_f1']['mean']:.4f} ± {summary['macro_f1']['std']:.4f}",
+    n = summary["n"]
+    if n > 1:
+        rows.append(
+            (
+                f"mean ± std (n = {n})",
+                f"{summary['accuracy']['mean']:.4f} ± {summary['accuracy']['std']:.4f}",
+                f"{summary['macro_f1']['mean']:.4f} ± {summary['macro_f1']['std']:.4f}",
+            )
         )
-    )
     header = ("run", "test accuracy", "test macro-F1")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows])
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    if n == 1:
+        lines.append("n = 1: one run, no spread (--seeds K trains K)")
+    return "\n".join(lines)
 
 
 def write_confusion_html(path: Path, matrix: torch.Tensor, classes: list[str], title: str) -> None:

@@ -42,12 +42,21 @@ RESUMABLE = ("study.n_trials", "study.max_trials", "study.timeout", "executor.",
 CHANGED_DEFAULTS = (("pruner", "n_warmup_steps", None, 1),)  # 2026-11-23: a quarter of train.epochs → 1
 
 
-def create_or_resume(config: dict[str, Any], storage: optuna.storages.BaseStorage, url: str) -> optuna.Study:
+def create_or_resume(
+    config: dict[str, Any], storage: optuna.storages.BaseStorage, url: str, profile: Mapping[str, Any] | None = None
+) -> optuna.Study:
     """Create the study with its config stored, or load it after checking the config still matches; a resumed
-    study keeps what it was created with where only a default changed since (`config` is updated to it)."""
+    study keeps what it was created with where only a default changed since (`config` is updated to it).
+
+    A null `train.threads` is set here, once: a new study's from what one worker is given (`profile`: the SLURM
+    one), a resumed study's from what it was created with, so every trial computes with the same thread count."""
     from sweep.study import make_pruner, make_sampler
+    from sweep.worker import default_threads
 
     name = config["study"]["name"]
+    threads_given = config["train"]["threads"] is not None
+    if not threads_given:
+        config["train"]["threads"] = default_threads(config, profile)
     stored = copy.deepcopy(config)
     stored["storage"] = None  # it may carry credentials
     try:
@@ -65,19 +74,25 @@ def create_or_resume(config: dict[str, Any], storage: optuna.storages.BaseStorag
     previous = study.user_attrs.get(CONFIG_ATTR)
     if not isinstance(previous, dict):
         raise ConfigError(f"study {name!r} in {mask(url)} was not created by sweep; choose another --study name")
+    created_with = previous.get("train", {}).get("threads")
+    if not threads_given and created_with is not None:
+        config["train"]["threads"] = stored["train"]["threads"] = created_with
     for section, key, old, new in CHANGED_DEFAULTS:
         was = previous.get(section, {})
         if key in was and was[key] == old and config[section].get(key) == new:
             config[section][key] = stored[section][key] = old
             print(f"study {name!r} was created when {section}.{key} defaulted to {old!r}: it resumes with "
                   f"{old!r} (the default is now {new!r}; a new study, --study NAME, gets it)", flush=True)
+    before, now = _flat(previous), _flat(stored)
+    for key in sorted(set(now) - set(before)):  # a stored config is complete: a key it lacks is newer than the study
+        print(f"study {name!r} was created before {key} existed: it resumes with {now[key]!r}", flush=True)
     changed = [
         k
-        for k in sorted(set(_flat(previous)) | set(_flat(stored)))
-        if _flat(previous).get(k) != _flat(stored).get(k) and not k.startswith(RESUMABLE)
+        for k in sorted(set(before) | set(now))
+        if k in before and before.get(k) != now.get(k) and not k.startswith(RESUMABLE)
     ]
     if changed:
-        lines = "; ".join(f"{k}: {_flat(previous).get(k)!r} → {_flat(stored).get(k)!r}" for k in changed[:8])
+        lines = "; ".join(f"{k}: {before.get(k)!r} → {now.get(k)!r}" for k in changed[:8])
         raise ConfigError(
             f"study {name!r} already exists in {mask(url)} with a different config ({lines}). Trials of one "
             "study must be comparable: resume with the same settings, or start a new study with --study NAME",
@@ -258,7 +273,7 @@ def remove_template_folder(logs: Path) -> None:
 def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
     """Run the study's remaining budget; returns the process exit code (non-zero if a worker failed; 130 after
     Ctrl-C, 143 after SIGTERM, once the workers are stopped and their trials handed back)."""
-    from sweep.worker import Worker, run_context
+    from sweep.worker import Worker, run_context, shared_cores
 
     name = config["study"]["name"]
     profile = check_executor(config)
@@ -267,7 +282,7 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
         raise ConfigError("--detach needs workers that outlive this process: use --executor local or slurm")
     check_budget(config)
     storage = open_storage(url)
-    study = create_or_resume(config, storage, url)
+    study = create_or_resume(config, storage, url, profile)
     waiting = top_up(study, config["study"]["n_trials"], _report_enqueued)
     home = study_dir(name)
     print(f"study {name!r} in {mask(url)}: budget {config['study']['n_trials']} trials, {waiting} to run", flush=True)
@@ -275,6 +290,9 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
         status.summary(study, sys.stdout)
         return 0
     workers = 1 if config["executor"]["name"] == "debug" else min(config["executor"]["workers"], waiting)
+    note = shared_cores(config, workers)
+    if note:
+        print(note, flush=True)
     local = config["executor"]["name"] == "local"
     launch_id = uuid.uuid4().hex[:12]
     fence = Fence.create(home / "logs", launch_id) if local and not detach else None

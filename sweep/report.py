@@ -28,11 +28,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweep import __version__
 from sweep.config import dump_yaml
+from sweep.status import maximizes, value_text
 from sweep.study import CONFIG_ATTR, VOID, counts
 
 PLOTS = ("history", "intermediate", "importance", "parallel", "slice")
 _COLORS = {"complete": "#1f77b4", "pruned": "#d62728", "running": "#2ca02c", "fail": "#7f7f7f"}
 MAX_CURVE_TRACES = 100  # more trials than this share one trace per state in the learning-curve plot
+SLICE_COLUMNS = 4  # slice panels per row: about 300 px each across the page's 1248 px
+SLICE_ROW_HEIGHT = 380
 
 
 @dataclass
@@ -90,7 +93,7 @@ def build(
         ("intermediate", f"Learning curves ({metric})", _curves_need(counted), lambda _: _curves(counted, metric)),
         ("importance", "Hyperparameter importances", _need(complete, 2, names), _importances),
         ("parallel", "Parallel coordinates", _need(complete, 1, names), vis.plot_parallel_coordinate),
-        ("slice", "Slice plots", _need(complete, 1, names), vis.plot_slice),
+        ("slice", "Slice plots", _need(complete, 1, names), _slices),
     ):
         body, drawn[key] = _section_plot(key, study, needs, figure)
         sections.append(_section(key, title, body))
@@ -100,7 +103,7 @@ def build(
         _section("best", "Best trial", _best_html(top, metric)),
         _section("pruning", "What pruning saved", _savings_html(pruning_savings(study, trials))),
         *sections,
-        _section("trials", "Trials", _table(trials, top, metric, _default_epochs(study))),
+        _section("trials", "Trials", _table(trials, top, metric, _default_epochs(study), maximizes(study))),
     ]
     return _page(study.study_name, "\n".join(parts)), drawn
 
@@ -145,6 +148,33 @@ def _importances(study: optuna.Study) -> Any:
     n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     fig.update_layout(title=f"Hyperparameter importances (PED-ANOVA over {n} completed trials)")
     return fig
+
+
+def _slices(study: optuna.Study) -> Any:
+    """Optuna's slice plots, their panels wrapped into rows of `SLICE_COLUMNS`: Optuna puts every parameter in
+    one row 300 px a panel wide, which for five or more is wider than the page (the last panels and the colour
+    bar cut off). The figure then takes the page's width, as every plot does, and a row's height."""
+    fig = optuna.visualization.plot_slice(study)
+    n = sum(1 for key in fig.layout if key.startswith("xaxis"))
+    cols = min(n, SLICE_COLUMNS)
+    rows = math.ceil(n / cols)
+    y_title = fig.layout.yaxis.title.text
+    for i in range(n):
+        row, col = divmod(i, cols)
+        x, y = fig.layout[f"xaxis{i + 1 if i else ''}"], fig.layout[f"yaxis{i + 1 if i else ''}"]
+        x.domain = _cell(col, cols, 0.06)
+        bottom, top = _cell(rows - 1 - row, rows, 0.3 / rows)  # the first row on top
+        y.domain = [bottom, top]
+        if col == 0:  # each row's first panel carries the shared axis' labels
+            y.update(showticklabels=True, title_text=y_title)
+    fig.update_layout(height=SLICE_ROW_HEIGHT * rows + 110, width=None)
+    return fig
+
+
+def _cell(index: int, count: int, gap: float) -> list[float]:
+    """The domain [start, end] of cell `index` of `count` across [0, 1], with `gap` between neighbours."""
+    start, end = index / count, (index + 1) / count
+    return [start + (gap / 2 if index else 0.0), end - (gap / 2 if index < count - 1 else 0.0)]
 
 
 def _curves(trials: Sequence[FrozenTrial], metric: str) -> Any:
@@ -239,7 +269,9 @@ def _section_plot(key: str, study: optuna.Study, needs: str | None, figure: Call
     except Exception as exc:  # a study mid-write can be odd; one plot failing must not cost the whole page
         why = html.escape(f"{type(exc).__name__}: {exc}")
         return f'<p class="note" id="note-{key}">Could not draw: {why}</p>', False
-    fig.update_layout(template="plotly_white", height=520, margin={"t": 60, "l": 60, "r": 20, "b": 50})
+    # no plot is wider than the page: each takes its container's width (`responsive`), whatever Optuna set
+    fig.update_layout(template="plotly_white", width=None, height=fig.layout.height or 520,
+                      margin={"t": 60, "l": 60, "r": 20, "b": 50})
     div = fig.to_html(
         full_html=False, include_plotlyjs=False, div_id=f"plot-{key}", config={"displaylogo": False, "responsive": True}
     )
@@ -318,7 +350,9 @@ def _savings_html(s: Savings) -> str:
     )
 
 
-def _table(trials: Sequence[FrozenTrial], top: FrozenTrial | None, metric: str, default: int | None) -> str:
+def _table(
+    trials: Sequence[FrozenTrial], top: FrozenTrial | None, metric: str, default: int | None, maximize: bool
+) -> str:
     head = ["trial", "state", metric, "epochs", "wall time", "host", "worker", "SLURM job", "params", "note"]
     rows = []
     for t in trials:
@@ -330,7 +364,7 @@ def _table(trials: Sequence[FrozenTrial], top: FrozenTrial | None, metric: str, 
         cells = [
             str(t.number),
             state,
-            _value(t),
+            value_text(t, maximize),
             f"{_epochs(t)}/{planned}" if planned else str(_epochs(t)),
             _hms(_wall(t)) if _wall(t) is not None else "-",
             str(t.user_attrs.get("host", "-")),
@@ -429,14 +463,6 @@ def _wall(t: FrozenTrial) -> float | None:
     if t.datetime_start is not None and t.datetime_complete is not None:
         return (t.datetime_complete - t.datetime_start).total_seconds()
     return None
-
-
-def _value(t: FrozenTrial) -> str:
-    if t.state == TrialState.COMPLETE and t.value is not None:
-        return f"{t.value:.4f}"
-    if t.intermediate_values:  # pruned, failed or running: its last reported value, in parentheses
-        return f"({t.intermediate_values[max(t.intermediate_values)]:.4f})"
-    return "-"
 
 
 def _fmt(v: Any) -> str:

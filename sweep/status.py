@@ -18,6 +18,29 @@ def _metric(study: optuna.Study) -> str:
     return study.user_attrs.get(CONFIG_ATTR, {}).get("study", {}).get("metric", "value")
 
 
+def best_epoch(t: FrozenTrial, maximize: bool) -> tuple[int, float] | None:
+    """(epoch, metric) of the trial's best epoch so far, the first of equals, as the trainer picks it for
+    metrics.json; None before its first epoch."""
+    if not t.intermediate_values:
+        return None
+    pick = max if maximize else min
+    return pick(sorted(t.intermediate_values.items()), key=lambda item: item[1])
+
+
+def trial_value(t: FrozenTrial, maximize: bool) -> float | None:
+    """A trial's value, the one definition every view uses: the metric of its best epoch. That is Optuna's value
+    of a complete trial; a pruned trial has none in Optuna, so the best of the epochs it ran (what its
+    metrics.json and TensorBoard's best/METRIC say); a running or failed one, the best so far."""
+    if t.state == TrialState.COMPLETE and t.value is not None:
+        return t.value
+    top = best_epoch(t, maximize)
+    return None if top is None else top[1]
+
+
+def maximizes(study: optuna.Study) -> bool:
+    return study.direction == optuna.study.StudyDirection.MAXIMIZE
+
+
 def best(study: optuna.Study) -> FrozenTrial | None:
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     if not done:
@@ -52,7 +75,7 @@ def summary(study: optuna.Study, out: IO[str]) -> None:
         [
             str(t.number),
             t.state.name.lower(),
-            _value(t),
+            value_text(t, maximizes(study)),
             str(len(t.intermediate_values)),
             _duration(t),
             _params(t.params),
@@ -112,12 +135,12 @@ def show(study: optuna.Study, out: IO[str], jobs: list[dict[str, Any]] | None = 
         print(f"trial {t.number} failed: {t.user_attrs.get('fail_reason', 'no reason recorded')}", file=out)
 
 
-def _value(t: FrozenTrial) -> str:
-    if t.value is not None:
-        return f"{t.value:.4f}"
-    if t.intermediate_values:
-        return f"({t.intermediate_values[max(t.intermediate_values)]:.4f})"
-    return "-"
+def value_text(t: FrozenTrial, maximize: bool) -> str:
+    """`trial_value` for a table: in parentheses where Optuna holds no value (pruned, running, failed)."""
+    value = trial_value(t, maximize)
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if t.state == TrialState.COMPLETE else f"({value:.4f})"
 
 
 def _params(params: dict[str, Any]) -> str:

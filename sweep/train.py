@@ -1,7 +1,8 @@
 """The common trainer: one plain PyTorch loop for every model, readable top to bottom.
 
 Each epoch: train, evaluate on the validation folds, write metrics.json / TensorBoard / an atomic
-checkpoint, then `trial.report` the metric and stop if the pruner says so. A checkpoint in `out_dir`
+checkpoint, then `trial.report` the metric and stop if the pruner says so (never after the last epoch: a
+fully trained trial completes). A checkpoint in `out_dir`
 is resumed from, so a trial restarted after its worker died continues where it stopped.
 
 The final run (`final=True`, `sweep final`) is the same loop on the train and validation folds together,
@@ -14,7 +15,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,9 +48,16 @@ class Result:
 
 
 def train(
-    config: Mapping[str, Any], out_dir: Path, trial: optuna.Trial | None = None, *, final: bool = False
+    config: Mapping[str, Any],
+    out_dir: Path,
+    trial: optuna.Trial | None = None,
+    *,
+    final: bool = False,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> Result:
-    """Train one config into `out_dir`; with `final`, on train + val, then evaluate the test folds once."""
+    """Train one config into `out_dir`; with `final`, on train + val, then evaluate the test folds once.
+
+    `on_epoch` gets each epoch's row once it is saved (`sweep final` logs it: one line per epoch)."""
     if final and trial is not None:
         raise ValueError("a final run has no trial: it is neither reported nor pruned")
     t, metric = config["train"], config["study"]["metric"]
@@ -62,6 +70,8 @@ def train(
         else t["device"]
     )
     amp = t["amp"] and device.type == "cuda"
+    if t["threads"] is not None:  # part of the config: the same seed gives the same numbers beside any other run
+        torch.set_num_threads(t["threads"])
     torch.manual_seed(t["seed"])
     if final:  # the test folds are read before training, so a broken file stops the run at once
         train_set, test_set = train_and_val(config), load_split(config, "test")
@@ -142,9 +152,11 @@ def train(
                     writer.add_scalar(key, value, epoch)
             writer.flush()
             _save(out_dir, model, optimizer, scheduler, scaler, history, train_set.classes, metric, better, final)
+            if on_epoch is not None:
+                on_epoch(row)
             if trial is not None:
                 trial.report(row[metric], epoch)
-                if trial.should_prune():
+                if epoch < t["epochs"] and trial.should_prune():  # after the last epoch, nothing is left to save
                     raise optuna.TrialPruned(f"pruned after epoch {epoch}: {metric}={row[metric]:.4f}")
     finally:
         writer.close()

@@ -31,6 +31,7 @@ from sweep import space
 from sweep.config import dump_yaml, resolve
 from sweep.diskspace import release as release_reserves
 from sweep.fence import enter as enter_fence
+from sweep.status import best_epoch, maximizes
 from sweep.storage import flush_trial, is_disk_full, open_storage, tell_with
 from sweep.study import open_study, pop_trial, recover_stale, retry
 
@@ -77,13 +78,29 @@ def slurm_job_id() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
-def threads_per_worker(config: Mapping[str, Any]) -> int:
-    """SLURM's allocation when there is one, else the config's, else an equal share of this machine."""
-    if os.environ.get("SLURM_CPUS_PER_TASK"):
-        return int(os.environ["SLURM_CPUS_PER_TASK"])
+def default_threads(config: Mapping[str, Any], profile: Mapping[str, Any] | None = None) -> int:
+    """The torch threads a run computes with when `train.threads` is null: the CPUs one worker is given (the
+    SLURM profile's cpus_per_task, else executor.cpus_per_worker, else an equal share of this machine among
+    executor.workers).
+
+    Called once, where a study is created or a final run starts, and stored in the config: CPU arithmetic
+    changes with the thread count, so a run must not take it from how many runs happen to share its machine.
+    """
+    if config["executor"]["name"] == "slurm" and profile is not None:
+        return int(profile["cpus_per_task"])
     if config["executor"]["cpus_per_worker"]:
         return config["executor"]["cpus_per_worker"]
     return max(1, (os.cpu_count() or 1) // config["executor"]["workers"])
+
+
+def shared_cores(config: Mapping[str, Any], concurrent: int) -> str | None:
+    """A note when `concurrent` local runs of `train.threads` threads each ask for more threads than this machine
+    has cores: they then share cores, slower but with the same numbers (the count is not lowered to fit)."""
+    wanted, cores = concurrent * config["train"]["threads"], os.cpu_count() or 1
+    if config["executor"]["name"] != "local" or wanted <= cores:
+        return None
+    return (f"note: {concurrent} runs × train.threads {config['train']['threads']} = {wanted} threads on {cores} "
+            "cores: they share cores (slower, same numbers); a smaller train.threads trains faster here")
 
 
 class Heartbeat:
@@ -184,10 +201,7 @@ def run_worker(
     if fence and enter_fence(fence) is None:
         print("the launch that started this worker has stopped: no trial claimed", flush=True)
         return WorkerReport(index, host, {}, 0.0)
-    import torch
-
     remove_template_folder(Path(study_dir) / "logs")
-    torch.set_num_threads(threads_per_worker(config))
     ex = config["executor"]
     study = open_study(config, open_storage(storage_url, wait_s=300), worker_index=index)
     params = space.parse(config["search_space"], config)
@@ -286,7 +300,11 @@ def run_trial(
         result = train(config, out_dir, trial)
     except optuna.TrialPruned as exc:
         print(f"{log} {exc}", flush=True)
-        _finished(study, trial, out_dir, "pruned", started, closing)
+        top = best_epoch(trial._cached_frozen_trial, maximizes(study))  # a pruned trial's value is its best epoch's
+        if top is None:  # pruned before its first epoch ended: nothing to show
+            _finished(study, trial, out_dir, "pruned", started, closing)
+        else:
+            _finished(study, trial, out_dir, "pruned", started, {**closing, "best_epoch": top[0]}, top[1])
         return "pruned"
     except NonFiniteLoss as exc:
         print(f"{log} failed: {exc}", flush=True)

@@ -25,7 +25,7 @@ MODELS = "ast, audio_cnn, eat_m, eat_s, resnet18, resnet34, resnet50, simple_cnn
 DATASETS = "esc50, folder, speechcommands, synthetic, urbansound8k"
 TRAIN_KEYS = (
     "epochs, freeze_epochs, batch_size, eval_batch_size, lr, body_lr_mult, optimizer, momentum, weight_decay, "
-    "scheduler, label_smoothing, grad_clip, amp, device, seed"
+    "scheduler, label_smoothing, grad_clip, amp, device, seed, threads"
 )
 
 

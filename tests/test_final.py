@@ -81,7 +81,11 @@ def test_final_retrains_the_best_trial_with_seeds_and_scores_the_test_folds(home
     mean = sum(accuracies) / 2
     assert summary["accuracy"]["mean"] == pytest.approx(mean)
     assert summary["accuracy"]["std"] == pytest.approx(abs(accuracies[0] - accuracies[1]) / 2**0.5)
-    assert "mean ± std" in run.stdout and f"{mean:.4f} ±" in run.stdout
+    assert "mean ± std (n = 2)" in run.stdout and f"{mean:.4f} ±" in run.stdout and summary["n"] == 2
+    n = best.user_attrs["best_epoch"]
+    for seed in (0, 1):  # the debug executor's runs print their epochs as they train, in this process
+        shown = [line.split("  ")[0] for line in run.stdout.splitlines() if line.startswith(f"seed-{seed}: epoch")]
+        assert shown == [f"seed-{seed}: epoch {e}/{n}" for e in range(1, n + 1)]
 
     # best.yaml as is: its own study name and epochs, no trial params
     assert sweep_cli("best", "tiny", cwd=home).returncode == 0
@@ -126,6 +130,64 @@ def _check_predict(run: Path, home: Path) -> None:
     assert bad.returncode == 2 and f"no checkpoint at {home / 'nowhere'}" in bad.stderr
 
 
+def test_a_seed_gives_the_same_numbers_alone_or_beside_other_runs(home: Path) -> None:
+    """Seed 0 alone and seed 0 among three concurrent local runs: the same thread count (recorded in each run's
+    config.yaml), so the same arithmetic: identical losses, test accuracy and confusion matrix. (Width 8, depth 2
+    and batches of 32 are large enough for torch to split work between threads: sums then change with the count.)"""
+    config = copy.deepcopy(TINY)
+    config["data"]["clips_per_class"] = 20
+    config["model"].update(width=8, depth=2)
+    config["train"].update(epochs=2, batch_size=32)
+    config.update(search_space={}, study={"name": "seeded"}, executor={"name": "local", "workers": 1})
+    (home / "seeded.yaml").write_text(yaml.safe_dump(config))
+    seed_0 = home / "studies" / "seeded" / "final" / "seed-0"
+
+    def seed_0_of(*args: str) -> tuple[dict, dict]:
+        run = sweep_cli("final", "seeded.yaml", *args, cwd=home)
+        assert run.returncode == 0, run.stdout + run.stderr
+        return json.loads((seed_0 / "metrics.json").read_text()), load(seed_0 / "config.yaml")
+
+    alone, alone_config = seed_0_of()
+    among, among_config = seed_0_of("--seeds", "3")
+    assert [r["train_loss"] for r in among["history"]] == [r["train_loss"] for r in alone["history"]]
+    assert (among["accuracy"], among["confusion"]) == (alone["accuracy"], alone["confusion"])
+    assert isinstance(alone_config["train"]["threads"], int)
+    assert among_config["train"]["threads"] == alone_config["train"]["threads"]
+
+
+def test_final_shows_each_epoch_once_and_records_what_it_trained_on(home: Path) -> None:
+    """Local runs train in other processes: `sweep final` prints each epoch of each run as one line (its
+    output is a pipe here, as a log file would be: no redrawn bar), the run's own log has the same lines, one
+    run reads `n = 1` without a spread, and metrics.json lists the folds trained on: train and val together."""
+    config = copy.deepcopy(TINY)
+    config["train"]["epochs"] = 3
+    config.update(search_space={}, study={"name": "shown"}, executor={"name": "local", "workers": 1})
+    (home / "shown.yaml").write_text(yaml.safe_dump(config))
+    run = sweep_cli("final", "shown.yaml", cwd=home)
+    assert run.returncode == 0, run.stdout + run.stderr
+    epochs = [line for line in run.stdout.splitlines() if line.startswith("seed-0: epoch")]
+    assert [line.split("  ")[0] for line in epochs] == ["seed-0: epoch 1/3", "seed-0: epoch 2/3", "seed-0: epoch 3/3"]
+    assert "\r" not in run.stdout
+    final = home / "studies" / "shown" / "final"
+    (log,) = (final / "logs").glob("*/*_log.out")
+    assert [line.split("  ")[0] for line in log.read_text().splitlines() if line.startswith("seed-0: epoch")] == [
+        line.split("  ")[0] for line in epochs
+    ]
+
+    assert "±" not in run.stdout and "n = 1: one run, no spread" in run.stdout
+    summary = json.loads((final / "summary.json").read_text())
+    assert summary["n"] == 1 and summary["accuracy"]["std"] is None and summary["macro_f1"]["std"] is None
+    metrics = json.loads((final / "seed-0" / "metrics.json").read_text())
+    assert metrics["folds"] == {"train": [1, 2, 3, 4], "test": [5]}  # the synthetic set's 1-3 / 4 / 5, val trained on
+
+
+def test_a_fold_divided_between_val_and_test_is_named_so() -> None:
+    from sweep.final import trained_folds
+
+    config = {"data": {"folds": {"train": [1, 2], "val": [3], "test": [3]}}}
+    assert trained_folds(config) == {"train": [1, 2, 3], "test": [3], "divided": [3]}
+
+
 def test_cross_validation_tests_each_fold_once(home: Path, capsys: pytest.CaptureFixture) -> None:
     config = copy.deepcopy(TINY)
     config["train"]["epochs"] = 1
@@ -141,8 +203,9 @@ def test_cross_validation_tests_each_fold_once(home: Path, capsys: pytest.Captur
     for k in range(1, 6):
         folder = final / f"cv-fold-{k}"
         metrics = json.loads((folder / "metrics.json").read_text())
-        assert metrics["folds"] == {"train": [f for f in range(1, 6) if f != k], "val": [], "test": [k]}
-        assert yaml.safe_load((folder / "config.yaml").read_text())["data"]["folds"] == metrics["folds"]
+        assert metrics["folds"] == {"train": [f for f in range(1, 6) if f != k], "test": [k]}
+        folds = yaml.safe_load((folder / "config.yaml").read_text())["data"]["folds"]
+        assert folds == {**metrics["folds"], "val": []}
         assert metrics["test_clips"] == 8 == sum(map(sum, metrics["confusion"]))  # 40 clips / 5 folds
         assert (folder / "confusion.png").read_bytes()[:4] == b"\x89PNG"
         seen += metrics["test_clips"]

@@ -36,6 +36,7 @@ def test_launch_resume_status_best_round_trip(home: Path, tiny_file: Path) -> No
         assert saved["train"]["lr"] == pytest.approx(t.params["train.lr"])
         assert saved["augment"]["strength"] == pytest.approx(t.params["augment.strength"])
         assert saved["search_space"] == {}
+        assert saved["train"]["threads"] == 1  # the conftest's executor.cpus_per_worker, set once for the study
         assert t.user_attrs["config"] == saved
         run_info = json.loads((folder / "run.json").read_text())
         assert run_info["seed"] == t.user_attrs["seed"] == 0
@@ -107,6 +108,63 @@ def test_a_study_stored_with_an_old_default_resumes_with_it(
     config["pruner"]["n_warmup_steps"] = 2
     with pytest.raises(ConfigError, match="pruner.n_warmup_steps: None → 2"):
         create_or_resume(config, open_storage(url), url)
+
+
+def test_a_study_keeps_the_thread_count_it_was_created_with(
+    home: Path, tiny_config: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A null train.threads is set once, when the study is created, from what a worker is given; a resume with
+    another executor keeps it (its trials then compute alike), an explicit other value is a change, and a study
+    stored before the key existed resumes with the value set now."""
+    import copy
+
+    from sweep.config import ConfigError
+    from sweep.launch import create_or_resume
+    from sweep.storage import open_storage, resolve_storage
+    from sweep.study import CONFIG_ATTR, stored_config
+
+    url = resolve_storage("tiny")
+    created = copy.deepcopy(tiny_config)
+    created["executor"]["cpus_per_worker"] = 3
+    study = create_or_resume(created, open_storage(url), url)
+    assert created["train"]["threads"] == stored_config(study)["train"]["threads"] == 3
+    resumed = copy.deepcopy(tiny_config)
+    resumed["executor"].update(cpus_per_worker=1, workers=4)
+    create_or_resume(resumed, open_storage(url), url)
+    assert resumed["train"]["threads"] == 3  # what launch hands its workers
+    explicit = copy.deepcopy(resumed)
+    explicit["train"]["threads"] = 2
+    with pytest.raises(ConfigError, match="train.threads: 3 → 2"):
+        create_or_resume(explicit, open_storage(url), url)
+
+    old = stored_config(study)
+    del old["train"]["threads"]
+    study.set_user_attr(CONFIG_ATTR, old)
+    capsys.readouterr()
+    again = copy.deepcopy(tiny_config)
+    create_or_resume(again, open_storage(url), url)
+    assert again["train"]["threads"] == 1 == stored_config(study)["train"]["threads"]
+    assert "created before train.threads existed: it resumes with 1" in capsys.readouterr().out
+
+
+def test_default_threads_follow_what_one_worker_is_given_and_too_many_are_named(tiny_config: dict) -> None:
+    import copy
+    import os
+
+    from sweep.worker import default_threads, shared_cores
+
+    config = copy.deepcopy(tiny_config)
+    config["executor"].update(name="slurm", cpus_per_worker=None, workers=64)
+    assert default_threads(config, {"cpus_per_task": 6}) == 6  # SLURM's allocation, not the worker count
+    config["executor"].update(name="local", cpus_per_worker=3)
+    assert default_threads(config) == 3
+    config["executor"].update(cpus_per_worker=None, workers=1)
+    assert default_threads(config) == (os.cpu_count() or 1)
+    config["train"]["threads"] = os.cpu_count() or 1
+    assert shared_cores(config, 1) is None
+    assert "2 runs × train.threads" in shared_cores(config, 2) and "same numbers" in shared_cores(config, 2)
+    config["executor"]["name"] = "slurm"
+    assert shared_cores(config, 2) is None  # each SLURM task has its own allocation
 
 
 def test_nan_trial_fails_with_reason_and_worker_goes_on(home: Path, tiny_config: dict) -> None:

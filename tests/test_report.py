@@ -251,6 +251,42 @@ def test_report_with_only_pruned_and_failed_trials_shows_what_it_can(browser: Ch
     _keep(shot)
 
 
+SLICE_BOXES = """JSON.stringify((() => {
+    const plot = document.querySelector('#plot-slice');
+    const box = e => { const r = e.getBoundingClientRect(); return {left: r.left, right: r.right}; };
+    return {page: document.documentElement.clientWidth, scroll: document.documentElement.scrollWidth,
+            svg: Array.from(plot.querySelectorAll('.main-svg')).map(box),
+            colorbar: Array.from(plot.querySelectorAll('.colorbar')).map(box),
+            titles: Array.from(plot.querySelectorAll('.xtitle, [class^="x"][class$="title"]')).map(
+                e => ({text: e.textContent, ...box(e)}))};
+})())"""
+
+
+def test_slice_plot_of_many_params_fits_the_page(browser: Chromium, tmp_path: Path) -> None:
+    """Six parameters: Optuna draws one 300 px panel each in one 1800 px row; at a 1400 px window every
+    panel, its axis title and the colour bar lie inside the page."""
+    study = _study()
+    names = [f"train.p{i}" for i in range(6)]
+    dist = optuna.distributions.FloatDistribution(0.0, 1.0)
+    for n in range(5):
+        study.add_trial(optuna.trial.create_trial(
+            value=0.1 * n, params={k: (n + i) % 5 / 5 for i, k in enumerate(names)},
+            distributions=dict.fromkeys(names, dist), intermediate_values={1: 0.1 * n}))
+    report = write_report(study, tmp_path / "report.html")
+    assert report.plots["slice"]
+    assert browser.open(report.path) == []
+    boxes = json.loads(browser.evaluate(SLICE_BOXES))
+    page = boxes["page"]
+    assert 1300 < page <= 1400 and boxes["scroll"] <= page, boxes  # 1400 less a scroll bar
+    assert sorted({t["text"] for t in boxes["titles"]} & set(names)) == names, boxes["titles"]
+    assert len(boxes["colorbar"]) == 1
+    for item in boxes["svg"] + boxes["colorbar"] + boxes["titles"]:
+        assert 0 <= item["left"] and item["right"] <= page, (item, page)
+    shot = tmp_path / "report-slice-six-params.png"
+    browser.screenshot(shot)
+    _keep(shot)
+
+
 def test_pruning_savings_counts_epochs_per_trial_and_leaves_out_retries(tmp_path: Path) -> None:
     study = _study(epochs=8)
     _add(study, TrialState.COMPLETE, [0.5] * 8, wall_seconds=16.0)
@@ -310,6 +346,56 @@ def test_report_of_an_unknown_study_is_a_clear_error(home: Path) -> None:
     run = sweep_cli("report", "nosuch", cwd=home)
     assert run.returncode == 2 and "no study named 'nosuch'" in run.stderr
     assert not (home / "studies" / "nosuch" / "report.html").exists()
+
+
+def test_a_pruned_trials_value_is_its_best_epoch_in_every_view(home: Path) -> None:
+    """A real worker's trial pruned after epoch 2 whose best epoch is its first (lr 0.1: val_acc 0.375, then
+    0.125): metrics.json, the launch table, the report's table, TensorBoard's best/val_acc and the trial's value
+    in the storage (Optuna alone would store the last epoch's) all say 0.375."""
+    import re
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from sweep.config import resolve
+    from sweep.launch import create_or_resume
+    from sweep.storage import open_storage, resolve_storage, study_dir
+    from sweep.study import top_up
+    from sweep.worker import run_context, run_worker
+
+    raw = {**TINY, "study": {"name": "tiny", "n_trials": 2}, "search_space": {"train.lr": [0.1]}}
+    (home / "tiny.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    config = resolve(raw, "tiny.yaml")
+    url = resolve_storage("tiny")
+    study = create_or_resume(config, open_storage(url), url)
+    # the median pruner's one completed trial, perfect at epoch 2: the worker's trial is pruned there
+    lr = optuna.distributions.CategoricalDistribution([0.1])
+    study.add_trial(optuna.trial.create_trial(value=1.0, intermediate_values={2: 1.0}, params={"train.lr": 0.1},
+                                              distributions={"train.lr": lr}))
+    assert top_up(study, 2) == 1
+    run_worker(config, url, str(study_dir("tiny")), 0, run_context(1))
+    pruned = study.get_trials()[1]
+    assert pruned.state == TrialState.PRUNED and sorted(pruned.intermediate_values) == [1, 2]
+    first, last = pruned.intermediate_values[1], pruned.intermediate_values[2]
+    assert first > last, f"the test needs a best epoch before the last: {pruned.intermediate_values}"
+
+    metrics = json.loads((study_dir("tiny") / "trials" / "1" / "metrics.json").read_text())
+    assert (metrics["best_epoch"], metrics["best_value"]) == (1, first)
+
+    table = sweep_cli("launch", "tiny.yaml", cwd=home)  # the budget is met: launch prints its table
+    assert table.returncode == 0, table.stderr
+    row = next(line.split() for line in table.stdout.splitlines() if line.split()[:2] == ["1", "pruned"])
+    assert row[2] == f"({first:.4f})", table.stdout
+
+    page = write_report(study, home / "report.html").path.read_text()
+    cells = re.search(r"<tr><td>1</td><td>pruned</td><td>([^<]*)</td>", page)
+    assert cells and cells.group(1) == f"({first:.4f})"
+
+    events = EventAccumulator(str(study_dir("tiny") / "trials" / "1" / "tb"))
+    events.Reload()
+    (best,) = events.Scalars("best/val_acc")
+    assert (best.step, best.value) == (1, pytest.approx(first))
+    assert [e.value for e in events.Scalars("val_acc")] == pytest.approx([first, last])
+    assert pruned.user_attrs["best_epoch"] == 1 and pruned.value == first  # as the dashboard shows them
 
 
 # ---- TensorBoard's record of each trial -----------------------------------------------------------------

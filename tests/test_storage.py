@@ -257,6 +257,43 @@ def test_bad_storage_urls_are_clear_and_masked() -> None:
         open_storage("mysql+mysqldb://alice:s3cret@127.0.0.1/x")
 
 
+def test_an_in_memory_sqlite_database_is_refused(home: Path, tiny_file: Path) -> None:
+    """An in-memory database lives in one connection of one process: the workers would never see the study."""
+    for url in ("sqlite:///:memory:", "sqlite://", "sqlite:///file::memory:?cache=shared"):
+        with pytest.raises(ConfigError, match="in-memory SQLite database.*sqlite:///PATH"):
+            open_storage(url)
+        with pytest.raises(ConfigError, match="in-memory SQLite database"):
+            resolve_storage("s", cli=url)  # every command, before it looks for the study
+    cli = sweep_cli("launch", str(tiny_file), "--storage", "sqlite:///:memory:", cwd=home, timeout=120)
+    assert cli.returncode == 2, cli.stderr
+    assert "sweep: error:" in cli.stderr and "in-memory SQLite database" in cli.stderr
+    cli = sweep_cli("status", "s", "--storage", "sqlite:///:memory:", cwd=home, timeout=120)
+    assert cli.returncode == 2 and "in-memory SQLite database" in cli.stderr, cli.stderr
+
+
+def test_file_urls_with_a_root_folder_as_relative_path_are_refused_with_both_spellings(
+    home: Path, tiny_file: Path
+) -> None:
+    """After the three slashes the path is as written (SQLAlchemy's sqlite rule, for the journal too), so
+    journal:///tmp/x.log would be the working directory's tmp/x.log: refused, naming both spellings."""
+    for scheme in ("journal:///", "sqlite:///"):
+        with pytest.raises(ConfigError) as err:
+            resolve_storage("s", cli=f"{scheme}tmp/x.log")
+        assert f"write {scheme}/tmp/x.log for /tmp/x.log, or {scheme}./tmp/x.log for {home}/tmp/x.log" in str(
+            err.value
+        )
+        assert resolve_storage("s", cli=f"{scheme}//tmp/x.log") == f"{scheme}/tmp/x.log"
+        assert resolve_storage("s", cli=f"{scheme}./tmp/x.log") == f"{scheme}{home}/tmp/x.log"
+        assert resolve_storage("s", cli=f"{scheme}runs/x.log") == f"{scheme}{home}/runs/x.log"
+    absolute = home / "abs" / "study.log"
+    storage = open_storage(resolve_storage("s", cli=f"journal:///{absolute}"))  # four slashes: absolute
+    optuna.create_study(study_name="s", storage=storage)
+    assert absolute.stat().st_size > 0
+    cli = sweep_cli("status", str(tiny_file), "--storage", "journal:///tmp/x.log", cwd=home, timeout=120)
+    assert cli.returncode == 2, cli.stderr
+    assert "journal:////tmp/x.log" in cli.stderr and not (home / "tmp").exists()
+
+
 def test_missing_database_says_so(pg: Server) -> None:
     url = pg.url(database=f"{pg.database}_nosuch")
     with pytest.raises(ConfigError, match="does not exist; create the database first"):
@@ -372,6 +409,85 @@ def test_a_raw_at_in_a_password_never_reaches_a_message_of_status_or_launch(
 
 
 # ---- dropped connections --------------------------------------------------------------------------------
+
+
+def _sqlite_error(tmp: Path, statement: str, *setup: str) -> Exception:
+    """The real error SQLAlchemy raises when SQLite runs `statement` (after `setup`) on a fresh file."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp}/{uuid.uuid4().hex}.db", connect_args={"timeout": 0})
+    try:
+        with engine.begin() as conn:
+            for s in setup:
+                conn.exec_driver_sql(s)
+            conn.exec_driver_sql(statement)
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        return exc
+    finally:
+        engine.dispose()
+    raise AssertionError(f"{statement} ran")
+
+
+def test_only_errors_that_go_away_by_themselves_are_retried(tmp_path: Path, pg: Server) -> None:
+    """An allow-list: a busy SQLite file, a lock wait timeout, a dropped connection are retried; a query over
+    SQLite's bound-variable limit, a full database, a missing table, a statement timeout are not."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/v.db")
+    with pytest.raises(sqlalchemy.exc.OperationalError, match="too many SQL variables") as variables:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f"SELECT 1 WHERE 1 IN ({','.join('?' * 300000)})", tuple(range(300000)))
+    engine.dispose()
+    full = _sqlite_error(tmp_path, "INSERT INTO t VALUES (randomblob(100000))",
+                         "CREATE TABLE t (b BLOB)", "PRAGMA max_page_count = 8")
+    assert "database or disk is full" in str(full)
+    missing = _sqlite_error(tmp_path, "SELECT * FROM studies")
+    locked_path = tmp_path / "locked.db"
+    holder = sqlite3.connect(locked_path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        engine = sqlalchemy.create_engine(f"sqlite:///{locked_path}", connect_args={"timeout": 0})
+        with pytest.raises(sqlalchemy.exc.OperationalError, match="database is locked") as busy:
+            with engine.begin() as conn:
+                conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+        engine.dispose()
+    finally:
+        holder.close()
+    engine = sqlalchemy.create_engine(pg.url().replace("postgresql://", "postgresql+psycopg2://"))
+    holder = engine.raw_connection()  # a second connection, holding a lock on the table
+    holder.cursor().execute("CREATE TABLE t (x int); INSERT INTO t VALUES (1)")
+    holder.commit()
+    holder.cursor().execute("LOCK TABLE t")  # psycopg2 opened a transaction: the lock is held until close
+    try:
+        with pytest.raises(sqlalchemy.exc.OperationalError, match="lock timeout") as lock_wait:
+            with engine.begin() as conn:
+                conn.exec_driver_sql("SET lock_timeout = '50ms'; UPDATE t SET x = 2")
+        with pytest.raises(sqlalchemy.exc.OperationalError, match="statement timeout") as cancelled:
+            with engine.begin() as conn:
+                conn.exec_driver_sql("SET statement_timeout = '10ms'; SELECT pg_sleep(5)")
+    finally:
+        holder.close()
+        engine.dispose()
+    assert [is_transient(e) for e in (busy.value, lock_wait.value)] == [True, True]
+    assert [is_transient(e) for e in (variables.value, full, missing, cancelled.value)] == [False] * 4
+    wrapped = optuna.exceptions.StorageInternalError("An exception is raised during the commit.")
+    wrapped.__cause__ = full  # how Optuna's session scope hands it on
+    assert not is_transient(wrapped)
+
+
+def test_an_id_list_over_the_bind_limit_is_read_without_retrying(
+    home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Optuna's cache may hold more unfinished trial ids than SQLite binds in one query (its own test asks for
+    500000): sweep reads from the oldest of them on instead, and nothing is retried."""
+    storage = open_storage(f"sqlite:///{home}/ids.db", retry_s=1)
+    study = optuna.create_study(study_name="ids", storage=storage)
+    trial_id = storage.create_new_trial(study._study_id)
+    with caplog.at_level(logging.WARNING, logger="sweep.storage"):
+        trials = storage._get_trials(study._study_id, None, set(range(500000)), trial_id + 500000)
+    assert [t._trial_id for t in trials] == [trial_id]
+    assert "retrying" not in caplog.text
 
 
 def test_a_worker_may_wait_for_a_restarting_server(pg: Server) -> None:
@@ -779,10 +895,10 @@ def _plain(url: str) -> Any:
 def test_a_workers_cached_reads_see_every_change_another_worker_makes(
     backend: str, request: pytest.FixtureRequest
 ) -> None:
-    """sweep reads WAITING trials once and then only what changed, a pruning check only what finished, and every
-    trial through SQLAlchemy Core: after each step of another worker, one worker's listings (all trials, and
-    finished ones only, as a pruner asks, before and after the full one) and each `get_trial` equal a fresh
-    read by plain Optuna, field by field (params of every kind, NaN and infinite values, attributes, times)."""
+    """sweep's pruning check reads only what finished, and every trial goes through SQLAlchemy Core: after each
+    step of another worker, one worker's listings (all trials, and finished ones only, as a pruner asks, before
+    and after the full one) and each `get_trial` equal a fresh read by plain Optuna, field by field (params of
+    every kind, NaN and infinite values, attributes, times)."""
     _cached_reads_match_fresh_ones(_url_for(backend, request))
 
 
@@ -839,6 +955,57 @@ def _cached_reads_match_fresh_ones(url: str) -> None:
     while (d := pop_trial(other)) is not None:
         other.tell(d, 1.0)
     same()
+
+
+_WRITE_TO_WAITING = """
+import sys, optuna
+from optuna.distributions import FloatDistribution
+storage = optuna.storages.RDBStorage(sys.argv[1].replace("postgresql://", "postgresql+psycopg2://"))
+trial_id = int(sys.argv[2])
+storage.set_trial_user_attr(trial_id, "note", "from elsewhere")
+storage.set_trial_system_attr(trial_id, "note", {"lr": 0.5})
+storage.set_trial_param(trial_id, "lr", 0.5, FloatDistribution(0.0, 1.0))
+"""
+
+
+@pytest.mark.parametrize("view", ["plain_optuna", "launcher", "worker"])
+@pytest.mark.parametrize("backend", ["sqlite", "pg"])
+def test_what_another_process_writes_to_a_waiting_trial_shows_in_listings(
+    backend: str, view: str, request: pytest.FixtureRequest
+) -> None:
+    """Optuna lets anyone set a WAITING trial's params and attributes without changing its state; a listing
+    read after that shows them, in every view (plain Optuna's cache, the launcher's storage, a worker's)."""
+    import subprocess
+    import sys
+
+    url = _url_for(backend, request)
+    optuna.create_study(study_name="w", storage=open_storage(url))
+    if view == "plain_optuna":
+        storage = optuna.storages.get_storage(_plain(url))
+    else:
+        storage = open_storage(url) if view == "launcher" else worker_cache(open_storage(url))
+    study = optuna.load_study(study_name="w", storage=storage)
+    top_up(study, 2)
+    waiting = study.get_trials()[0]
+    assert waiting.state == TrialState.WAITING and not waiting.params  # read (and cached) before the writes
+    subprocess.run([sys.executable, "-c", _WRITE_TO_WAITING, url, str(waiting._trial_id)], check=True)
+    for seen in (study.get_trials()[0], study.get_trials(states=(TrialState.WAITING,))[0]):
+        assert seen.state == TrialState.WAITING
+        assert seen.user_attrs == {**waiting.user_attrs, "note": "from elsewhere"}
+        assert seen.system_attrs == {**waiting.system_attrs, "note": {"lr": 0.5}}
+        assert seen.params == {"lr": 0.5}
+
+
+def test_a_study_that_reuses_a_deleted_studys_id_lists_only_its_own_trials(home: Path) -> None:
+    """SQLite hands a deleted study's id to the next study; nothing of the deleted one may show in it."""
+    storage = open_storage(f"sqlite:///{home}/d.db")
+    old = optuna.create_study(study_name="old", storage=storage)
+    top_up(old, 1)
+    assert len(old.get_trials()) == 1
+    optuna.delete_study(study_name="old", storage=storage)
+    new = optuna.create_study(study_name="new", storage=storage)
+    assert new._study_id == old._study_id  # the case in point
+    assert new.get_trials() == []
 
 
 def _fields(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
@@ -1047,3 +1214,15 @@ def test_processes_creating_one_sqlite_file_at_once_share_it(home: Path) -> None
     stored = {s.study_name for s in optuna.get_all_study_summaries(open_storage(url), include_best_trial=False)}
     assert stored == set(names) == {f"s{i}" for i in range(6)}
     assert sorted(p.name for p in (home / "new").iterdir() if not p.name.startswith("study.db")) == []
+
+
+def test_a_literal_query_password_goes_to_a_private_file_too(tmp_path: Path) -> None:
+    from sweep.storage.urls import PASSWORD_FILE, for_workers
+
+    url = "postgresql://alice:u-secret@db/x?sslmode=disable&password=q%26secret&application_name=s"
+    handed = for_workers(url, tmp_path / "study")
+    assert "secret" not in handed.replace(str(tmp_path), "")
+    assert (tmp_path / "study" / f"{PASSWORD_FILE}-query").read_text() == "q&secret"
+    assert (tmp_path / "study" / PASSWORD_FILE).read_text() == "u-secret"
+    assert stat.S_IMODE((tmp_path / "study" / f"{PASSWORD_FILE}-query").stat().st_mode) == 0o600
+    assert expand_url(handed) == "postgresql://alice:u-secret@db/x?sslmode=disable&password=q%26secret&application_name=s"

@@ -63,6 +63,17 @@ class PruneAtEpoch(optuna.pruners.BasePruner):
         return max(trial.intermediate_values) >= self.epoch
 
 
+def test_a_trial_that_ran_its_last_epoch_completes_whatever_the_pruner_says(tiny_config: dict, tmp_path: Path) -> None:
+    """The pruner would stop the trial after epoch 3 of 3: it is fully trained by then, so it completes."""
+    study = optuna.create_study(direction="maximize", pruner=PruneAtEpoch(3))
+    trial = study.ask()
+    result = train(tiny_config, tmp_path, trial)
+    assert [r["epoch"] for r in result.history] == [1, 2, 3]
+    assert sorted(study.trials[0].intermediate_values) == [1, 2, 3]
+    with pytest.raises(optuna.TrialPruned, match="after epoch 2"):  # before the last epoch it still prunes
+        train(tiny_config, tmp_path / "early", optuna.create_study(pruner=PruneAtEpoch(2)).ask())
+
+
 @pytest.mark.parametrize(
     ("scheduler", "freeze_epochs", "waveform_augment"),
     [("cosine", 0, False), ("onecycle", 0, False), ("onecycle", 2, True), ("cosine", 1, True)],

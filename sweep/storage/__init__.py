@@ -2,7 +2,8 @@
 
 Which storage to use when:
 
-- ``sqlite:///PATH`` (the default, ``studies/NAME/study.db``): every worker on ONE machine. WAL without an
+- ``sqlite:///PATH`` (the default, ``studies/NAME/study.db``): every worker on ONE machine; never in memory
+  (``sqlite:///:memory:`` is refused: no other process could see it). WAL without an
   fsync per commit (synchronous=NORMAL), a 60 s busy timeout, and every storage call that writes is one
   ``BEGIN IMMEDIATE`` transaction (SQLite has no SELECT … FOR UPDATE: with plain Optuna, two local workers
   could pop the same WAITING trial). Never on a
@@ -13,7 +14,8 @@ Which storage to use when:
   connection (two more on demand, e.g. for the heartbeat thread), pre-pinged before use, recycled after
   30 min, with a 10 s connect timeout and TCP keepalives: 32 workers hold ~33 of PostgreSQL's default 100
   connections. A dropped connection or a database restart does not end a worker: every storage call is
-  retried with backoff for up to `RETRY_S` (`RetryingRDBStorage`, which also says what Optuna does alone).
+  retried with backoff for up to `RETRY_S` (`RetryingRDBStorage`, which also says what Optuna does alone), on
+  the errors `is_transient` allows; any other error (a full disk, a query too big) fails at once.
 - ``journal:///PATH``: a cluster with a shared file system but no database server: Optuna's append-only log
   behind a symlink lock (NFS-safe). Concurrent writer processes lose nothing, and a trial takes fewer appends
   (lock + fsync each) than under plain Optuna; but every process replays the whole log, so it slows down with

@@ -19,7 +19,7 @@ from sweep.storage.filesystems import check_sqlite_location
 from sweep.storage.journal import SweepJournalStorage
 from sweep.storage.rdb import RetryingRDBStorage
 from sweep.storage.retry import RETRY_S, _first_line, _mysql_code, is_transient
-from sweep.storage.urls import _SERVERS, PASSWORD_ENV, expand_url, mask, scrub
+from sweep.storage.urls import _SERVERS, PASSWORD_ENV, check_not_in_memory, expand_url, mask, scrub
 
 _log = logging.getLogger("sweep.storage")  # one logger for the whole package
 
@@ -136,13 +136,13 @@ def _create_sqlite(path: Path) -> None:
 
 
 def _open(url: str, retry_s: float) -> optuna.storages.BaseStorage:
+    check_not_in_memory(url)
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///") :])
-        if str(path) != ":memory:":
-            path.parent.mkdir(parents=True, exist_ok=True)
-            check_sqlite_location(path.parent)
-            if not path.exists():
-                _create_sqlite(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        check_sqlite_location(path.parent)
+        if not path.exists():
+            _create_sqlite(path)
         return RetryingRDBStorage(url, engine_kwargs=engine_options(url), retry_s=retry_s)
     if url.startswith(_SERVERS):
         engine_url = _engine_url(url)

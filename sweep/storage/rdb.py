@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -79,8 +78,6 @@ class RetryingRDBStorage(RDBStorage):
 
     def __init__(self, url: str, *, retry_s: float = RETRY_S, **kwargs: Any) -> None:
         self.retry_s = retry_s
-        self._waiting: dict[int, dict[int, optuna.trial.FrozenTrial]] = {}  # study id → trial id → trial
-        self._waiting_lock = threading.Lock()
         self._closing: dict[int, dict[str, Any]] = {}  # trial id → attributes written when it finishes
         super().__init__(url, **kwargs)
         self._serialize_sqlite()
@@ -102,60 +99,36 @@ class RetryingRDBStorage(RDBStorage):
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
-        del state["_waiting_lock"]
-        state["_waiting"], state["_closing"] = {}, {}
+        state["_closing"] = {}
         return state
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
-        state["_waiting_lock"] = threading.Lock()
         super().__setstate__(state)
         self._serialize_sqlite()
 
     def _get_trials(
         self, study_id: int, states: Any, included_trial_ids: set[int], trial_id_greater_than: int
     ) -> list[optuna.trial.FrozenTrial]:
-        """Optuna's incremental read (through `read_trials`), minus re-reading WAITING trials still WAITING.
+        """Optuna's incremental read (the trials its cache holds as unfinished, and all newer), through
+        `read_trials`. Every unfinished trial is read again, WAITING ones too: Optuna's contract lets anyone set
+        a waiting trial's params and attributes, from any process, without changing its state."""
 
-        Optuna's cache re-reads every unfinished trial on every `get_trials` (each sample; each pruning check
-        outside `WorkerCache`), and sweep enqueues its whole budget as WAITING trials: a budget of 1000 meant
-        1000 trials with all their attributes loaded per epoch per worker. A WAITING trial only changes together
-        with its state (popped, voided, finished), so the query leaves out the cached ones still WAITING.
-        """
-        return call_with_retry(
-            lambda n: self._get_trials_once(study_id, states, included_trial_ids, trial_id_greater_than),
-            "_get_trials",
-            self.retry_s,
-            self.url,
-        )
+        def attempt(n: int) -> list[optuna.trial.FrozenTrial]:
+            import sqlalchemy
 
-    def _get_trials_once(
-        self, study_id: int, states: Any, included: set[int], greater: int
-    ) -> list[optuna.trial.FrozenTrial]:
-        import sqlalchemy
-
-        t = models.TrialModel.__table__.c
-        wanted = _unfinished_or_newer(included, greater)
-        with self._waiting_lock:
-            cached = self._waiting.setdefault(study_id, {})
-            if states is None:  # finished, as Optuna's cache knows:
-                for i in [i for i in cached if i <= greater and i not in included]:
-                    del cached[i]
+            t = models.TrialModel.__table__.c
+            newer = _unfinished_or_newer(included_trial_ids, trial_id_greater_than)
+            wanted = sqlalchemy.and_(t.study_id == study_id, newer)
             if states is not None:
                 wanted = sqlalchemy.and_(wanted, t.state.in_(list(states)))
-            elif cached:  # the same query as Optuna's, minus the cached WAITING trials that are still WAITING
-                still_waiting = sqlalchemy.and_(t.trial_id.in_(cached), t.state == TrialState.WAITING)
-                wanted = sqlalchemy.and_(wanted, sqlalchemy.not_(still_waiting))
             with _session(self) as session:
-                loaded = read_trials(session, select_trials(sqlalchemy.and_(t.study_id == study_id, wanted)))
+                loaded = read_trials(session, select_trials(wanted))
                 if not loaded:  # a trial row proves its study exists; without one, ask (a deleted study raises)
                     models.StudyModel.find_or_raise_by_id(study_id, session)
-            if states is not None:
-                return loaded
-            for trial in loaded:
-                cached.pop(trial._trial_id, None)
-            kept = list(cached.values())  # not read again: still WAITING, so unchanged
-            cached.update((trial._trial_id, trial) for trial in loaded if trial.state == TrialState.WAITING)
-        return sorted(kept + loaded, key=lambda trial: trial._trial_id)
+            # exactly Optuna's set, also where `_unfinished_or_newer` read more (too many ids to bind)
+            return [t for t in loaded if t._trial_id in included_trial_ids or t._trial_id > trial_id_greater_than]
+
+        return call_with_retry(attempt, "_get_trials", self.retry_s, self.url)
 
     def read_finished(
         self, study_id: int, unfinished: Iterable[int], last_finished: int, ahead: Iterable[int]
@@ -417,11 +390,14 @@ def _newly_finished() -> Any:
 
 def _unfinished_or_newer(unfinished: Iterable[int], last_finished: int) -> Any:
     """The trials Optuna's cache must read again: those it holds as unfinished, and all above the last finished
-    one it read (the condition of `RDBStorage._get_trials`)."""
+    one it read (the condition of `RDBStorage._get_trials`). More ids than one query may bind (SQLite: "too many
+    SQL variables"): every trial from the oldest of them on (a finished one read again is cached again, unchanged)."""
     import sqlalchemy
 
     t = models.TrialModel.__table__.c
     older = [i for i in unfinished if i <= last_finished]
+    if len(older) > _MAX_IDS:
+        return t.trial_id >= min(older)
     return sqlalchemy.or_(t.trial_id.in_(older), t.trial_id > last_finished) if older else t.trial_id > last_finished
 
 

@@ -16,16 +16,38 @@ _log = logging.getLogger("sweep.storage")  # one logger for the whole package
 T = TypeVar("T")
 
 RETRY_S = 600.0  # how long a worker keeps retrying one storage call: a database restart takes seconds to minutes
+# What is retried is an allow-list: anything else (a full disk, a query the database cannot run, bad data, a
+# refused login, a missing table) fails at once, because retrying it would only hide it for `RETRY_S` seconds.
 # MySQL error codes that go away by themselves: lock wait timeout, deadlock, too many connections, server
-# shutdown, connection killed, can't connect, server gone, connection lost, disconnected for inactivity.
-_MYSQL_TRANSIENT = frozenset({1205, 1213, 1040, 1053, 1927, 2002, 2003, 2006, 2013, 2055, 4031})
-_MYSQL_PERMANENT = frozenset({1044, 1045, 1049, 1698})  # access denied, unknown database
-_PERMANENT_TEXT = (
-    "authentication failed",
-    "access denied",
-    "does not exist",
-    "unknown database",
-    "no pg_hba.conf entry",
+# shutdown, connection killed, can't connect, server gone, connection lost, disconnected for inactivity, and
+# PyMySQL's 0 for a connection it already holds closed.
+_MYSQL_TRANSIENT = frozenset({0, 1205, 1213, 1040, 1053, 1927, 2002, 2003, 2006, 2013, 2055, 4031})
+# PostgreSQL SQLSTATEs: classes 08 (connection exception) and 40 (serialization failure, deadlock), and lock
+# not available (lock_timeout), too many connections, server shutting down or starting up, idle session timeout.
+_PG_TRANSIENT_CLASSES = ("08", "40")
+_PG_TRANSIENT = frozenset({"55P03", "53300", "57P01", "57P02", "57P03", "57P05"})
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6  # primary result codes (the extended ones carry them in their low byte)
+# Errors that come without a code: a connection refused or dropped before the server could say why (libpq
+# gives no SQLSTATE for those), a server restarting, SQLite's busy file (Python < 3.11 gives no code).
+_TRANSIENT_TEXT = (
+    "database is locked",
+    "database table is locked",
+    "connection refused",
+    "server closed the connection",
+    "connection already closed",
+    "terminating connection",
+    "the database system is",
+    "not currently accepting connections",
+    "could not receive data",
+    "could not send data",
+    "connection timed out",
+    "timeout expired",
+    "ssl connection has been closed",
+    "connection reset by peer",
+    "broken pipe",
+    "no route to host",
+    "network is unreachable",
+    "temporary failure in name resolution",
 )
 
 
@@ -82,8 +104,7 @@ def is_disk_full(exc: BaseException) -> bool:
 
 def is_transient(exc: BaseException) -> bool:
     """Whether a storage error may go away by itself: a dropped or refused connection, a server restarting,
-    a deadlock or lock wait timeout, a busy SQLite file. Retrying anything else (bad data, a refused login,
-    a missing table) would only hide the error for `RETRY_S` seconds.
+    a deadlock, serialization failure or lock wait timeout, a busy SQLite file. Only these are retried.
     """
     import sqlalchemy.exc as sa_exc
 
@@ -95,14 +116,18 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(err, sa_exc.TimeoutError):  # pool exhausted for pool_timeout: another thread held on too long
         return True
     code = _mysql_code(err)
-    if code in _MYSQL_TRANSIENT or code in _MYSQL_PERMANENT:
+    if code is not None:
         return code in _MYSQL_TRANSIENT
     if not isinstance(err, (sa_exc.OperationalError, sa_exc.InterfaceError)):
         return False
-    sqlstate = getattr(getattr(err, "orig", None), "pgcode", None)
-    if sqlstate:  # connection exception, transaction rollback (deadlock, serialization), resources, shutdown
-        return sqlstate[:2] in ("08", "40", "53", "57") and sqlstate != "57014"  # 57014: cancelled by the user
-    return not any(s in _first_line(err).lower() for s in _PERMANENT_TEXT)
+    orig = getattr(err, "orig", None)
+    sqlstate = getattr(orig, "pgcode", None)
+    if sqlstate:
+        return sqlstate[:2] in _PG_TRANSIENT_CLASSES or sqlstate in _PG_TRANSIENT
+    sqlite_code = getattr(orig, "sqlite_errorcode", None)
+    if sqlite_code is not None:
+        return sqlite_code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    return any(s in _first_line(err).lower() for s in _TRANSIENT_TEXT)
 
 
 _retry_state = threading.local()  # nested storage calls (get_all_trials → _get_trials) retry only at the top

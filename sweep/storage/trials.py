@@ -3,6 +3,7 @@ what the study and the workers call instead of the storage's own methods."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -118,4 +119,18 @@ def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None, state: 
     sweep never uses (a read, and a copy of the whole config attribute, per trial)."""
     from optuna.study import _tell
 
-    _tell._tell_with_warning(study, trial, value, state, skip_if_finished)
+    if state != TrialState.PRUNED or value is None or not math.isfinite(value):
+        _tell._tell_with_warning(study, trial, value, state, skip_if_finished)
+        return
+    # Optuna takes no value with PRUNED and stores the last epoch's; sweep's value of a pruned trial is its best
+    # epoch's (as a complete trial's), so that the dashboard and `study.trials` say what sweep's views say.
+    study._thread_local.cached_all_trials = None
+    frozen = study._storage.get_trial(trial._trial_id)
+    if frozen.state.is_finished() and skip_if_finished:
+        return
+    if frozen.state != TrialState.RUNNING:
+        raise ValueError(f"Cannot tell a {frozen.state.name} trial.")
+    try:
+        study.sampler.after_trial(optuna.pruners._filter_study(study, frozen), frozen, state, [float(value)])
+    finally:
+        study._storage.set_trial_state_values(trial._trial_id, state, [float(value)])

@@ -39,12 +39,47 @@ def resolve_storage(name: str, cli: str | None = None, config: Mapping[str, Any]
     return f"sqlite:///{study_dir(name) / 'study.db'}"
 
 
+FILE_SCHEMES = ("sqlite:///", "journal:///")
+
+
 def _absolute(url: str) -> str:
-    """File URLs made absolute here, so workers started elsewhere open the same file."""
-    for scheme in ("sqlite:///", "journal:///"):
-        if url.startswith(scheme) and url != scheme + ":memory:":
-            return scheme + str(Path(url[len(scheme) :]).resolve())
+    """File URLs made absolute here, so workers started elsewhere open the same file.
+
+    Both follow SQLAlchemy's sqlite rule: the path after the three slashes is as written, so
+    ``sqlite:///studies/x.db`` is relative and ``journal:////shared/x.log`` (four slashes) absolute. A relative
+    path whose first folder is also one at the root (``journal:///tmp/x.log``: the working directory's
+    tmp/x.log, or /tmp/x.log?) is refused with both spellings: writing a file the user will not find, or that
+    workers started elsewhere look for in their own working directory, is worse than asking.
+    """
+    check_not_in_memory(url)
+    for scheme in FILE_SCHEMES:
+        if url.startswith(scheme):
+            path = url[len(scheme) :]
+            first = "" if path.startswith("/") else path.split("/")[0]  # pathlib would drop a leading "./"
+            if first not in ("", ".", "..") and Path("/", first).exists() and Path.cwd() != Path("/"):
+                raise ConfigError(
+                    f"{url} names {path} relative to the working directory ({scheme} is followed by the path "
+                    f"as written, as in SQLAlchemy's sqlite:///); write {scheme}/{path} for /{path}, or "
+                    f"{scheme}./{path} for {Path(path).resolve()}",
+                    key="storage",
+                )
+            return scheme + str(Path(path).resolve())
     return url
+
+
+def check_not_in_memory(url: str) -> None:
+    """Refuse an in-memory SQLite URL (``sqlite://``, ``sqlite:///:memory:``, ``mode=memory``): the database
+    lives in one connection of one process, and Optuna's engine drops it with its schema between calls."""
+    if not url.startswith("sqlite:"):
+        return
+    path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else ""
+    if path.split("?")[0] in ("", ":memory:") or path.startswith("file::memory:") or "mode=memory" in url:
+        raise ConfigError(
+            f"{url} is an in-memory SQLite database: it lives in one connection of one process, so the workers, "
+            "the launcher and later commands (status, report) would each see an empty or no study; use a file, "
+            "sqlite:///PATH (the default: studies/NAME/study.db)",
+            key="storage",
+        )
 
 
 # ---- credentials ---------------------------------------------------------------------------------------
@@ -122,7 +157,8 @@ def expand_url(url: str, environ: Mapping[str, str] | None = None) -> str:
             text = env[name]
         else:
             raise ConfigError(f"storage URL {mask(url)} uses ${{{name}}}, but {name} is not set", key="storage")
-        return quote(text, safe="") if match.start() < userinfo_end else text
+        in_query = path is not None and "?" in url[: match.start()]  # `for_workers`' ?password=${file:…}
+        return quote(text, safe="") if match.start() < userinfo_end or in_query else text
 
     expanded = _VAR.sub(value, url)
     scheme, user, password, rest = _split_userinfo(expanded)
@@ -134,22 +170,34 @@ def expand_url(url: str, environ: Mapping[str, str] | None = None) -> str:
 def for_workers(url: str, study_folder: Path) -> str:
     """The URL to hand to workers (pickled by submitit into the job folders): no password in clear.
 
-    A password written into the URL itself (not a ``${VAR}``) goes to `PASSWORD_FILE` in the study folder,
-    mode 0600, and the URL names that file instead (``${file:PATH}``), read back by `expand_url` when a worker
-    opens the storage; ``${VAR}`` references stay as they are, to be expanded from the workers' environment.
+    A password written into the URL itself (not a ``${VAR}``), in its userinfo or as a ``?password=`` query
+    value, goes to `PASSWORD_FILE` (``-query`` for the latter) in the study folder, mode 0600, and the URL
+    names that file instead (``${file:PATH}``), read back by `expand_url` when a worker opens the storage;
+    ``${VAR}`` references stay as they are, to be expanded from the workers' environment.
     """
     scheme, user, password, rest = _split_userinfo(url)
+    query = next((m for m in _QUERY_SECRET.finditer(url) if _VAR.sub("", m.group(0)[len(m.group(1)) :])), None)
+    if query is not None:  # `?password=…`: its value goes to the file the same way
+        secret = unquote(query.group(0)[len(query.group(1)) :])
+        path = _write_password_file(study_folder / f"{PASSWORD_FILE}-query", secret)
+        url = f"{url[: query.start()]}{query.group(1)}${{file:{quote(str(path), safe='/._-~+,=')}}}{url[query.end() :]}"
+        scheme, user, password, rest = _split_userinfo(url)
     if password is None or not _VAR.sub("", password):
         return url
-    path = study_folder / PASSWORD_FILE
-    study_folder.mkdir(parents=True, exist_ok=True)
+    path = _write_password_file(study_folder / PASSWORD_FILE, unquote(_split_userinfo(expand_url(url))[2] or ""))
+    return f"{scheme}{user}:${{file:{quote(str(path), safe='/._-~+,=')}}}@{rest}"
+
+
+def _write_password_file(path: Path, password: str) -> Path:
+    """A password file in the study folder, mode 0600 from its creation, replaced atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
-        out.write(unquote(_split_userinfo(expand_url(url))[2] or ""))
+        out.write(password)
     os.chmod(tmp, 0o600)  # O_CREAT's mode applies to a new file only
     os.replace(tmp, path)
-    return f"{scheme}{user}:${{file:{quote(str(path), safe='/._-~+,=')}}}@{rest}"
+    return path
 
 
 def _read_password_file(url: str, path: Path) -> str:
