@@ -117,6 +117,7 @@ def _schema() -> dict[str, Any]:
             "direction": Field(str, None, choices=("maximize", "minimize"), nullable=True),
             "metric": Field(str, "val_acc", choices=tuple(METRICS)),
             "n_trials": Field(int, 20, low=1),
+            "max_trials": Field(int, 100_000, low=1),  # the largest n_trials accepted (`study.check_budget`)
             "timeout": Field(float, None, low=0, nullable=True),
         },
         "storage": Field(str, None, nullable=True),

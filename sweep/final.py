@@ -122,8 +122,10 @@ def final(
 
 def run_one(config: dict[str, Any], out_dir: str, record: dict[str, Any]) -> dict[str, Any]:
     """The submitit job of one run: train on train + val, score the test folds, write the run's folder."""
+    from sweep.launch import remove_template_folder
     from sweep.train import train
 
+    remove_template_folder(Path(out_dir).parent / "logs")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_yaml(config))

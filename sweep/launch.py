@@ -9,13 +9,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime
+import functools
 import os
 import re
 import shutil
+import signal
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -24,15 +27,17 @@ from optuna.trial import TrialState
 
 from sweep import status
 from sweep.config import ConfigError, resolve
+from sweep.diskspace import DiskFull, Reserves
+from sweep.fence import Fence
 from sweep.jobs import in_queue
 from sweep.jobs import record as jobs_record
 from sweep.profile import check_with_cluster, load_profile, submitit_parameters
 from sweep.storage import mask, open_storage, study_dir
 from sweep.storage.urls import for_workers
-from sweep.study import CONFIG_ATTR, counts, retry, top_up
+from sweep.study import CONFIG_ATTR, check_budget, counts, retry, top_up
 
 # Keys a resumed study may change: how much and how it runs, not what a trial means.
-RESUMABLE = ("study.n_trials", "study.timeout", "executor.", "storage")
+RESUMABLE = ("study.n_trials", "study.max_trials", "study.timeout", "executor.", "storage")
 # Defaults that changed since a study may have been stored: (section, key, old default, new default). A study
 # stored with the old value resumes with it, so the config that created it still resumes it unchanged.
 CHANGED_DEFAULTS = (("pruner", "n_warmup_steps", None, 1),)  # 2026-11-23: a quarter of train.epochs → 1
@@ -234,13 +239,88 @@ def settle(
         raise ConfigError("; ".join(stop))
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (what `kill`, `timeout` and SLURM send) raised where Ctrl-C raises KeyboardInterrupt, so that
+    both stop the launch the same way: workers stopped, their trials handed back, exit 128 + the signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def signal_of(stop: KeyboardInterrupt) -> int:
+    """The signal behind an interrupt: SIGTERM for `Stopped`, else SIGINT (Ctrl-C)."""
+    return getattr(stop, "signum", signal.SIGINT)
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    raise Stopped(signum)
+
+
+def interruptible(run: Callable[..., int]) -> Callable[..., int]:
+    """`run` with SIGTERM raising `Stopped` (in the main thread), and an interrupt that comes before any worker
+    was started (nothing to stop, nothing to hand back) answered with a message and exit 128 + the signal."""
+
+    @functools.wraps(run)
+    def wrapper(*args: Any, **kwargs: Any) -> int:
+        if threading.current_thread() is not threading.main_thread():
+            return run(*args, **kwargs)
+        previous = signal.signal(signal.SIGTERM, _raise_stopped)
+        try:
+            return run(*args, **kwargs)
+        except KeyboardInterrupt as stop:
+            print(f"\ninterrupted ({signal.Signals(signal_of(stop)).name}) before any worker started", flush=True)
+            return 128 + signal_of(stop)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    return wrapper
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """SIGINT and SIGTERM held until the block ends: submitting the workers is not cut off half-way, so the
+    launcher knows every job it must stop; one that came meanwhile is raised right after the block. (Recorded
+    by a handler, not blocked: a blocked signal stays blocked in the processes started meanwhile.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: held.append(signum))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if held:
+        raise Stopped(held[0]) if held[0] != signal.SIGINT else KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _signals_ignored():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+# Each job's logs go to logs/JOB_ID/: submitit's folder template, formatted per job.
+JOB_FOLDER = "%j"
+
+
 def make_executor(config: Mapping[str, Any], logs: Path, workers: int, profile: Mapping[str, Any] | None):
     import submitit
 
     name = config["study"]["name"]
     logs.mkdir(parents=True, exist_ok=True)
     logs.chmod(0o700)  # submitit's pickles hold each job's arguments, its logs whatever a run prints: owner only
-    executor = submitit.AutoExecutor(folder=str(logs / "%j"), cluster=config["executor"]["name"])
+    executor = submitit.AutoExecutor(folder=str(logs / JOB_FOLDER), cluster=config["executor"]["name"])
     if profile is not None:
         executor.update_parameters(**submitit_parameters(profile, workers, name))
     else:
@@ -248,8 +328,18 @@ def make_executor(config: Mapping[str, Any], logs: Path, workers: int, profile: 
     return executor
 
 
+def remove_template_folder(logs: Path) -> None:
+    """Remove the empty folder literally named `%j` that submitit's local job controller makes from the folder
+    template (`Controller.start_tasks` mkdirs the unformatted path) before it starts the job: the job removes
+    it on starting, so no logs/ folder keeps one. A folder that is not empty is not sweep's to remove."""
+    with contextlib.suppress(OSError):  # not there (SLURM, debug), not empty, or another job removed it first
+        (logs / JOB_FOLDER).rmdir()
+
+
+@interruptible
 def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
-    """Run the study's remaining budget; returns the process exit code (non-zero if a worker failed)."""
+    """Run the study's remaining budget; returns the process exit code (non-zero if a worker failed; 130 after
+    Ctrl-C, 143 after SIGTERM, once the workers are stopped and their trials handed back)."""
     from sweep.worker import Worker, run_context, shared_cores
 
     name = config["study"]["name"]
@@ -257,9 +347,10 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
     preflight(config, profile)
     if detach and config["executor"]["name"] == "debug":
         raise ConfigError("--detach needs workers that outlive this process: use --executor local or slurm")
+    check_budget(config)
     storage = open_storage(url)
     study = create_or_resume(config, storage, url, profile)
-    waiting = top_up(study, config["study"]["n_trials"])
+    waiting = top_up(study, config["study"]["n_trials"], _report_enqueued)
     home = study_dir(name)
     print(f"study {name!r} in {mask(url)}: budget {config['study']['n_trials']} trials, {waiting} to run", flush=True)
     if waiting == 0:
@@ -269,41 +360,63 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
     note = shared_cores(config, workers)
     if note:
         print(note, flush=True)
-    context = dict(run_context(workers), launch=uuid.uuid4().hex[:12])
+    local = config["executor"]["name"] == "local"
+    launch_id = uuid.uuid4().hex[:12]
+    fence = Fence.create(home / "logs", launch_id) if local and not detach else None
+    reserves = Reserves([home, *_storage_folders(url)]) if not detach else None
+    context = dict(run_context(workers), launch=launch_id, fence=fence and str(fence.path),
+                   reserves=[str(p) for p in reserves.paths] if reserves else [])
     since = datetime.datetime.now()  # as Optuna stamps datetime_start: local, naive
     executor = make_executor(config, home / "logs", workers, profile)
     worker_config, worker_url = dict(config, storage=None), for_workers(url, home)  # no password in the pickles
-    with _detached_output(detach and config["executor"]["name"] == "local"):
-        jobs = executor.map_array(
-            Worker(), [worker_config] * workers, [worker_url] * workers, [str(home)] * workers, range(workers),
-            [context] * workers,
-        )
-    jobs_record(study, jobs, config["executor"]["name"])
-    if detach:
-        print(
-            f"jobs {' '.join(str(j.job_id) for j in jobs)} run on their own; follow them with "
-            f"`sweep status {name}`, stop them with `sweep cancel {name}`"
-        )
-        return 0
-    print(f"started {workers} {config['executor']['name']} worker(s); logs in {home / 'logs'}", flush=True)
     failed: list[str] = []
     lost: list[str] = []
+    jobs: list = []
     try:
-        watch(study, jobs)
+        with _signals_deferred(), _controller_output(home / "logs" / "controllers.log" if local else None, detach):
+            jobs = executor.map_array(
+                Worker(), [worker_config] * workers, [worker_url] * workers, [str(home)] * workers, range(workers),
+                [context] * workers,
+            )
+        jobs_record(study, jobs, config["executor"]["name"])
+        if detach:
+            print(
+                f"jobs {' '.join(str(j.job_id) for j in jobs)} run on their own; follow them with "
+                f"`sweep status {name}`, stop them with `sweep cancel {name}`"
+            )
+            return 0
+        print(f"started {workers} {config['executor']['name']} worker(s); logs in {home / 'logs'}", flush=True)
+        watch(study, jobs, check=reserves and reserves.check)
         for index, (job, (kind, value)) in enumerate(zip(jobs, outcomes(jobs))):
             if kind == "lost":  # killed, node lost, preempted for good: its trial was retried
                 lost.append(f"worker {index} (job {job.job_id}) ended without finishing; log: {job.paths.stderr}")
             elif kind == "failed":  # FailedJobError (or, in debug, the exception itself): the worker raised
                 failed.append(f"worker {index} (job {job.job_id}) failed: {job_error(value)}")
                 failed.append(f"  log: {job.paths.stderr}")
-    except KeyboardInterrupt:
-        print("\ninterrupted: stopping workers", flush=True)
-        for job in jobs:
-            job.cancel(check=False)
-        _wait_gone(jobs)
-        _hand_back_running(study, context["launch"], since, config["executor"]["max_retries"])
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (`Stopped`)
+        print(f"\ninterrupted ({signal.Signals(signal_of(stop)).name}): stopping workers", flush=True)
+        with _signals_ignored():  # a second Ctrl-C must not cut the hand-back short
+            stop_workers(jobs, fence)
+            _hand_back_running(study, context["launch"], since, config["executor"]["max_retries"])
         status.summary(study, sys.stdout)
-        return 130
+        return 128 + signal_of(stop)
+    except DiskFull as full:
+        print(f"sweep: error: {full}: stopping the workers; free some space, then launch again to resume",
+              file=sys.stderr, flush=True)
+        with _signals_ignored():
+            stop_workers(jobs, fence)
+            _hand_back_running(study, context["launch"], since, config["executor"]["max_retries"])
+        status.summary(study, sys.stdout)
+        return 1
+    except BaseException:  # the launcher itself failed (its output closed, its storage gone): local workers are
+        if fence is not None:  # its children, and must not run on unattended; each hands its own trial back
+            with _signals_ignored():
+                stop_workers(jobs, fence)
+        raise
+    finally:
+        if reserves is not None:
+            reserves.release()
+    wait_stopped(jobs, fence)  # every worker has ended; a straggler submitit never signalled is stopped
     _hand_back_running(study, context["launch"], since, config["executor"]["max_retries"])
     status.summary(study, sys.stdout)
     for line in lost + failed:
@@ -334,6 +447,18 @@ def every_trial_failed(trials: list, launch_id: str) -> str:
     return f"every trial of this launch failed ({len(mine)}):\n  " + "\n  ".join(lines)
 
 
+def _storage_folders(url: str) -> list[Path]:
+    """The folder of a SQLite or journal file (its disk fills up like the study's), none for a server."""
+    for scheme in ("sqlite:///", "journal:///"):
+        if url.startswith(scheme) and url[len(scheme):] not in ("", ":memory:"):
+            return [Path(url[len(scheme):]).resolve().parent]
+    return []
+
+
+def _report_enqueued(enqueued: int, owed: int) -> None:
+    print(f"enqueued {enqueued}/{owed} trials", flush=True)
+
+
 def job_error(exc: BaseException) -> str:
     """The job's own exception line: submitit wraps a failed job's traceback between dashed lines."""
     lines = [line for line in str(exc).strip().splitlines() if line.strip()]
@@ -347,21 +472,23 @@ def job_error(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _detached_output(detach: bool):
-    """Local workers inherit this process's stdout/stderr; detached ones must not hold a caller's pipe open
-    (their own output goes to their log files anyway)."""
-    if not detach:
+def _controller_output(log: Path | None, detach: bool):
+    """Local workers are started by submitit's controller processes, which inherit this process's stdout and
+    stderr and print nothing but their own tracebacks (a Ctrl-C gave four `KeyboardInterrupt` ones after
+    sweep's message): their output goes to `log` (the workers' own goes to their log files anyway). A detached
+    launch's must not hold a caller's pipe open either: /dev/null. Nothing to do for the other executors."""
+    if log is None and not detach:
         yield
         return
     saved = [os.dup(1), os.dup(2)]
-    devnull = os.open(os.devnull, os.O_WRONLY)
+    target = os.open(os.devnull if detach or log is None else log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     sys.stdout.flush(), sys.stderr.flush()
     try:
-        os.dup2(devnull, 1), os.dup2(devnull, 2)
+        os.dup2(target, 1), os.dup2(target, 2)
         yield
     finally:
         os.dup2(saved[0], 1), os.dup2(saved[1], 2)
-        for fd in (*saved, devnull):
+        for fd in (*saved, target):
             os.close(fd)
 
 
@@ -441,15 +568,34 @@ def outcomes(jobs: list, poll: float = 1.0) -> list[Outcome]:
     return out
 
 
-def watch(study: optuna.Study, jobs: list, every: float = 2.0) -> None:
-    """Print progress whenever it changes (one rewritten line on a terminal) until every job has ended."""
-    tty, last, started, ended = sys.stdout.isatty(), "", time.time(), JobsEnded(jobs)
+# In a log file (not a terminal) `watch` writes a line when the study's state changes, and otherwise one every
+# this many seconds, to show the launcher is still watching: a 10-hour study logged a line every 2 s before.
+QUIET_LINE_EVERY = 600.0
+
+
+def watch(
+    study: optuna.Study,
+    jobs: list,
+    every: float = 2.0,
+    quiet: float = QUIET_LINE_EVERY,
+    check: Callable[[], None] | None = None,
+) -> None:
+    """Print progress until every job has ended: on a terminal one line rewritten every `every` s; elsewhere a
+    line whenever the study's state changes, and at least one every `quiet` s while it does not. `check` is
+    called at every poll (`Reserves.check`: it raises when the disk is full)."""
+    tty, started, ended = sys.stdout.isatty(), time.time(), JobsEnded(jobs)
+    last, written = "", float("-inf")
     while True:
         done = ended()
-        line = status.progress(study, time.time() - started)
-        if line != last:
-            print(f"\r{line}\x1b[K" if tty else line, end="" if tty else "\n", flush=True)
-            last = line
+        if check is not None:  # after `ended`: a worker frees a reserve before it exits, so this sees it
+            check()
+        state, now = status.progress_state(study), time.time()
+        line = f"{status.clock(now - started)}  {state}"
+        if tty:
+            print(f"\r{line}\x1b[K", end="", flush=True)
+        elif state != last or now - written >= quiet:
+            print(line, flush=True)
+            last, written = state, now
         if done:
             break
         time.sleep(every)
@@ -461,6 +607,52 @@ def _wait_gone(jobs: list, timeout: float = 15.0) -> None:
     deadline, ended = time.time() + timeout, JobsEnded(jobs, force_every=2.0, force_now=True)  # a short wait
     while time.time() < deadline and not ended():
         time.sleep(0.2)
+
+
+# How long stopped local workers have to hand their trials back before they are killed (the launcher then hands
+# back what they left RUNNING); a worker hands its trial back in a few storage writes.
+STOP_GRACE = 30.0
+
+
+def stop_workers(jobs: list, fence: Fence | None) -> None:
+    """Stop this launch's workers and return once none runs: local ones through SIGTERM to their controllers
+    (forwarded to the workers, which hand their trial back and exit), SLURM ones with scancel."""
+    from submitit import LocalJob
+
+    for job in jobs:
+        if not isinstance(job, LocalJob):
+            job.cancel(check=False)
+    if fence is None:
+        _wait_gone(jobs)
+    else:
+        wait_stopped(jobs, fence, signal.SIGTERM)
+
+
+def wait_stopped(jobs: list, fence: Fence | None, signum: int | None = None, poll: float = 0.2) -> None:
+    """Wait until every local job has ended and the fence is closed (no worker of this launch runs, and none
+    will claim a trial): `signum` is sent to the live controllers every second meanwhile (one that was still
+    starting its workers when the first came may have started one since); after `STOP_GRACE` s the workers
+    left are killed. Without a fence (debug, SLURM) there is nothing to wait for here."""
+    from submitit import LocalJob
+
+    if fence is None:
+        return
+    local = [job for job in jobs if isinstance(job, LocalJob)]
+    deadline, signalled = time.monotonic() + STOP_GRACE, float("-inf")
+    while not (all(job.done() for job in local) and fence.try_close()):
+        now = time.monotonic()
+        if signum is not None and now - signalled >= 1.0:
+            for job in local:
+                if not job.done():  # polled, so its pid is not yet reaped: still this controller's
+                    os.kill(int(job.job_id), signum)
+            signalled = now
+        if now >= deadline:
+            for job in local:
+                job.cancel(check=False)  # SIGINT: the controller kills its workers
+            killed = fence.kill_holders()
+            print(f"workers still running after {STOP_GRACE:.0f} s were killed (pids {killed})", flush=True)
+            deadline = float("inf")
+        time.sleep(poll)
 
 
 def _hand_back_running(study: optuna.Study, launch_id: str, since: datetime.datetime, max_retries: int) -> None:

@@ -53,13 +53,13 @@ def tally(trials: Sequence[FrozenTrial]) -> Counter:
     return Counter(t.state.name.lower() for t in trials if counts(t))
 
 
-def progress(study: optuna.Study, elapsed: float) -> str:
-    trials = study.get_trials(deepcopy=False)
-    n = tally(trials)
+def progress_state(study: optuna.Study) -> str:
+    """Where the study stands (trials by state, the best), without the clock: `launch` writes a line to a log
+    file only when this changes, since the elapsed time alone changes on every poll."""
+    n = tally(study.get_trials(deepcopy=False))
     finished = n["complete"] + n["pruned"] + n["fail"]
-    budget = sum(n.values())
     line = (
-        f"{_clock(elapsed)}  {finished}/{budget} finished ({n['complete']} complete, {n['pruned']} pruned, "
+        f"{finished}/{sum(n.values())} finished ({n['complete']} complete, {n['pruned']} pruned, "
         f"{n['fail']} failed), {n['running']} running"
     )
     top = best(study)
@@ -151,10 +151,10 @@ def _duration(t: FrozenTrial) -> str:
     if t.datetime_start is None:
         return "-"
     end = t.datetime_complete or dt.datetime.now()
-    return _clock((end - t.datetime_start).total_seconds())
+    return clock((end - t.datetime_start).total_seconds())
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
     h, m = divmod(m, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

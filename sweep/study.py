@@ -189,12 +189,35 @@ def counts(trial: FrozenTrial) -> bool:
     return VOID not in trial.user_attrs
 
 
-def top_up(study: optuna.Study, n_trials: int) -> int:
-    """Enqueue empty trials until the budget is met (or void surplus waiting ones); returns # waiting."""
+# Trials enqueued per write (one transaction, one journal append): a million owed trials take 100 writes.
+ENQUEUE_BATCH = 10_000
+
+
+def check_budget(config: Mapping[str, Any]) -> None:
+    """Refuse a budget above `study.max_trials` before anything is stored: a typo's extra zeros would otherwise
+    enqueue millions of trials (and every listing of the study reads them all)."""
+    n_trials, ceiling = config["study"]["n_trials"], config["study"]["max_trials"]
+    if n_trials > ceiling:
+        raise ConfigError(
+            f"a budget of {n_trials} trials is above the ceiling of {ceiling} (study.max_trials); to allow it, "
+            f"raise the ceiling: --set study.max_trials={n_trials}",
+            key="study.n_trials",
+        )
+
+
+def top_up(study: optuna.Study, n_trials: int, report: Callable[[int, int], None] | None = None) -> int:
+    """Enqueue empty trials until the budget is met (or void surplus waiting ones); returns # waiting.
+
+    They are written `ENQUEUE_BATCH` at a time; `report(enqueued, owed)` is called after each write when more
+    than one is needed, so a large budget shows its progress."""
+    from sweep.storage import enqueue_waiting
+
     trials = study.get_trials(deepcopy=False)
     owed = n_trials - sum(counts(t) for t in trials)
-    for _ in range(owed):
-        study.enqueue_trial({}, user_attrs={"sweep_enqueued": True})
+    for done in range(0, max(owed, 0), ENQUEUE_BATCH):
+        enqueue_waiting(study, min(ENQUEUE_BATCH, owed - done), {"sweep_enqueued": True})
+        if report is not None and owed > ENQUEUE_BATCH:
+            report(min(done + ENQUEUE_BATCH, owed), owed)
     if owed < 0:  # the budget was lowered: void the surplus of still-waiting trials, newest first
         for t in sorted((t for t in trials if t.state == TrialState.WAITING), key=lambda t: -t.number)[:-owed]:
             study._storage.set_trial_user_attr(t._trial_id, VOID, "budget lowered before it started")

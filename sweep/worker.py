@@ -29,8 +29,10 @@ import optuna
 
 from sweep import space
 from sweep.config import dump_yaml, resolve
+from sweep.diskspace import release as release_reserves
+from sweep.fence import enter as enter_fence
 from sweep.status import best_epoch, maximizes
-from sweep.storage import flush_trial, open_storage, tell_with
+from sweep.storage import flush_trial, is_disk_full, open_storage, tell_with
 from sweep.study import open_study, pop_trial, recover_stale, retry
 
 MAX_CONSECUTIVE_ERRORS = 3  # a config or code bug fails every trial: stop instead of burning the budget
@@ -190,7 +192,16 @@ def run_worker(
     `trainer` replaces `sweep.train.train` (same signature): benchmarks/storage_overhead.py times everything
     a worker does around training with one that only reports to the pruner.
     """
+    from sweep.launch import remove_template_folder
+
+    local = _stop_on_sigterm()
     started, host = time.time(), socket.gethostname()
+    context = dict(context)
+    fence, reserves = context.pop("fence", None), context.pop("reserves", ())
+    if fence and enter_fence(fence) is None:
+        print("the launch that started this worker has stopped: no trial claimed", flush=True)
+        return WorkerReport(index, host, {}, 0.0)
+    remove_template_folder(Path(study_dir) / "logs")
     ex = config["executor"]
     study = open_study(config, open_storage(storage_url, wait_s=300), worker_index=index)
     params = space.parse(config["search_space"], config)
@@ -220,8 +231,20 @@ def run_worker(
                     f"worker {index}: {errors} trials in a row failed with an error; see their fail_reason "
                     f"(sweep status {config['study']['name']}) and this worker's log"
                 )
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        release_reserves(reserves)  # room for the hand-back and for these lines in the log
+        print(f"worker {index}: the disk is full ({type(exc).__name__}: {exc}); free space under "
+              f"{study_dir} and where the storage lives, then launch again", file=sys.stderr, flush=True)
+        if trial is not None:
+            with contextlib.suppress(Exception):  # the launcher hands it back if this fails too
+                retry(study, study._storage.get_trial(trial._trial_id), "the disk was full", job.max_retries + 1)
+                print(f"trial {trial.number} handed back to the study (the disk was full)", flush=True)
+        raise
     except (KeyboardInterrupt, SystemExit):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and submitit's cancel both arrive: finish this
+        for signum in (signal.SIGINT, signal.SIGTERM) if local else (signal.SIGINT,):
+            signal.signal(signum, signal.SIG_IGN)  # Ctrl-C and the launcher's stop both arrive: finish this
         if trial is not None:  # a requeued job, another worker or the next launch resumes it from its last epoch
             reason = "its SLURM job was preempted or timed out" if job.preempted else "interrupted"
             retry(study, study._storage.get_trial(trial._trial_id), reason, job.max_retries + 1)
@@ -230,6 +253,17 @@ def run_worker(
     finally:
         heartbeat.close()
     return WorkerReport(index, host, done, time.time() - started)
+
+
+def _stop_on_sigterm() -> bool:
+    """A local worker stops on SIGTERM as on Ctrl-C (handing its trial back): the launcher stops its local
+    workers with SIGTERM, which submitit's controller forwards. Returns whether this is a local worker.
+
+    Only there: on SLURM, submitit ignores SIGTERM on purpose (SLURM sends it before the preemption signal)."""
+    local = os.environ.get("SUBMITIT_EXECUTOR") == "local"
+    if local and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # raises KeyboardInterrupt
+    return local
 
 
 def run_trial(
@@ -281,6 +315,8 @@ def run_trial(
         _fail(study, trial, str(exc), closing)
         return "error"
     except Exception as exc:
+        if is_disk_full(exc):  # not the trial's fault: the worker stops and hands it back (`run_worker`)
+            raise
         print(f"{log} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
         _fail(study, trial, f"{type(exc).__name__}: {exc}"[:2000], closing)
         return "error"

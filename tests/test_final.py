@@ -281,3 +281,12 @@ def test_predict_names_a_missing_or_unreadable_audio_file_in_its_own_terms(home:
         assert bad.stderr.startswith(f"sweep: error: cannot read audio file {home / name}: {reason}")
         assert "on_bad_file" not in bad.stderr and "data." not in bad.stderr
     assert "(predict reads audio files: wav, flac, ogg)" in bad.stderr
+
+
+def test_final_on_local_workers_leaves_no_literal_job_folder(home: Path, tiny_file: Path) -> None:
+    """submitit's local controller makes its folder template `logs/%j` unformatted: the run removes it."""
+    assert sweep_cli("launch", str(tiny_file), "--trials", "1", "--executor", "debug", cwd=home).returncode == 0
+    run = sweep_cli("final", "tiny", "--executor", "local", cwd=home)
+    assert run.returncode == 0, run.stderr
+    logs = home / "studies" / "tiny" / "final" / "logs"
+    assert logs.is_dir() and not (logs / "%j").exists(), sorted(p.name for p in logs.iterdir())

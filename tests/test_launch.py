@@ -28,6 +28,8 @@ def test_launch_resume_status_best_round_trip(home: Path, tiny_file: Path) -> No
     assert len(trials) == 5  # the budget is exact: no trial beyond it was created
     assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
     assert {t.user_attrs["worker"] for t in trials} <= {0, 1}
+    logs = home / "studies" / "tiny" / "logs"
+    assert not (logs / "%j").exists(), sorted(p.name for p in logs.iterdir())  # submitit's unformatted template
     for t in trials:  # the record of each trial: resolved config, seed, versions, commit, on disk and in attrs
         folder = home / "studies" / "tiny" / "trials" / str(t.number)
         saved = yaml.safe_load((folder / "config.yaml").read_text())
@@ -201,9 +203,13 @@ def test_status_and_best_on_unknown_or_empty_study(home: Path, tiny_file: Path) 
     assert not (home / "studies" / "tiny" / "best.yaml").exists()
 
 
-def test_interrupted_launch_voids_running_trials_and_resumes(home: Path, tiny_file: Path) -> None:
-    import os
-    import signal
+def _launch_until_a_trial_runs(home: Path, tiny_file: Path, trials: int = 6):
+    """A real `sweep launch` in its own session (its process group is what Ctrl-C reaches), once a trial of it
+    is RUNNING."""
+    return _launch_until_a_trial_runs_in(home / "studies", home, tiny_file, trials)
+
+
+def _launch_until_a_trial_runs_in(studies: Path, home: Path, tiny_file: Path, trials: int = 6):
     import subprocess
     import sys
     import time
@@ -212,12 +218,12 @@ def test_interrupted_launch_voids_running_trials_and_resumes(home: Path, tiny_fi
 
     from sweep.storage import open_storage
 
-    launcher = subprocess.Popen([sys.executable, "-m", "sweep", "launch", str(tiny_file), "--trials", "6"],
+    launcher = subprocess.Popen([sys.executable, "-m", "sweep", "launch", str(tiny_file), "--trials", str(trials)],
                                 cwd=home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
     deadline, seen, storage = time.time() + 120, [], None
-    db = home / "studies" / "tiny" / "study.db"
-    while time.time() < deadline:  # Ctrl-C while a trial is running
+    db = studies / "tiny" / "study.db"
+    while time.time() < deadline:
         try:  # through sweep's storage, once the launcher made the file: plain Optuna would create it itself
             if storage is None:
                 if not db.exists():
@@ -231,10 +237,28 @@ def test_interrupted_launch_voids_running_trials_and_resumes(home: Path, tiny_fi
             seen.append(f"{time.time():.1f} {type(exc).__name__}: {str(exc)[:200]}")
         time.sleep(0.2)
     assert seen and "RUNNING" in seen[-1], "no RUNNING trial seen; the polls saw:\n" + "\n".join(seen[-40:])
-    os.killpg(launcher.pid, signal.SIGINT)
-    out, _ = launcher.communicate(timeout=60)
-    assert launcher.returncode == 130, out
+    return launcher
+
+
+def _processes_under(folder: Path) -> list[str]:
+    """The live processes whose command line names `folder` (submitit's controllers and workers name their
+    logs folder), zombies aside."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if str(folder) in cmdline and state != "Z":
+            found.append(f"{proc.name}: {cmdline}")
+    return found
+
+
+def _stopped_cleanly_and_resumes(home: Path, tiny_file: Path, out: str) -> None:
     assert "interrupted" in out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out  # one clean line, not submitit's
+    assert not _processes_under(home / "studies"), _processes_under(home / "studies")
     trials = _study(home).get_trials()
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     voided = [t for t in trials if "sweep_void" in t.user_attrs]
@@ -247,6 +271,41 @@ def test_interrupted_launch_voids_running_trials_and_resumes(home: Path, tiny_fi
     assert len(counted) == 6 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in counted)
     assert len(trials) == 6 + len(voided)
     assert f"{len(voided)} voided" in sweep_cli("status", "tiny", cwd=home).stdout
+
+
+def test_interrupted_launch_voids_running_trials_and_resumes(home: Path, tiny_file: Path) -> None:
+    import os
+    import signal
+
+    launcher = _launch_until_a_trial_runs(home, tiny_file)
+    os.killpg(launcher.pid, signal.SIGINT)  # Ctrl-C: the whole foreground process group
+    out, _ = launcher.communicate(timeout=120)
+    assert launcher.returncode == 130, out
+    assert "interrupted (SIGINT)" in out
+    _stopped_cleanly_and_resumes(home, tiny_file, out)
+
+
+def test_a_launcher_that_fails_stops_its_local_workers(home: Path, tiny_file: Path) -> None:
+    """A launcher whose output was closed under it dies of BrokenPipeError at its next progress line: its
+    local workers stop with it, handing back their trials, instead of running on unattended."""
+    launcher = _launch_until_a_trial_runs(home, tiny_file)
+    launcher.stdout.close()  # whoever read the launcher's output went away
+    assert launcher.wait(timeout=240) != 0
+    assert not _processes_under(home / "studies"), _processes_under(home / "studies")
+    assert not [t for t in _study(home).get_trials() if t.state == TrialState.RUNNING]
+
+
+def test_sigterm_stops_the_launch_like_ctrl_c(home: Path, tiny_file: Path) -> None:
+    """`kill`, `timeout` and SLURM send SIGTERM to the launcher alone: it stops its workers and hands back."""
+    import os
+    import signal
+
+    launcher = _launch_until_a_trial_runs(home, tiny_file)
+    os.kill(launcher.pid, signal.SIGTERM)
+    out, _ = launcher.communicate(timeout=120)
+    assert launcher.returncode == 143, out
+    assert "interrupted (SIGTERM)" in out
+    _stopped_cleanly_and_resumes(home, tiny_file, out)
 
 
 def test_detached_launch_returns_and_the_workers_finish_on_their_own(home: Path, tiny_file: Path) -> None:
@@ -306,3 +365,118 @@ def test_a_trial_popped_by_a_worker_that_stopped_before_recording_anything_is_ha
     assert trials[earlier.number].state == TrialState.RUNNING  # not this launch's
     assert trials[orphan.number].state == TrialState.FAIL and VOID in trials[orphan.number].user_attrs
     assert len([t for t in trials.values() if t.state == TrialState.WAITING]) == 2  # re-enqueued + the third
+
+
+class _EndsAfter:
+    """A job as `watch` sees one (`done()`), ending after `polls` polls: what it watches here is the study."""
+
+    def __init__(self, polls: int) -> None:
+        self.polls = polls
+
+    def done(self, force_check: bool = False) -> bool:
+        self.polls -= 1
+        return self.polls < 0
+
+
+def test_progress_in_a_log_file_is_written_on_change_not_on_every_poll(home: Path, capsys) -> None:
+    from sweep.launch import watch
+    from sweep.storage import open_storage
+    from sweep.study import pop_trial, top_up
+
+    study = optuna.create_study(study_name="quiet", storage=open_storage(f"sqlite:///{home / 'q.db'}"))
+    top_up(study, 2)
+    watch(study, [_EndsAfter(2)], every=1.0)  # three polls a second apart (the clock moves), nothing else: one line
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and "0/2 finished" in lines[0], lines
+
+    class _Claims(_EndsAfter):  # the study changes at the third poll
+        def done(self, force_check: bool = False) -> bool:
+            if self.polls == 3:
+                pop_trial(study)
+            return super().done(force_check)
+
+    watch(study, [_Claims(5)], every=0)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("  ", 1)[1] for line in lines] == [
+        "0/2 finished (0 complete, 0 pruned, 0 failed), 0 running",
+        "0/2 finished (0 complete, 0 pruned, 0 failed), 1 running",
+    ]
+    watch(study, [_EndsAfter(2)], every=0, quiet=0)  # nothing changes, but a line is due at every poll
+    assert len(capsys.readouterr().out.splitlines()) == 3
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A real 24 MiB file system (tmpfs), unmounted afterwards."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {made.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_full_disk_stops_the_launch_cleanly(home: Path, tiny_file: Path, small_disk: Path, monkeypatch) -> None:
+    """The study (its folder and its SQLite file) on a disk that fills up during the launch: the launcher
+    stops in seconds naming the path, the workers' logs say why, nothing stored is damaged and a launch
+    after freeing space finishes the budget exactly."""
+    import os
+    import signal
+    import sqlite3
+
+    monkeypatch.setenv("SWEEP_STUDIES_DIR", str(small_disk))
+    launcher = _launch_until_a_trial_runs_in(small_disk, home, tiny_file)
+    filler = small_disk / "filler"
+    with open(filler, "wb") as f, pytest.raises(OSError, match="No space left"):
+        while True:
+            f.write(b"x" * (1 << 16))
+            f.flush()
+    try:
+        out, _ = launcher.communicate(timeout=240)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+    assert launcher.returncode == 1, out
+    assert f"the disk holding {small_disk / 'tiny'} is full" in out and "free" in out, out
+    logs = "\n".join(p.read_text(errors="replace") for p in (small_disk / "tiny" / "logs").rglob("*_log.*"))
+    assert "the disk is full" in logs, logs[-3000:]
+    assert not _processes_under(small_disk), _processes_under(small_disk)
+
+    filler.unlink()
+    db = sqlite3.connect(small_disk / "tiny" / "study.db")
+    assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    db.close()
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{small_disk}/tiny/study.db").get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert len([t for t in trials if "sweep_void" not in t.user_attrs]) == 6  # the budget, exactly
+    assert not list(small_disk.rglob(".sweep-reserve"))
+
+    resumed = sweep_cli("launch", str(tiny_file), "--trials", "6", cwd=home)
+    assert resumed.returncode == 0, resumed.stderr
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{small_disk}/tiny/study.db").get_trials()
+    counted = [t for t in trials if "sweep_void" not in t.user_attrs]
+    assert len(counted) == 6 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in counted)
+
+
+def test_a_full_disk_under_sqlite_is_not_retried(small_disk: Path) -> None:
+    """SQLite's `database or disk is full` (and ENOSPC) is permanent: retried, it hung a launch 10 minutes."""
+    from sweep.storage import RetryingRDBStorage, is_disk_full, is_transient
+
+    storage = RetryingRDBStorage(f"sqlite:///{small_disk}/full.db", retry_s=0)
+    study = optuna.create_study(study_name="full", storage=storage)
+    trial_id = study.ask()._trial_id
+    with open(small_disk / "filler", "wb") as f, pytest.raises(OSError) as filled:
+        while True:
+            f.write(b"x" * (1 << 16))
+            f.flush()
+    assert is_disk_full(filled.value) and not is_transient(filled.value)
+    with pytest.raises(Exception) as failed:  # noqa: PT011  (whatever Optuna wraps SQLite's error in)
+        for i in range(10_000):  # until SQLite has no page left to write to
+            storage.set_trial_user_attr(trial_id, f"a{i}", "x" * 60_000)
+    assert "database or disk is full" in str(failed.value) or "disk" in str(failed.value.__cause__)
+    assert is_disk_full(failed.value) and not is_transient(failed.value)

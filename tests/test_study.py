@@ -7,6 +7,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from test_storage import _commits, _url_for, mysql, pg  # noqa: F401  (the database servers' fixtures)
 
 from sweep import space
 from sweep.config import ConfigError, resolve
@@ -64,3 +65,36 @@ def test_budget_is_exact_and_can_be_lowered(home: Path) -> None:
     assert pop_trial(study) is not None
     assert pop_trial(study) is None  # the budget is used up: no new trial is created
     assert len(study.get_trials()) == 3
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "pg", "mysql", "journal"])
+def test_a_large_budget_is_enqueued_in_a_few_writes_with_progress(backend: str, request: pytest.FixtureRequest) -> None:
+    """25,001 trials in three writes (not 25,001), each what Optuna's `enqueue_trial` stores, numbered on from
+    the trials already there; a worker pops them as any other."""
+    from sweep.study import ENQUEUE_BATCH
+
+    storage = open_storage(_url_for(backend, request))
+    study = optuna.create_study(study_name="big", storage=storage)
+    study.enqueue_trial({}, user_attrs={"sweep_enqueued": True})  # Optuna's own, to compare with
+    writes, reports = _commits(study._storage), []
+    owed = 2 * ENQUEUE_BATCH + 1
+    assert top_up(study, owed + 1, lambda done, total: reports.append((done, total))) == owed + 1
+    assert writes[0] == 3
+    assert reports == [(ENQUEUE_BATCH, owed), (2 * ENQUEUE_BATCH, owed), (owed, owed)]
+    trials = optuna.load_study(study_name="big", storage=open_storage(_url_for(backend, request))).get_trials()
+    assert [t.number for t in trials] == list(range(owed + 1))
+    ours, theirs = trials[1], trials[0]
+    for field in ("state", "params", "user_attrs", "system_attrs", "intermediate_values", "datetime_start", "value"):
+        assert getattr(ours, field) == getattr(theirs, field), field
+    assert pop_trial(study).number == 0 and pop_trial(study).number == 1
+
+
+def test_a_budget_above_the_ceiling_is_refused_unless_raised(home: Path) -> None:
+    from conftest import sweep_cli
+
+    (home / "s.yaml").write_text("study: {name: s}\n")
+    huge = sweep_cli("launch", "s.yaml", "--trials", "100000000", cwd=home)
+    assert huge.returncode == 2, huge.stderr
+    assert "100000000" in huge.stderr and "study.max_trials" in huge.stderr
+    assert "--set study.max_trials=100000000" in huge.stderr
+    assert not (home / "studies" / "s").exists()  # refused before anything was stored

@@ -43,8 +43,8 @@ from sweep.storage.filesystems import (
 from sweep.storage.journal import SweepJournalStorage
 from sweep.storage.opening import SQLITE_TIMEOUT_S, engine_options, open_storage
 from sweep.storage.rdb import RetryingRDBStorage
-from sweep.storage.retry import RETRY_S, call_with_retry, is_transient, last_outage_end
-from sweep.storage.trials import flush_trial, pop_waiting_trial_id, set_trial_user_attrs, tell_with
+from sweep.storage.retry import RETRY_S, call_with_retry, is_disk_full, is_transient, last_outage_end
+from sweep.storage.trials import enqueue_waiting, flush_trial, pop_waiting_trial_id, set_trial_user_attrs, tell_with
 from sweep.storage.urls import PASSWORD_ENV, expand_url, mask, resolve_storage, scrub, studies_dir, study_dir
 
 __all__ = [
@@ -59,9 +59,11 @@ __all__ = [
     "call_with_retry",
     "check_sqlite_location",
     "engine_options",
+    "enqueue_waiting",
     "expand_url",
     "filesystem_type",
     "flush_trial",
+    "is_disk_full",
     "is_network_filesystem",
     "is_transient",
     "last_outage_end",

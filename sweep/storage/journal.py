@@ -112,6 +112,20 @@ class SweepJournalStorage(optuna.storages.JournalStorage):
         self._append([*held, *attr_logs, self._log(JournalOperation.SET_TRIAL_STATE_VALUES, finish)])
         return True
 
+    def create_waiting_trials(
+        self, study_id: int, count: int, user_attrs: Mapping[str, Any], system_attrs: Mapping[str, Any]
+    ) -> None:
+        """`count` WAITING trials with these attributes: the records `enqueue_trial` appends one lock and fsync
+        each, appended together. The journal numbers trials as it replays them, so they are consecutive."""
+        from optuna.storages.journal._storage import JournalOperation
+
+        fields = {"study_id": study_id, "state": TrialState.WAITING, "value": None, "values": None,
+                  "datetime_start": None, "distributions": {}, "params": {}, "user_attrs": dict(user_attrs),
+                  "system_attrs": dict(system_attrs), "intermediate_values": {}}
+        with self._thread_lock:
+            self._backend.append_logs([self._log(JournalOperation.CREATE_TRIAL, fields)] * count)
+            self._sync_with_backend()
+
     def _attr_log(self, trial_id: int, key: str, value: Any) -> dict[str, Any]:
         from optuna.storages.journal._storage import JournalOperation
 

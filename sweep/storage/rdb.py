@@ -312,6 +312,46 @@ class RetryingRDBStorage(RDBStorage):
             trial.datetime_start = datetime.now()
         return True
 
+    def create_waiting_trials(
+        self, study_id: int, count: int, user_attrs: Mapping[str, Any], system_attrs: Mapping[str, Any]
+    ) -> None:
+        """`count` WAITING trials with these attributes in one transaction: what `count` calls of Optuna's
+        `enqueue_trial` store, without its transaction and its count of the earlier trials for each (190 trials
+        a second on SQLite, slower as the study grows). The study's row is locked as Optuna locks it to number
+        a trial, so numbers stay consecutive beside anyone creating trials through Optuna."""
+        call_with_retry(
+            lambda n: self._create_waiting_once(study_id, count, user_attrs, system_attrs),
+            "create_waiting_trials",
+            self.retry_s,
+            self.url,
+        )
+
+    def _create_waiting_once(
+        self, study_id: int, count: int, user_attrs: Mapping[str, Any], system_attrs: Mapping[str, Any]
+    ) -> None:
+        import sqlalchemy
+
+        trials, studies = models.TrialModel.__table__, models.StudyModel.__table__
+        with _session(self) as session:
+            lock = studies.select().with_only_columns(studies.c.study_id).where(studies.c.study_id == study_id)
+            if session.execute(lock.with_for_update()).first() is None:
+                raise KeyError(models.NOT_FOUND_MSG)
+            count_query = sqlalchemy.select(sqlalchemy.func.count()).where(trials.c.study_id == study_id)
+            base = session.execute(count_query).scalar_one()
+            session.execute(
+                trials.insert(),
+                [{"study_id": study_id, "number": base + i, "state": TrialState.WAITING} for i in range(count)],
+            )
+            ids = session.execute(
+                trials.select().with_only_columns(trials.c.trial_id)
+                .where(trials.c.study_id == study_id, trials.c.number >= base)
+            ).scalars().all()
+            for model, attrs in ((models.TrialUserAttributeModel, user_attrs),
+                                 (models.TrialSystemAttributeModel, system_attrs)):
+                rows = [row for trial_id in ids for row in _attr_rows(trial_id, attrs)]
+                if rows:
+                    session.execute(model.__table__.insert(), rows)
+
     def _skip_locked(self) -> bool:
         """PostgreSQL ≥ 9.5, MySQL ≥ 8.0 and MariaDB ≥ 10.6 know SKIP LOCKED; SQLite serializes writers anyway."""
         dialect = self.engine.dialect

@@ -78,6 +78,30 @@ def _mysql_code(exc: BaseException) -> int | None:
     )
 
 
+# A full disk (or quota) does not go away by itself while the workers wait: SQLite's SQLITE_FULL, PostgreSQL's
+# 53100 disk_full, MySQL's 1021 disk full and 1114 table full, and ENOSPC/EDQUOT from the file system.
+_DISK_FULL_TEXT = ("database or disk is full", "no space left on device", "disk quota exceeded")
+_DISK_FULL_CODES = frozenset({1021, 1114})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether an error (a storage call's or a file write's) says the disk or the quota is full."""
+    import errno
+
+    for e in (exc, exc.__cause__, exc.__context__, getattr(exc, "orig", None)):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+    err = _db_error(exc)
+    if err is None:
+        return False
+    orig = getattr(err, "orig", None)
+    return (
+        getattr(orig, "pgcode", None) == "53100"
+        or _mysql_code(err) in _DISK_FULL_CODES
+        or any(s in _first_line(err).lower() for s in _DISK_FULL_TEXT)
+    )
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether a storage error may go away by itself: a dropped or refused connection, a server restarting,
     a deadlock, serialization failure or lock wait timeout, a busy SQLite file. Only these are retried.
@@ -85,7 +109,7 @@ def is_transient(exc: BaseException) -> bool:
     import sqlalchemy.exc as sa_exc
 
     err = _db_error(exc)
-    if err is None:
+    if err is None or is_disk_full(err):
         return False
     if isinstance(err, sa_exc.DBAPIError) and err.connection_invalidated:
         return True

@@ -58,6 +58,17 @@ def _pop_from(study: optuna.Study, start: int) -> int | None:
     return None
 
 
+def enqueue_waiting(study: optuna.Study, count: int, user_attrs: Mapping[str, Any]) -> None:
+    """`count` calls of `study.enqueue_trial({}, user_attrs=user_attrs)`, stored in one write on sweep's storages
+    (`create_waiting_trials`); the caller sizes `count` to what one transaction or append should hold."""
+    backend = _sweep_storage(study._storage)
+    if backend is None:
+        for _ in range(count):
+            study.enqueue_trial({}, user_attrs=dict(user_attrs))
+        return
+    backend.create_waiting_trials(study._study_id, count, user_attrs, {"fixed_params": {}})
+
+
 def flush_trial(study: optuna.Study, trial: optuna.Trial) -> None:
     """Write what the storage holds back of this trial: on the journal, the attributes of its claim and its
     params, one append for all (a worker calls this once the trial's params are drawn). Nothing elsewhere."""
