@@ -222,3 +222,12 @@ def test_data_pipeline_benchmarks_smoke(script: str, name: str) -> None:
     assert set(lines) == {name}
     m = lines[name]
     assert float(m["ratio"]) == pytest.approx(float(m["sweep"]) / float(m["baseline"]), rel=0.05, abs=0.06)
+
+
+def test_launch_checks_smoke() -> None:
+    """launch's header check against decoding the same files, and top_up against Optuna's enqueue_trial."""
+    lines = bench_lines("launch_checks.py", "--smoke")
+    assert set(lines) == {"launch_header_check", "launch_top_up_trials_per_s"}
+    for m in lines.values():
+        assert float(m["ratio"]) == pytest.approx(float(m["sweep"]) / float(m["baseline"]), rel=0.05, abs=0.06)
+    assert lines["launch_header_check"]["op"] == "<=" and lines["launch_top_up_trials_per_s"]["op"] == ">="
