@@ -82,6 +82,7 @@ def test_empty_file_fills_every_section_and_default(tmp_path: Path) -> None:
         "direction": "maximize",
         "metric": "val_acc",
         "n_trials": 20,
+        "max_trials": 100_000,
         "timeout": None,
     }
     # the keys of the chosen variants are filled too
