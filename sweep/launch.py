@@ -239,9 +239,13 @@ def settle(
         raise ConfigError("; ".join(stop))
 
 
+# What stops a launch: Ctrl-C, SIGTERM (what `kill`, `timeout` and SLURM send), SIGHUP (its terminal closed).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 class Stopped(KeyboardInterrupt):
-    """SIGTERM (what `kill`, `timeout` and SLURM send) raised where Ctrl-C raises KeyboardInterrupt, so that
-    both stop the launch the same way: workers stopped, their trials handed back, exit 128 + the signal."""
+    """SIGTERM or SIGHUP raised where Ctrl-C raises KeyboardInterrupt, so that all three stop the launch the
+    same way: workers stopped, their trials handed back, exit 128 + the signal."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -249,8 +253,18 @@ class Stopped(KeyboardInterrupt):
 
 
 def signal_of(stop: KeyboardInterrupt) -> int:
-    """The signal behind an interrupt: SIGTERM for `Stopped`, else SIGINT (Ctrl-C)."""
-    return getattr(stop, "signum", signal.SIGINT)
+    """The signal behind an interrupt: `Stopped`'s own, else SIGINT (Ctrl-C). After SIGHUP the terminal is gone
+    (writing to it fails), so from then on this process's output goes nowhere."""
+    signum = getattr(stop, "signum", signal.SIGINT)
+    if signum == signal.SIGHUP:
+        _silence()
+    return signum
+
+
+def _silence() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1), os.dup2(devnull, 2)
+    os.close(devnull)
 
 
 def _raise_stopped(signum: int, frame: Any) -> None:
@@ -258,28 +272,31 @@ def _raise_stopped(signum: int, frame: Any) -> None:
 
 
 def interruptible(run: Callable[..., int]) -> Callable[..., int]:
-    """`run` with SIGTERM raising `Stopped` (in the main thread), and an interrupt that comes before any worker
-    was started (nothing to stop, nothing to hand back) answered with a message and exit 128 + the signal."""
+    """`run` with SIGTERM and SIGHUP raising `Stopped` (in the main thread), and an interrupt that comes before
+    any worker was started (nothing to stop, nothing to hand back) answered with a message and exit 128 + the
+    signal."""
 
     @functools.wraps(run)
     def wrapper(*args: Any, **kwargs: Any) -> int:
         if threading.current_thread() is not threading.main_thread():
             return run(*args, **kwargs)
-        previous = signal.signal(signal.SIGTERM, _raise_stopped)
+        previous = {signum: signal.signal(signum, _raise_stopped) for signum in STOP_SIGNALS[1:]}
         try:
             return run(*args, **kwargs)
         except KeyboardInterrupt as stop:
-            print(f"\ninterrupted ({signal.Signals(signal_of(stop)).name}) before any worker started", flush=True)
-            return 128 + signal_of(stop)
+            signum = signal_of(stop)
+            print(f"\ninterrupted ({signal.Signals(signum).name}) before any worker started", flush=True)
+            return 128 + signum
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     return wrapper
 
 
 @contextlib.contextmanager
 def _signals_deferred():
-    """SIGINT and SIGTERM held until the block ends: submitting the workers is not cut off half-way, so the
+    """SIGINT, SIGTERM and SIGHUP held until the block ends: submitting the workers is not cut off half-way, so the
     launcher knows every job it must stop; one that came meanwhile is raised right after the block. (Recorded
     by a handler, not blocked: a blocked signal stays blocked in the processes started meanwhile.)"""
     if threading.current_thread() is not threading.main_thread():
@@ -287,7 +304,7 @@ def _signals_deferred():
         return
     held: list[int] = []
     previous = {signum: signal.signal(signum, lambda signum, frame: held.append(signum))
-                for signum in (signal.SIGINT, signal.SIGTERM)}
+                for signum in STOP_SIGNALS}
     try:
         yield
     finally:
@@ -302,7 +319,7 @@ def _signals_ignored():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS}
     try:
         yield
     finally:
@@ -339,7 +356,7 @@ def remove_template_folder(logs: Path) -> None:
 @interruptible
 def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
     """Run the study's remaining budget; returns the process exit code (non-zero if a worker failed; 130 after
-    Ctrl-C, 143 after SIGTERM, once the workers are stopped and their trials handed back)."""
+    Ctrl-C, 143 after SIGTERM, 129 after SIGHUP, once the workers are stopped and their trials handed back)."""
     from sweep.worker import Worker, run_context, shared_cores
 
     name = config["study"]["name"]
@@ -393,7 +410,7 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
             elif kind == "failed":  # FailedJobError (or, in debug, the exception itself): the worker raised
                 failed.append(f"worker {index} (job {job.job_id}) failed: {job_error(value)}")
                 failed.append(f"  log: {job.paths.stderr}")
-    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (`Stopped`)
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM / SIGHUP (`Stopped`)
         print(f"\ninterrupted ({signal.Signals(signal_of(stop)).name}): stopping workers", flush=True)
         with _signals_ignored():  # a second Ctrl-C must not cut the hand-back short
             stop_workers(jobs, fence)

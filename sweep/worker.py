@@ -243,7 +243,7 @@ def run_worker(
                 print(f"trial {trial.number} handed back to the study (the disk was full)", flush=True)
         raise
     except (KeyboardInterrupt, SystemExit):
-        for signum in (signal.SIGINT, signal.SIGTERM) if local else (signal.SIGINT,):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if local else (signal.SIGINT,):
             signal.signal(signum, signal.SIG_IGN)  # Ctrl-C and the launcher's stop both arrive: finish this
         if trial is not None:  # a requeued job, another worker or the next launch resumes it from its last epoch
             reason = "its SLURM job was preempted or timed out" if job.preempted else "interrupted"
@@ -256,13 +256,15 @@ def run_worker(
 
 
 def _stop_on_sigterm() -> bool:
-    """A local worker stops on SIGTERM as on Ctrl-C (handing its trial back): the launcher stops its local
-    workers with SIGTERM, which submitit's controller forwards. Returns whether this is a local worker.
+    """A local worker stops on SIGTERM and SIGHUP as on Ctrl-C (handing its trial back): the launcher stops its
+    local workers with SIGTERM, which submitit's controller forwards, and a closed terminal sends SIGHUP to the
+    launcher's whole process group. Returns whether this is a local worker.
 
     Only there: on SLURM, submitit ignores SIGTERM on purpose (SLURM sends it before the preemption signal)."""
     local = os.environ.get("SUBMITIT_EXECUTOR") == "local"
     if local and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.default_int_handler)  # raises KeyboardInterrupt
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.default_int_handler)  # raises KeyboardInterrupt
     return local
 
 

@@ -308,6 +308,21 @@ def test_sigterm_stops_the_launch_like_ctrl_c(home: Path, tiny_file: Path) -> No
     _stopped_cleanly_and_resumes(home, tiny_file, out)
 
 
+def test_sighup_stops_the_launch_like_ctrl_c(home: Path, tiny_file: Path) -> None:
+    """A closed terminal sends SIGHUP to the launcher's whole process group, workers included: they hand their
+    trials back instead of dying with them RUNNING, and the launcher stops as on Ctrl-C (exit 129)."""
+    import os
+    import signal
+
+    launcher = _launch_until_a_trial_runs(home, tiny_file)
+    os.killpg(launcher.pid, signal.SIGHUP)
+    out, _ = launcher.communicate(timeout=120)
+    assert launcher.returncode == 129, out
+    assert "Traceback" not in out
+    _stopped_cleanly_and_resumes(home, tiny_file, "interrupted")  # its output went nowhere: the terminal is gone
+    assert any("interrupted" in (t.user_attrs.get("sweep_void") or "") for t in _study(home).get_trials())
+
+
 def test_detached_launch_returns_and_the_workers_finish_on_their_own(home: Path, tiny_file: Path) -> None:
     import time
 
