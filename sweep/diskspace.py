@@ -87,3 +87,9 @@ def release(paths: Iterable[str | Path]) -> None:
     for path in paths:
         with contextlib.suppress(OSError):
             Path(path).unlink()
+
+
+def released(paths: Iterable[str | Path]) -> bool:
+    """Whether a reserve of this launch is gone: freed because its disk filled up (a worker stopped by its
+    launcher can tell from this why it was stopped; on any other stop the launcher frees them only after)."""
+    return any(not Path(path).exists() for path in paths)

@@ -30,6 +30,7 @@ import optuna
 from sweep import space
 from sweep.config import dump_yaml, resolve
 from sweep.diskspace import release as release_reserves
+from sweep.diskspace import released as reserves_released
 from sweep.fence import enter as enter_fence
 from sweep.status import best_epoch, maximizes
 from sweep.storage import flush_trial, is_disk_full, open_storage, tell_with
@@ -245,8 +246,13 @@ def run_worker(
     except (KeyboardInterrupt, SystemExit):
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if local else (signal.SIGINT,):
             signal.signal(signum, signal.SIG_IGN)  # Ctrl-C and the launcher's stop both arrive: finish this
+        full = reserves_released(reserves)  # the launcher saw the disk fill up and stops every worker
+        if full:
+            print(f"worker {index}: stopped by the launcher: the disk is full; free space under {study_dir} "
+                  "and where the storage lives, then launch again", file=sys.stderr, flush=True)
         if trial is not None:  # a requeued job, another worker or the next launch resumes it from its last epoch
-            reason = "its SLURM job was preempted or timed out" if job.preempted else "interrupted"
+            reason = ("its SLURM job was preempted or timed out" if job.preempted
+                      else "the disk was full" if full else "interrupted")
             retry(study, study._storage.get_trial(trial._trial_id), reason, job.max_retries + 1)
             print(f"trial {trial.number} handed back to the study ({reason})", flush=True)
         raise
