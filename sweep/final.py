@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from sweep.config import ConfigError, dump_yaml, resolve
+from sweep.jobs import remove_template_folder
 from sweep.storage import study_dir
 
 
@@ -122,7 +123,6 @@ def final(
 
 def run_one(config: dict[str, Any], out_dir: str, record: dict[str, Any]) -> dict[str, Any]:
     """The submitit job of one run: train on train + val, score the test folds, write the run's folder."""
-    from sweep.launch import remove_template_folder
     from sweep.train import train
 
     remove_template_folder(Path(out_dir).parent / "logs")

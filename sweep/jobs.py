@@ -3,14 +3,28 @@ any shell (a login node after logging out and back in, too)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import optuna
+
+# Each job's logs go to logs/JOB_ID/: submitit's folder template, formatted per job.
+JOB_FOLDER = "%j"
+
+
+def remove_template_folder(logs: Path) -> None:
+    """Remove the empty folder literally named `%j` that submitit's local job controller makes from the folder
+    template (`Controller.start_tasks` mkdirs the unformatted path) before it starts the job: the job removes
+    it on starting, so no logs/ folder keeps one. A folder that is not empty is not sweep's to remove."""
+    with contextlib.suppress(OSError):  # not there (SLURM, debug), not empty, or another job removed it first
+        (logs / JOB_FOLDER).rmdir()
+
 
 JOBS_ATTR = "sweep_jobs"
 ENDED = {

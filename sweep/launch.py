@@ -29,7 +29,7 @@ from sweep import status
 from sweep.config import ConfigError, resolve
 from sweep.diskspace import DiskFull, Reserves
 from sweep.fence import Fence
-from sweep.jobs import in_queue
+from sweep.jobs import JOB_FOLDER, in_queue
 from sweep.jobs import record as jobs_record
 from sweep.profile import check_with_cluster, load_profile, submitit_parameters
 from sweep.storage import mask, open_storage, study_dir
@@ -327,8 +327,6 @@ def _signals_ignored():
             signal.signal(signum, handler)
 
 
-# Each job's logs go to logs/JOB_ID/: submitit's folder template, formatted per job.
-JOB_FOLDER = "%j"
 
 
 def make_executor(config: Mapping[str, Any], logs: Path, workers: int, profile: Mapping[str, Any] | None):
@@ -343,14 +341,6 @@ def make_executor(config: Mapping[str, Any], logs: Path, workers: int, profile: 
     else:
         executor.update_parameters(timeout_min=int(config["executor"]["timeout_min"]), name=name)
     return executor
-
-
-def remove_template_folder(logs: Path) -> None:
-    """Remove the empty folder literally named `%j` that submitit's local job controller makes from the folder
-    template (`Controller.start_tasks` mkdirs the unformatted path) before it starts the job: the job removes
-    it on starting, so no logs/ folder keeps one. A folder that is not empty is not sweep's to remove."""
-    with contextlib.suppress(OSError):  # not there (SLURM, debug), not empty, or another job removed it first
-        (logs / JOB_FOLDER).rmdir()
 
 
 @interruptible

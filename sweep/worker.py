@@ -32,6 +32,7 @@ from sweep.config import dump_yaml, resolve
 from sweep.diskspace import release as release_reserves
 from sweep.diskspace import released as reserves_released
 from sweep.fence import enter as enter_fence
+from sweep.jobs import remove_template_folder
 from sweep.status import best_epoch, maximizes
 from sweep.storage import flush_trial, is_disk_full, open_storage, tell_with
 from sweep.study import open_study, pop_trial, recover_stale, retry
@@ -193,7 +194,6 @@ def run_worker(
     `trainer` replaces `sweep.train.train` (same signature): benchmarks/storage_overhead.py times everything
     a worker does around training with one that only reports to the pruner.
     """
-    from sweep.launch import remove_template_folder
 
     local = _stop_on_sigterm()
     started, host = time.time(), socket.gethostname()
