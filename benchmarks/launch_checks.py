@@ -13,7 +13,7 @@ printed.
 (the check never costs more than a decode; on half-second files the two differ by little more than the
 decoding of 16 KB each, on longer clips by much more).
 
-Enqueueing. sweep: `sweep.study.top_up` of N trials (default 100,000) into a fresh study on a fresh SQLite
+Enqueueing. sweep: `sweep.search.study.top_up` of N trials (default 100,000) into a fresh study on a fresh SQLite
 file opened by `sweep.storage.open_storage`, as `sweep launch` does (10,000 per write; the time includes its
 closing count of the waiting trials). baseline: Optuna's own `study.enqueue_trial({}, user_attrs=...)` one
 trial at a time on a fresh SQLite study opened by Optuna, for a smaller count (default 2000), extrapolated
@@ -64,7 +64,7 @@ def timed(fn: Callable[[], None]) -> float:
 
 
 def header_check(tmp: Path, n_files: int, repeats: int) -> str:
-    from sweep.config import resolve
+    from sweep.config.resolve import resolve
     from sweep.data import DATASETS
     from sweep.data.layouts import write_esc50
 
@@ -92,8 +92,8 @@ def header_check(tmp: Path, n_files: int, repeats: int) -> str:
 
 def top_up_rate(tmp: Path, n_trials: int) -> float:
     """Trials per second of sweep's top_up of `n_trials` into a fresh SQLite study."""
+    from sweep.search.study import top_up
     from sweep.storage import open_storage
-    from sweep.study import top_up
 
     study = optuna.create_study(study_name="bench", storage=open_storage(f"sqlite:///{tmp / 'sweep.db'}"))
     started = time.perf_counter()

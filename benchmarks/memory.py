@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    from sweep.config import resolve
+    from sweep.config.resolve import resolve
     from sweep.data import load_split
     from sweep.data.features import build_features
     from sweep.data.inputs import Inputs

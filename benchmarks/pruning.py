@@ -4,8 +4,8 @@
                                  [--jobs J] [--threads T]
 
 One repetition runs the same study three times, each an in-memory Optuna study (`storage=None`) with sweep's
-sampler (TPE, `sweep.study.make_sampler`, the same sampler seed for the three) and sweep's pruner at sweep's
-defaults (`sweep.study.make_pruner` on a config that names only the pruner; the first output line prints the
+sampler (TPE, `sweep.search.study.make_sampler`, the same sampler seed for the three) and sweep's pruner at sweep's
+defaults (`sweep.search.study.make_pruner` on a config that names only the pruner; the first output line prints the
 settings): MedianPruner (n_startup_trials 5, interval_steps 1, n_warmup_steps 1 when this was written), no
 pruner (NopPruner: the baseline) and Hyperband (min_resource 1, reduction_factor 3, max_resource = the epochs
 of a trial). `--warmup W` gives the median pruner n_warmup_steps W instead. The repetition is made
@@ -13,8 +13,8 @@ for sampler seeds 0, 1, 2, ... (`--seeds`): one study is one noisy sample, and p
 so a pruned study draws other trials than the baseline from its first pruned trial on. All studies have the
 same trial budget (`--trials`) and epochs per trial (`--epochs`).
 
-Each trial is what `sweep/worker.py` runs: `sweep.space.suggest` draws the params,
-`sweep.config.resolve(sweep.space.apply(base, drawn))` makes the trial's config, and
+Each trial is what `sweep/run/worker.py` runs: `sweep.search.space.suggest` draws the params,
+`sweep.config.resolve(sweep.search.space.apply(base, drawn))` makes the trial's config, and
 `sweep.train.train(config, trial_dir, trial)` trains it, reporting val_acc after every epoch (steps 1, 2, ...)
 and stopping when the pruner says so. The search space: train.lr (log), train.weight_decay (log),
 model.width (4, 8, 16) and augment.strength. The task: synthetic audio (10 classes, 0.5 s clips at 8 kHz,
@@ -64,16 +64,16 @@ import optuna
 import torch
 from _bench import bench_line
 
-from sweep import space
-from sweep.config import resolve
-from sweep.study import make_pruner, make_sampler
-from sweep.train import NonFiniteLoss, train
+from sweep.config.resolve import resolve
+from sweep.search import space
+from sweep.search.study import make_pruner, make_sampler
+from sweep.train.loop import NonFiniteLoss, train
 
 EPOCHS_GOAL = 0.5  # the pruned study trains at most half the epochs of the unpruned one
 ACC_GOAL = -1.0  # and loses at most one accuracy point of its best trial
 
 ORDER = ("median", "none", "hyperband")  # the three studies of one repetition
-# Each pruner at sweep's defaults (`sweep.study.PRUNERS`: what a study gets when its config names only the
+# Each pruner at sweep's defaults (`sweep.search.study.PRUNERS`: what a study gets when its config names only the
 # pruner), so the benchmark measures what sweep does; the output prints the settings.
 PRUNERS: dict[str, dict[str, Any]] = {name: {"name": name} for name in ORDER}
 

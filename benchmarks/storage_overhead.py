@@ -3,10 +3,10 @@
     python benchmarks/storage_overhead.py [--quick | --smoke] [--backends sqlite,postgresql,mariadb,journal]
                                           [--workers 1,8,32] [--space two|demo] [--dir PATH]
 
-sweep: `sweep.worker.run_worker`, the function every sweep worker runs, with a trainer that trains nothing: it
+sweep: `sweep.run.worker.run_worker`, the function every sweep worker runs, with a trainer that trains nothing: it
 reports STEPS values (report + should_prune per step, as `sweep.train.train` does each epoch) and returns.
 Everything else is the worker's own code, timed in full: opening the storage and the study, stale-trial checks,
-the pop of the budget that `sweep.study.top_up` enqueued (as `sweep launch` does) with the trial's run
+the pop of the budget that `sweep.search.study.top_up` enqueued (as `sweep launch` does) with the trial's run
 attributes (host, worker, launch, git commit, versions, trial_dir), the search-space draw, the heartbeat thread
 (started and stopped per trial; it writes once every executor.heartbeat_seconds = 30 s of training, so never
 here), `tell` with the closing attributes (seed, config, epochs_run, wall_seconds, checkpoint), and the files a
@@ -48,12 +48,13 @@ from typing import Any
 import optuna
 from _bench import bench_line
 
-from sweep import space
-from sweep.config import parse_yaml, resolve
+from sweep.config.resolve import resolve
+from sweep.config.yamlfile import parse_yaml
+from sweep.run.worker import run_context, run_worker
+from sweep.search import space
+from sweep.search.study import top_up
 from sweep.storage import open_storage
-from sweep.study import top_up
-from sweep.train import Result
-from sweep.worker import run_context, run_worker
+from sweep.train.loop import Result
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("SWEEP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -69,7 +70,7 @@ SPACES = {
 }
 # Imported once in the forkserver, so neither side's timing includes a one-time import: what the workers import,
 # and what they import lazily on their first trial (TensorBoard's record writer, ~80 ms; Optuna's storages).
-PRELOAD = ["__main__", "torch", "sweep.worker", "sweep.train", "sweep.hparams", "psycopg2", "pymysql",
+PRELOAD = ["__main__", "torch", "sweep.run.worker", "sweep.train", "sweep.look.hparams", "psycopg2", "pymysql",
            "tensorboard.summary.writer.record_writer", "tensorboard.compat.proto.event_pb2",
            "alembic.script", "alembic.migration", "optuna.storages._rdb.models", "optuna.storages.journal"]
 

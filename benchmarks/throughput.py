@@ -27,7 +27,7 @@ import torch
 import torchaudio
 from _bench import bench_line
 
-from sweep.config import resolve
+from sweep.config.resolve import resolve
 from sweep.data import load_split
 from sweep.data.augment import Augment
 from sweep.data.features import build_features

@@ -51,7 +51,7 @@ import torchaudio
 from _bench import bench_line
 
 import sweep.train
-from sweep.config import resolve
+from sweep.config.resolve import resolve
 from sweep.data import crop, load_split
 from sweep.data.augment import Augment
 from sweep.models import build_model

@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 from sweep import __version__
-from sweep.config import ConfigError, check_study_name, load, parse_set, resolve
+from sweep.config.paths import parse_set
+from sweep.config.resolve import check_study_name, load, resolve
+from sweep.schema import ConfigError
 
 DASHBOARD_PORT, TENSORBOARD_PORT = 8080, 6006  # the tools' own defaults
 
@@ -27,7 +29,7 @@ def _study_arg(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from sweep.launch import launch
+    from sweep.run.launch import launch
     from sweep.storage import resolve_storage
 
     overrides = [parse_set(item) for item in args.set]
@@ -49,8 +51,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 def _existing(args: argparse.Namespace):
     """(name, url, storage, study) of a study that must already exist; opening never creates one."""
+    from sweep.search.study import load_existing
     from sweep.storage import open_storage
-    from sweep.study import load_existing
 
     name, url = _study_arg(args)
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists():
@@ -60,8 +62,8 @@ def _existing(args: argparse.Namespace):
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from sweep import jobs
-    from sweep.status import show
+    from sweep.look.status import show
+    from sweep.run import jobs
 
     _, _, _, study = _existing(args)
     show(study, sys.stdout, jobs.states(study))
@@ -69,7 +71,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    from sweep.export import write_best
+    from sweep.results.export import write_best
     from sweep.storage import study_dir
 
     name, _, _, study = _existing(args)
@@ -83,7 +85,7 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from sweep import jobs
+    from sweep.run import jobs
 
     name, _, _, study = _existing(args)
     cancelled = jobs.cancel(study)
@@ -92,7 +94,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from sweep.report import write_report
+    from sweep.look.report import write_report
     from sweep.storage import mask, study_dir
 
     name, url, _, study = _existing(args)
@@ -107,7 +109,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from sweep.predict import predict
+    from sweep.results.predict import predict
 
     checkpoint = Path(args.checkpoint)
     if checkpoint.is_dir():
@@ -121,8 +123,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_final(args: argparse.Namespace) -> int:
     """STUDY (a name, or its YAML file) → its best trial; a config without a search space (best.yaml) as is."""
-    from sweep.export import best_config
-    from sweep.final import final
+    from sweep.results.export import best_config
+    from sweep.results.final import final
 
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
@@ -150,7 +152,7 @@ def cmd_final(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from sweep.serve import dashboard
+    from sweep.look.serve import dashboard
 
     name, _, storage, _ = _existing(args)  # an unknown study is an error, not an empty dashboard
     dashboard(storage, name, args.host, args.port)
@@ -158,7 +160,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_tensorboard(args: argparse.Namespace) -> int:
-    from sweep.serve import tensorboard
+    from sweep.look.serve import tensorboard
 
     name, _ = _study_arg(args)
     tensorboard(name, args.host, args.port)

@@ -72,7 +72,7 @@ def tiny_file(home: Path) -> Path:
 
 @pytest.fixture
 def tiny_config() -> dict:
-    from sweep.config import resolve
+    from sweep.config.resolve import resolve
 
     return resolve(TINY, "tiny")
 

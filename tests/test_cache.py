@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sweep.config import resolve
+from sweep.config.resolve import resolve
 from sweep.data import DATASETS, load_split, split_items
 from sweep.data.audio import read_files
 from sweep.data.cache import cached_read

@@ -14,10 +14,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sweep import config as cfg
 from sweep import models
-from sweep.config import ConfigError, Field, load, parse_set, parse_yaml, resolve, schema
-from sweep.study import make_pruner
+from sweep.config import sections
+from sweep.config.paths import parse_set
+from sweep.config.resolve import load, resolve
+from sweep.config.sections import schema
+from sweep.config.yamlfile import dump_yaml, parse_yaml
+from sweep.schema import ConfigError, Field
+from sweep.search.study import make_pruner
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "search_spaces" / "demo.yaml"
@@ -48,9 +52,9 @@ def sets(*items: str) -> list[tuple[str, object]]:
 @pytest.fixture
 def two_models(monkeypatch: pytest.MonkeyPatch) -> None:
     """A second model family, `tiny`, that takes `model.size` and not `model.width`; the schema is rebuilt."""
-    monkeypatch.setitem(models.MODELS, "tiny", None)  # so that teardown removes it again
-    models.register("tiny", {"size": Field(int, 4, low=1)})(lambda model, n_classes, shape: None)
-    monkeypatch.setattr(cfg, "SCHEMA", {})
+    tiny = models.ModelSpec({"size": Field(int, 4, low=1)}, lambda model, n_classes, shape: None)
+    monkeypatch.setitem(models.MODELS._entries, "tiny", tiny)  # registered for this test only
+    monkeypatch.setattr(sections, "SCHEMA", {})
 
 
 # ---- files that load --------------------------------------------------------------------------------
@@ -508,7 +512,7 @@ def test_set_does_not_modify_the_raw_config() -> None:
 
 def test_resolve_is_idempotent_on_its_own_output(tmp_path: Path) -> None:
     config = load(DEMO)
-    again = resolve(parse_yaml(cfg.dump_yaml(config), "dumped.yaml"), "dumped.yaml")
+    again = resolve(parse_yaml(dump_yaml(config), "dumped.yaml"), "dumped.yaml")
     assert again == config
 
 
@@ -537,18 +541,18 @@ def test_dump_yaml_reads_back_equal() -> None:
     }
     configs = [tricky, *(load(path) for path in sorted((REPO / "search_spaces").glob("*.yaml")))]
     for config in configs:
-        text = cfg.dump_yaml(config)
+        text = dump_yaml(config)
         assert yaml.safe_load(text) == config
         assert parse_yaml(text, "dumped.yaml") == config
-    nan = yaml.safe_load(cfg.dump_yaml({"x": float("nan")}))["x"]
+    nan = yaml.safe_load(dump_yaml({"x": float("nan")}))["x"]
     assert nan != nan
-    assert cfg.dump_yaml({}) == "{}\n"
-    assert cfg.dump_yaml({"train": {"lr": 1e-05, "folds": [1, 2]}}) == "train:\n  lr: 1.0e-05\n  folds: [1, 2]\n"
+    assert dump_yaml({}) == "{}\n"
+    assert dump_yaml({"train": {"lr": 1e-05, "folds": [1, 2]}}) == "train:\n  lr: 1.0e-05\n  folds: [1, 2]\n"
 
 
 def test_dump_yaml_refuses_what_yaml_cannot_hold() -> None:
     with pytest.raises(yaml.representer.RepresenterError, match="object"):
-        cfg.dump_yaml({"train": {"lr": object()}})
+        dump_yaml({"train": {"lr": object()}})
 
 
 # ---- the command line: every bad input exits 2 before anything starts ----------------------------------

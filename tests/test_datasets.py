@@ -15,7 +15,7 @@ import torchaudio.functional
 import yaml
 from conftest import sweep_cli
 
-from sweep.config import resolve
+from sweep.config.resolve import resolve
 from sweep.data import DATASETS, DataError, load_split, split_items
 from sweep.data.folder import hashed_fold
 from sweep.data.layouts import (

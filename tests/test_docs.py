@@ -9,7 +9,9 @@ from pathlib import Path
 
 import yaml
 
-from sweep.config import Field, load, resolve, schema
+from sweep.config.resolve import load, resolve
+from sweep.config.sections import schema
+from sweep.schema import Field
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

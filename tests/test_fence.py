@@ -1,4 +1,4 @@
-"""The fence between a stopping launcher and its local workers (sweep/fence.py), with real processes."""
+"""The fence between a stopping launcher and its local workers (sweep/run/fence.py), with real processes."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sweep.fence import Fence, enter, holders
+from sweep.run.fence import Fence, enter, holders
 
 HOLD = """
 import sys
-from sweep.fence import enter
+from sweep.run.fence import enter
 fd = enter(sys.argv[1])
 print("entered" if fd is not None else "stopped", flush=True)
 sys.stdin.read()  # hold the fence until told (stdin closed) or killed

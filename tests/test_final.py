@@ -12,7 +12,7 @@ import yaml
 from conftest import TINY, sweep_cli
 
 from sweep.cli import main
-from sweep.config import load
+from sweep.config.resolve import load
 
 
 def _independent_scores(run: Path) -> tuple[float, list[list[int]], int]:
@@ -182,7 +182,7 @@ def test_final_shows_each_epoch_once_and_records_what_it_trained_on(home: Path) 
 
 
 def test_a_fold_divided_between_val_and_test_is_named_so() -> None:
-    from sweep.final import trained_folds
+    from sweep.results.final import trained_folds
 
     config = {"data": {"folds": {"train": [1, 2], "val": [3], "test": [3]}}}
     assert trained_folds(config) == {"train": [1, 2, 3], "test": [3], "divided": [3]}
@@ -248,7 +248,7 @@ def test_bad_input_is_refused_and_creates_nothing(home: Path, tiny_file: Path, c
     assert "no study named 'nosuch'" in refused("nosuch")
     assert not (home / "studies" / "nosuch").exists()  # looking never creates a study
 
-    from sweep.launch import create_or_resume
+    from sweep.run.launch import create_or_resume
     from sweep.storage import open_storage, resolve_storage
 
     url = resolve_storage("tiny")

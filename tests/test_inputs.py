@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from sweep.config import ConfigError, resolve
+from sweep.config.resolve import resolve
 from sweep.data import Clips, crop
 from sweep.data.augment import Augment
 from sweep.data.features import build_features, input_kind
+from sweep.schema import ConfigError
 
 
 def clips(lengths: list[int], width: int) -> Clips:

@@ -11,7 +11,7 @@ import yaml
 from conftest import sweep_cli
 from optuna.trial import TrialState
 
-from sweep.config import load
+from sweep.config.resolve import load
 
 
 def _study(home: Path, name: str = "tiny") -> optuna.Study:
@@ -90,10 +90,10 @@ def test_a_study_stored_with_an_old_default_resumes_with_it(
     the stored value. Any other value is still a change, and refused."""
     import copy
 
-    from sweep.config import ConfigError
-    from sweep.launch import create_or_resume
+    from sweep.run.launch import create_or_resume
+    from sweep.schema import ConfigError
+    from sweep.search.study import stored_config
     from sweep.storage import open_storage, resolve_storage
-    from sweep.study import stored_config
 
     url = resolve_storage("tiny")
     created = copy.deepcopy(tiny_config)
@@ -118,10 +118,10 @@ def test_a_study_keeps_the_thread_count_it_was_created_with(
     stored before the key existed resumes with the value set now."""
     import copy
 
-    from sweep.config import ConfigError
-    from sweep.launch import create_or_resume
+    from sweep.run.launch import create_or_resume
+    from sweep.schema import ConfigError
+    from sweep.search.study import CONFIG_ATTR, stored_config
     from sweep.storage import open_storage, resolve_storage
-    from sweep.study import CONFIG_ATTR, stored_config
 
     url = resolve_storage("tiny")
     created = copy.deepcopy(tiny_config)
@@ -151,7 +151,7 @@ def test_default_threads_follow_what_one_worker_is_given_and_too_many_are_named(
     import copy
     import os
 
-    from sweep.worker import default_threads, shared_cores
+    from sweep.run.worker import default_threads, shared_cores
 
     config = copy.deepcopy(tiny_config)
     config["executor"].update(name="slurm", cpus_per_worker=None, workers=64)
@@ -168,10 +168,10 @@ def test_default_threads_follow_what_one_worker_is_given_and_too_many_are_named(
 
 
 def test_nan_trial_fails_with_reason_and_worker_goes_on(home: Path, tiny_config: dict) -> None:
-    from sweep.launch import create_or_resume
+    from sweep.run.launch import create_or_resume
+    from sweep.run.worker import run_context, run_worker
+    from sweep.search.study import top_up
     from sweep.storage import open_storage, resolve_storage, study_dir
-    from sweep.study import top_up
-    from sweep.worker import run_context, run_worker
 
     tiny_config["search_space"] = {"train.lr": [1.0e-3, 1.0e30]}
     tiny_config["train"]["optimizer"] = "sgd"
@@ -193,7 +193,7 @@ def test_status_and_best_on_unknown_or_empty_study(home: Path, tiny_file: Path) 
     missing = sweep_cli("best", "nosuch", cwd=home)
     assert missing.returncode == 2 and "no study named 'nosuch'" in missing.stderr
     assert not (home / "studies" / "nosuch").exists()  # looking never creates a study
-    from sweep.launch import create_or_resume
+    from sweep.run.launch import create_or_resume
     from sweep.storage import open_storage, resolve_storage
 
     url = resolve_storage("tiny")
@@ -365,9 +365,9 @@ def test_a_trial_popped_by_a_worker_that_stopped_before_recording_anything_is_ha
     """Ctrl-C can land between a worker's pop and its first attribute write: the launcher still hands it back."""
     import datetime
 
-    from sweep.launch import _hand_back_running
+    from sweep.run.launch import _hand_back_running
+    from sweep.search.study import VOID, pop_trial, top_up
     from sweep.storage import open_storage
-    from sweep.study import VOID, pop_trial, top_up
 
     study = optuna.create_study(study_name="orphan", storage=open_storage(f"sqlite:///{home / 'o.db'}"))
     top_up(study, 3)
@@ -394,9 +394,9 @@ class _EndsAfter:
 
 
 def test_progress_in_a_log_file_is_written_on_change_not_on_every_poll(home: Path, capsys) -> None:
-    from sweep.launch import watch
+    from sweep.run.launch import watch
+    from sweep.search.study import pop_trial, top_up
     from sweep.storage import open_storage
-    from sweep.study import pop_trial, top_up
 
     study = optuna.create_study(study_name="quiet", storage=open_storage(f"sqlite:///{home / 'q.db'}"))
     top_up(study, 2)

@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sweep.config import ConfigError
 from sweep.models import MODELS, WeightsMissing, build_model, check_weights, hf_cache, torch_cache
+from sweep.schema import ConfigError
 
 N_CLASSES = 5
 SPEC = (1, 32, 50)  # 32 mel bins × 50 frames

@@ -186,9 +186,9 @@ def test_missing_weights_stop_a_slurm_launch_unless_the_profile_moves_the_caches
     assert "pretrained weights 'google/vit-base-patch16-224-in21k' are not in the Hugging Face cache" in run.stderr
     assert not (home / "studies" / "vit").exists()
 
-    from sweep.config import load
-    from sweep.launch import preflight
-    from sweep.profile import load_profile
+    from sweep.config.resolve import load
+    from sweep.run.launch import preflight
+    from sweep.run.profile import load_profile
 
     monkeypatch.setenv("HF_HOME", str(home / "hf"))
     moved = profile(home, slurm_cluster, setup=["export HF_HOME=/node/scratch/hf"])

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from conftest import ROOT, sweep_cli
 
-from sweep.config import load
+from sweep.config.resolve import load
 from sweep.data.layouts import write_esc50, write_urbansound8k
 
 RECIPES = sorted(p.name for p in (ROOT / "search_spaces").glob("*.yaml"))

@@ -27,8 +27,8 @@ from conftest import ROOT, TINY, sweep_cli
 from optuna.trial import TrialState
 from plotly.offline import get_plotlyjs
 
-from sweep.report import PLOTS, pruning_savings, write_report
-from sweep.study import CONFIG_ATTR, VOID
+from sweep.look.report import PLOTS, pruning_savings, write_report
+from sweep.search.study import CONFIG_ATTR, VOID
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -324,7 +324,7 @@ def test_importances_wait_for_two_completed_trials_and_a_parameter(tmp_path: Pat
 
 
 def test_learning_curves_of_many_trials_share_one_trace_per_state() -> None:
-    from sweep.report import MAX_CURVE_TRACES, _curves
+    from sweep.look.report import MAX_CURVE_TRACES, _curves
 
     lr = optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)
     trials = [
@@ -356,11 +356,11 @@ def test_a_pruned_trials_value_is_its_best_epoch_in_every_view(home: Path) -> No
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from sweep.config import resolve
-    from sweep.launch import create_or_resume
+    from sweep.config.resolve import resolve
+    from sweep.run.launch import create_or_resume
+    from sweep.run.worker import run_context, run_worker
+    from sweep.search.study import top_up
     from sweep.storage import open_storage, resolve_storage, study_dir
-    from sweep.study import top_up
-    from sweep.worker import run_context, run_worker
 
     raw = {**TINY, "study": {"name": "tiny", "n_trials": 2}, "search_space": {"train.lr": [0.1]}}
     (home / "tiny.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))

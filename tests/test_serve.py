@@ -27,7 +27,7 @@ import optuna
 import pytest
 from conftest import sweep_cli
 
-from sweep.serve import bind_dashboard
+from sweep.look.serve import bind_dashboard
 from sweep.storage import open_storage
 
 PG = os.environ.get("SWEEP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -175,7 +175,7 @@ def test_dashboard_and_tensorboard_refuse_bad_input(home: Path) -> None:
 def test_tensorboard_serves_each_trials_curves_and_the_hparams_comparison(home: Path) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
-    from sweep.hparams import write_summary
+    from sweep.look.hparams import write_summary
 
     trials = home / "studies" / "tiny" / "trials"
     for n, (lr, optimizer, curve) in enumerate([(1e-3, "adamw", [0.3, 0.5, 0.6]), (3e-2, "sgd", [0.2])]):

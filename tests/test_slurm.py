@@ -192,7 +192,7 @@ def test_outcomes_tell_a_result_an_error_and_a_cancelled_job_apart_without_waiti
     the cancel at its next accounting refresh (up to 10 minutes into a long launch)."""
     import submitit
 
-    from sweep import launch
+    from sweep.run import launch
 
     # A grace this long would stall the test if a job SLURM says was cancelled were still waited for.
     monkeypatch.setattr(launch, "RESULT_GRACE", 300.0)

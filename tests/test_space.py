@@ -10,10 +10,13 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from sweep import config as cfg
-from sweep import models, space
-from sweep.config import ConfigError, Field, load, parse_yaml, resolve
-from sweep.space import Param
+from sweep import models
+from sweep.config import sections
+from sweep.config.resolve import load, resolve
+from sweep.config.yamlfile import parse_yaml
+from sweep.schema import ConfigError, Field
+from sweep.search import space
+from sweep.search.space import Param
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = "space.yaml"
@@ -42,9 +45,9 @@ def one(text: str) -> Param:
 @pytest.fixture
 def two_models(monkeypatch: pytest.MonkeyPatch) -> None:
     """A second model family, `tiny`, that takes `model.size` and not `model.width`; the schema is rebuilt."""
-    monkeypatch.setitem(models.MODELS, "tiny", None)  # so that teardown removes it again
-    models.register("tiny", {"size": Field(int, 4, low=1)})(lambda model, n_classes, shape: None)
-    monkeypatch.setattr(cfg, "SCHEMA", {})
+    tiny = models.ModelSpec({"size": Field(int, 4, low=1)}, lambda model, n_classes, shape: None)
+    monkeypatch.setitem(models.MODELS._entries, "tiny", tiny)  # registered for this test only
+    monkeypatch.setattr(sections, "SCHEMA", {})
 
 
 # ---- entries → distributions ---------------------------------------------------------------------------

@@ -33,7 +33,8 @@ from optuna.trial import TrialState
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import make_url
 
-from sweep.config import ConfigError
+from sweep.schema import ConfigError
+from sweep.search.study import pop_trial, top_up
 from sweep.storage import (
     PASSWORD_ENV,
     RetryingRDBStorage,
@@ -55,7 +56,6 @@ from sweep.storage import (
     tell_with,
     worker_cache,
 )
-from sweep.study import pop_trial, top_up
 
 PG_ADMIN = os.environ.get("SWEEP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 MY_ADMIN = os.environ.get("SWEEP_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test")
@@ -328,7 +328,7 @@ def test_wrong_password_is_a_clear_config_error_before_any_job(
 def test_password_never_reaches_attrs_or_logs(
     mysql: Server, tiny_config: dict, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from sweep.launch import create_or_resume
+    from sweep.run.launch import create_or_resume
 
     user = mysql.create_user("Secret-Pa55")
     monkeypatch.setenv(PASSWORD_ENV, "Secret-Pa55")
@@ -638,7 +638,7 @@ def test_8_workers_share_one_budget_on_sqlite(home: Path) -> None:
 
 @pytest.mark.parametrize("backend", ["pg", "mysql", "sqlite"])
 def test_one_transaction_pop_under_concurrency(backend: str, request: pytest.FixtureRequest) -> None:
-    """`pop_waiting_trial_id`, the pop sweep.study.pop_trial could use: one locking read, no failed claims."""
+    """`pop_waiting_trial_id`, the pop sweep.search.study.pop_trial could use: one locking read, no failed claims."""
     server = request.getfixturevalue(backend) if backend != "sqlite" else None
     url = server.url() if server else resolve_storage("pop", cli=f"sqlite:///{request.getfixturevalue('home')}/p.db")
     run = run_workers(url, "pop", n_workers=8, budget=32, server=server, pop="storage")
@@ -1186,8 +1186,8 @@ def mysql() -> Iterator[Server]:
 
 def test_a_trial_that_fails_after_being_handed_back_stays_handed_back(home: Path) -> None:
     """A worker whose trial another worker judged dead and retried fails it quietly: the retry's record stands."""
-    from sweep.study import VOID, retry
-    from sweep.worker import _fail
+    from sweep.run.worker import _fail
+    from sweep.search.study import VOID, retry
 
     study = optuna.create_study(study_name="late", storage=open_storage(f"sqlite:///{home}/l.db"))
     top_up(study, 1)

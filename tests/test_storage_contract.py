@@ -6,7 +6,7 @@ storage internals, so a new Optuna is adopted by moving the pin and passing this
 fetches the sdist into .ci/cache/; `optuna_contract_plugin` swaps sweep's modes into Optuna's parametrization.
 Optuna's tests run unchanged, in a child pytest, on SQLite, PostgreSQL and the journal, each as the launcher
 opens it and (SQL) as a worker's cache wraps it. Optuna's heartbeat tests are left out: they sleep for minutes, and
-sweep keeps its own heartbeats (sweep/study.py)."""
+sweep keeps its own heartbeats (sweep/search/study.py)."""
 
 from __future__ import annotations
 

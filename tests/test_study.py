@@ -9,10 +9,11 @@ import pytest
 from optuna.trial import TrialState
 from test_storage import _commits, _url_for, mysql, pg  # noqa: F401  (the database servers' fixtures)
 
-from sweep import space
-from sweep.config import ConfigError, resolve
+from sweep.config.resolve import resolve
+from sweep.schema import ConfigError
+from sweep.search import space
+from sweep.search.study import PRUNERS, SAMPLERS, VOID, make_pruner, make_sampler, pop_trial, top_up
 from sweep.storage import open_storage, resolve_storage
-from sweep.study import PRUNERS, SAMPLERS, VOID, make_pruner, make_sampler, pop_trial, top_up
 
 SPACE = {
     "train.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-1, "log": True},
@@ -71,7 +72,7 @@ def test_budget_is_exact_and_can_be_lowered(home: Path) -> None:
 def test_a_large_budget_is_enqueued_in_a_few_writes_with_progress(backend: str, request: pytest.FixtureRequest) -> None:
     """25,001 trials in three writes (not 25,001), each what Optuna's `enqueue_trial` stores, numbered on from
     the trials already there; a worker pops them as any other."""
-    from sweep.study import ENQUEUE_BATCH
+    from sweep.search.study import ENQUEUE_BATCH
 
     storage = open_storage(_url_for(backend, request))
     study = optuna.create_study(study_name="big", storage=storage)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from optuna.trial import TrialState, create_trial
 
-from sweep.train import NonFiniteLoss, train
+from sweep.train.loop import NonFiniteLoss, train
 
 
 def test_writes_metrics_tensorboard_and_checkpoint(tiny_config: dict, tmp_path: Path) -> None:

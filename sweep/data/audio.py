@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from sweep.config import ConfigError, Field, read_utf8
-from sweep.data import DataError, Index, Item
+from sweep.config.yamlfile import read_utf8
+from sweep.data.registry import DataError, Index, Item
 from sweep.progress import Progress
+from sweep.schema import ConfigError, Field
 
 FILE_PARAMS: dict[str, Field] = {
     "classes": Field(list, None, item=str, nullable=True),

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from sweep.data import Item
+from sweep.data.registry import Item
+from sweep.storage.urls import studies_dir
 
 VERSION = 1  # bump when the reader's output for the same settings changes
 NOT_CONTENT = ("folds", "split_seed", "cache", "cache_dir", "cache_local")  # data keys that choose, not decode
@@ -37,8 +38,6 @@ Reader = Callable[[Mapping[str, Any], Sequence[Item]], tuple[torch.Tensor, torch
 
 def cache_root(config: Mapping[str, Any]) -> Path:
     """`data.cache_dir`, else $SWEEP_CACHE_DIR, else studies/.cache (a shared file system on a cluster)."""
-    from sweep.storage import studies_dir
-
     given = config["data"]["cache_dir"] or os.environ.get("SWEEP_CACHE_DIR")
     return Path(given).expanduser().resolve() if given else studies_dir() / ".cache"  # no study name starts with "."
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sweep.config import Field
-from sweep.data import DatasetSpec, Index, data_root, register
 from sweep.data.audio import FILE_PARAMS, csv_index, read_csv, read_files, value
+from sweep.data.registry import DATASETS, DatasetSpec, Index, data_root
+from sweep.schema import Field
 
 COLUMNS = ("filename", "fold", "target", "category", "esc10", "src_file", "take")
 
@@ -36,7 +36,7 @@ def index(config: Mapping[str, Any]) -> Index:
     )
 
 
-register(
+DATASETS.add(
     "esc50",
     DatasetSpec(PARAMS, {"train": [1, 2, 3], "val": [4], "test": [5]}, index, read_files, root_env="ESC50_ROOT"),
 )

@@ -6,11 +6,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torchaudio
+
+from sweep.models import MODELS
+from sweep.schema import Field, Registry
 
 
 class LogMel(torch.nn.Module):
@@ -78,18 +82,32 @@ class Waveform(torch.nn.Module):
         return waves.float()
 
 
+# build(features section, sample rate) → the module turning a batch of waveforms into the model's input
+Build = Callable[[Mapping[str, Any], int], torch.nn.Module]
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    params: dict[str, Field]
+    build: Build
+    doc: str = ""
+
+
+def _spectrogram(make: type[torch.nn.Module]) -> Build:
+    return lambda f, rate: make(rate, f["n_mels"], f["n_fft"], f["hop_length"], f["f_min"], f["f_max"])
+
+
+FEATURES: Registry[FeatureSpec] = Registry("input")
+FEATURES.add("logmel", FeatureSpec({}, _spectrogram(LogMel), "log-mel spectrogram (torchaudio)"))
+FEATURES.add("fbank", FeatureSpec({}, _spectrogram(Fbank), "Kaldi filter banks, as AST's feature extractor"))
+FEATURES.add("waveform", FeatureSpec({}, lambda f, rate: Waveform(), "the clip itself (EAT)"))
+
+
 def input_kind(config: Mapping[str, Any]) -> str:
     """The features a run computes: `features.name`, or the model's own input when it is `auto`."""
-    from sweep.models import MODELS
-
     kind = config["features"]["name"]
     return MODELS[config["model"]["name"]].inputs[0] if kind == "auto" else kind
 
 
 def build_features(config: Mapping[str, Any]) -> torch.nn.Module:
-    kind = input_kind(config)
-    if kind == "waveform":
-        return Waveform()
-    f = config["features"]
-    make = LogMel if kind == "logmel" else Fbank
-    return make(config["data"]["sample_rate"], f["n_mels"], f["n_fft"], f["hop_length"], f["f_min"], f["f_max"])
+    return FEATURES[input_kind(config)].build(config["features"], config["data"]["sample_rate"])

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sweep.config import Field
-from sweep.data import DataError, DatasetSpec, Index, Item, data_root, register
 from sweep.data.audio import AUDIO_EXTENSIONS, FILE_PARAMS, read_csv, read_files, select_classes, value, visible
+from sweep.data.registry import DATASETS, DataError, DatasetSpec, Index, Item, data_root
+from sweep.schema import Field
 
 PARAMS = {**FILE_PARAMS, "csv": Field(str, None, nullable=True), "n_folds": Field(int, 5, low=2)}
 
@@ -86,4 +86,4 @@ def index(config: Mapping[str, Any]) -> Index:
     return select_classes(config, classes, items)
 
 
-register("folder", DatasetSpec(PARAMS, {"train": [1, 2, 3], "val": [4], "test": [5]}, index, read_files))
+DATASETS.add("folder", DatasetSpec(PARAMS, {"train": [1, 2, 3], "val": [4], "test": [5]}, index, read_files))

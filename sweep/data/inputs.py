@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from sweep.data import Clips, crop
 from sweep.data.augment import Augment
 from sweep.data.cache import publish
 from sweep.data.features import input_kind
+from sweep.data.splits import Clips, crop
 from sweep.progress import Progress
 
 CHUNK = 64  # clips featurised at a time

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sweep.data import DataError, DatasetSpec, Index, Item, data_root, register
 from sweep.data.audio import FILE_PARAMS, read_files, read_text, select_classes, visible
+from sweep.data.registry import DATASETS, DataError, DatasetSpec, Index, Item, data_root
 
 LISTS = {2: "validation_list.txt", 3: "testing_list.txt"}
 _SHOWN = 3
@@ -65,7 +65,7 @@ def index(config: Mapping[str, Any]) -> Index:
     return select_classes(config, words, items)
 
 
-register(
+DATASETS.add(
     "speechcommands",
     DatasetSpec(
         dict(FILE_PARAMS), {"train": [1], "val": [2], "test": [3]}, index, read_files, root_env="SPEECHCOMMANDS_ROOT"

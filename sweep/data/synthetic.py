@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from sweep.config import Field
-from sweep.data import DatasetSpec, Index, Item, register
+from sweep.data.registry import DATASETS, DatasetSpec, Index, Item
+from sweep.schema import Field
 
 CLASSES = (
     "tone",
@@ -173,7 +173,7 @@ def _read(config: Mapping[str, Any], items: Sequence[Item]) -> tuple[torch.Tenso
     return waves, torch.full((len(items),), waves.shape[1], dtype=torch.long), list(range(len(items)))
 
 
-register(
+DATASETS.add(
     "synthetic",
     DatasetSpec(PARAMS, {"train": [1, 2, 3], "val": [4], "test": [5]}, index=_index, read=_read),
 )

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sweep.data import DatasetSpec, Index, data_root, register
 from sweep.data.audio import FILE_PARAMS, csv_index, read_csv, read_files, value
+from sweep.data.registry import DATASETS, DatasetSpec, Index, data_root
 
 COLUMNS = ("slice_file_name", "fsID", "start", "end", "salience", "fold", "classID", "class")
 
@@ -31,7 +31,7 @@ def index(config: Mapping[str, Any]) -> Index:
     return csv_index(config, path, rows, label="classID", name="class", group="fsID", file=file)
 
 
-register(
+DATASETS.add(
     "urbansound8k",
     DatasetSpec(dict(FILE_PARAMS), FOLDS, index, read_files, root_env="URBANSOUND8K_ROOT"),
 )

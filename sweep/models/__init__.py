@@ -1,95 +1,17 @@
-"""Model registry: a name → builder, one file per family (as in timm).
+"""Model registry: a name → builder, one file per family (as in timm); `registry` holds what they share.
 
-A family declares the config keys it takes (`model.<key>`), so the config schema can reject a key given
-to a model that does not take it, and the inputs it can read (`features.name`), the first being its
-default. Every built model has a `head` attribute: the layers that are new for this task. The trainer
-trains the head alone for `train.freeze_epochs` and gives the rest (the body) its own learning rate.
-Layers a family freezes for good (e.g. ViT's lower encoder layers) have `requires_grad=False`.
+Importing this package registers every family.
 """
 
-from __future__ import annotations
+from sweep.models import ast, audio_cnn, eat, resnet, simple_cnn, vit  # noqa: F401  (each registers itself)
+from sweep.models.registry import (
+    MODELS,
+    ModelSpec,
+    WeightsMissing,
+    build_model,
+    check_weights,
+    hf_cache,
+    torch_cache,
+)
 
-import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
-import torch
-
-from sweep.config import Field
-
-# builder(model_config, n_classes, input_shape) → nn.Module with a `head`. input_shape excludes the batch:
-# (1, n_mels, frames) for logmel/fbank features, (samples,) for raw waveforms.
-Builder = Callable[[Mapping[str, Any], int, tuple[int, ...]], torch.nn.Module]
-INPUTS = ("logmel", "fbank", "waveform")
-
-
-class WeightsMissing(RuntimeError):
-    """Pretrained weights asked for are not in the local cache; the message says how to fetch them."""
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    params: dict[str, Field]
-    build: Builder
-    pretrained: bool  # whether `model.pretrained: true` means anything for this family
-    inputs: tuple[str, ...] = ("logmel", "fbank")
-    # check_weights(model_config) raises WeightsMissing when pretrained weights are not cached locally
-    check_weights: Callable[[Mapping[str, Any]], None] | None = None
-    # validate(model_config) raises ConfigError(message, key="model.<key>") for combinations of keys that
-    # are each valid alone but not together (e.g. architecture sizes with pretrained weights)
-    validate: Callable[[Mapping[str, Any]], None] | None = None
-    min_mels: int | None = None  # mel bins (features.n_mels) the architecture needs at least, untrained
-
-
-MODELS: dict[str, ModelSpec] = {}
-
-
-def register(
-    name: str,
-    params: dict[str, Field],
-    pretrained: bool = False,
-    inputs: tuple[str, ...] = ("logmel", "fbank"),
-    check_weights: Callable[[Mapping[str, Any]], None] | None = None,
-    validate: Callable[[Mapping[str, Any]], None] | None = None,
-    min_mels: int | None = None,
-) -> Callable[[Builder], Builder]:
-    def wrap(build: Builder) -> Builder:
-        MODELS[name] = ModelSpec(params, build, pretrained, inputs, check_weights, validate, min_mels)
-        return build
-
-    return wrap
-
-
-def model_params(name: str) -> dict[str, Field]:
-    return MODELS[name].params
-
-
-def build_model(config: Mapping[str, Any], n_classes: int, input_shape: tuple[int, ...]) -> torch.nn.Module:
-    model = MODELS[config["model"]["name"]].build(config["model"], n_classes, input_shape)
-    if not isinstance(getattr(model, "head", None), torch.nn.Module):
-        raise TypeError(f"model {config['model']['name']} has no `head` module")
-    return model
-
-
-def check_weights(model_config: Mapping[str, Any]) -> None:
-    """Raise WeightsMissing if `model.pretrained` asks for weights the local caches do not hold."""
-    spec = MODELS[model_config["name"]]
-    if model_config["pretrained"] and spec.check_weights is not None:
-        spec.check_weights(model_config)
-
-
-def hf_cache() -> Path:
-    """The Hugging Face hub cache transformers reads (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
-
-
-def torch_cache() -> Path:
-    """Where torchvision keeps downloaded weights: TORCH_HOME/hub/checkpoints."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-from sweep.models import ast, audio_cnn, eat, resnet, simple_cnn, vit  # noqa: E402,F401  (each registers itself)
+__all__ = ["MODELS", "ModelSpec", "WeightsMissing", "build_model", "check_weights", "hf_cache", "torch_cache"]

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sweep.config import ConfigError, Field
-from sweep.models import register
 from sweep.models.hub import check_heads, check_hf_weights, load_pretrained, reject_overrides
+from sweep.models.registry import MODELS, ModelSpec
+from sweep.schema import ConfigError, Field
 
 PATCH = 16  # AST's patch size: 16 × 16 (mel bins × frames), overlapping by the strides
 BASE = {"hidden_size": 768, "layers": 12, "heads": 12, "fstride": 10, "tstride": 10}  # AST-base (ViT-B/16)
@@ -73,15 +73,6 @@ class AST(nn.Module):
         return self.head(self.encoder(input_values=x).pooler_output)
 
 
-@register(
-    "ast",
-    PARAMS,
-    pretrained=True,
-    inputs=("fbank", "logmel"),
-    check_weights=check_hf_weights,
-    validate=validate,
-    min_mels=PATCH,  # one patch high; with weights the checkpoint's own count is checked when it is loaded
-)
 def build(cfg: Mapping[str, Any], n_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     from transformers import ASTConfig, ASTForAudioClassification
 
@@ -114,3 +105,14 @@ def build(cfg: Mapping[str, Any], n_classes: int, input_shape: tuple[int, ...]) 
     # the head: the classifier's layernorm (pretrained on AudioSet when there are weights) + a new output layer
     model.classifier.dense = nn.Linear(model.config.hidden_size, n_classes)
     return AST(model.audio_spectrogram_transformer, model.classifier, cfg)
+
+
+MODELS.add("ast", ModelSpec(
+    PARAMS,
+    build,
+    pretrained=True,
+    inputs=("fbank", "logmel"),
+    check_weights=check_hf_weights,
+    validate=validate,
+    min_mels=PATCH,  # one patch high; with weights the checkpoint's own count is checked when it is loaded
+))

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from sweep.config import Field
-from sweep.models import register
+from sweep.models.registry import MODELS, ModelSpec
+from sweep.schema import Field
 
 
 class Block(nn.Module):
@@ -58,6 +58,8 @@ PARAMS = {
 }
 
 
-@register("audio_cnn", PARAMS)
 def build(cfg: Mapping[str, Any], n_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     return AudioCNN(n_classes, cfg["width"], cfg["depth"], cfg["dropout"])
+
+
+MODELS.add("audio_cnn", ModelSpec(PARAMS, build))

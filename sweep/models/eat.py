@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sweep.config import ConfigError, Field
-from sweep.models import register
+from sweep.models.registry import MODELS, ModelSpec
+from sweep.schema import ConfigError, Field
 
 VARIANTS = {
     "eat_s": {"emb": 128, "nf": 16, "ff": 512, "layers": 4, "heads": 8},
@@ -144,4 +144,4 @@ def build(cfg: Mapping[str, Any], n_classes: int, input_shape: tuple[int, ...]) 
 
 
 for _name in VARIANTS:
-    register(_name, PARAMS, inputs=("waveform",), validate=validate)(build)
+    MODELS.add(_name, ModelSpec(PARAMS, build, inputs=("waveform",), validate=validate))

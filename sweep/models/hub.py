@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from sweep.config import ConfigError
-from sweep.models import WeightsMissing, hf_cache
+from sweep.models.registry import WeightsMissing, hf_cache
+from sweep.schema import ConfigError
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 

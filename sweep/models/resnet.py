@@ -16,9 +16,9 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from sweep.checkpoint import load_weights
-from sweep.config import Field
-from sweep.models import WeightsMissing, register, torch_cache
+from sweep.models.registry import MODELS, ModelSpec, WeightsMissing, torch_cache
+from sweep.schema import Field
+from sweep.train.checkpoint import load_weights
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
 
@@ -78,4 +78,4 @@ def build(cfg: Mapping[str, Any], n_classes: int, input_shape: tuple[int, ...]) 
 
 
 for _arch in ARCHS:
-    register(_arch, PARAMS, pretrained=True, check_weights=check_weights)(build)
+    MODELS.add(_arch, ModelSpec(PARAMS, build, pretrained=True, check_weights=check_weights))

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from sweep.config import Field
-from sweep.models import register
+from sweep.models.registry import MODELS, ModelSpec
+from sweep.schema import Field
 
 
 class SimpleCNN(nn.Module):
@@ -49,6 +49,8 @@ PARAMS = {
 }
 
 
-@register("simple_cnn", PARAMS)
 def build(cfg: Mapping[str, Any], n_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     return SimpleCNN(n_classes, cfg["n_layers"], cfg["channels"], cfg["hidden"], cfg["dropout"])
+
+
+MODELS.add("simple_cnn", ModelSpec(PARAMS, build))

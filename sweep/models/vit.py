@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sweep.config import ConfigError, Field
-from sweep.models import register
 from sweep.models.hub import check_heads, check_hf_weights, load_pretrained, reject_overrides
+from sweep.models.registry import MODELS, ModelSpec
+from sweep.schema import ConfigError, Field
 
 BASE = {"image_size": 224, "patch_size": 16, "hidden_size": 768, "layers": 12, "heads": 12}  # ViT-B/16
 
@@ -77,7 +77,6 @@ class ViT(nn.Module):
         return self.head(hidden[:, 0])  # the CLS token, after the final layernorm
 
 
-@register("vit", PARAMS, pretrained=True, check_weights=check_hf_weights, validate=validate)
 def build(cfg: Mapping[str, Any], n_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     from transformers import ViTConfig, ViTModel
 
@@ -103,3 +102,6 @@ def build(cfg: Mapping[str, Any], n_classes: int, input_shape: tuple[int, ...]) 
         for module in (encoder.embeddings, *layers[: len(layers) - cfg["unfrozen_layers"]]):
             module.requires_grad_(False)
     return ViT(encoder, n_classes)
+
+
+MODELS.add("vit", ModelSpec(PARAMS, build, pretrained=True, check_weights=check_hf_weights, validate=validate))

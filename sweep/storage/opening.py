@@ -14,7 +14,7 @@ from typing import Any
 
 import optuna
 
-from sweep.config import ConfigError
+from sweep.schema import ConfigError
 from sweep.storage.filesystems import check_sqlite_location
 from sweep.storage.journal import SweepJournalStorage
 from sweep.storage.rdb import RetryingRDBStorage

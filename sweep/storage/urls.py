@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-from sweep.config import ConfigError
+from sweep.schema import ConfigError
 
 PASSWORD_ENV = "SWEEP_DB_PASSWORD"
 _SERVERS = ("postgresql", "postgres", "mysql", "mariadb")

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
-from sweep.checkpoint import load_checkpoint
-from sweep.config import ConfigError, parse_yaml
+from sweep.config.yamlfile import parse_yaml
+from sweep.schema import ConfigError
+from sweep.train.checkpoint import load_checkpoint
 
 
 def predict(checkpoint: Path, files: Sequence[Path], top_k: int = 5) -> list[list[tuple[str, float]]]:

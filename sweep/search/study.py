@@ -16,139 +16,29 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep.config import ConfigError, Field
+from sweep.schema import ConfigError
+from sweep.search import space
+from sweep.search.pruners import PRUNERS
+from sweep.search.samplers import SAMPLERS
+from sweep.storage import enqueue_waiting, last_outage_end, mask, pop_waiting_trial_id, worker_cache
 
 # A trial carrying this user attribute does not count toward the budget (interrupted, voided, retried);
 # its value says why.
 VOID = "sweep_void"
 CONFIG_ATTR = "sweep_config"
 
-SAMPLERS: dict[str, dict[str, Field]] = {
-    "tpe": {
-        "n_startup_trials": Field(int, 5, low=0),
-        "multivariate": Field(bool, False),
-        "constant_liar": Field(bool, True),
-    },
-    "random": {},
-    "grid": {},
-    "cmaes": {"n_startup_trials": Field(int, 1, low=0)},
-    "qmc": {"qmc_type": Field(str, "sobol", choices=("sobol", "halton")), "scramble": Field(bool, True)},
-    "gp": {"n_startup_trials": Field(int, 10, low=0)},
-}
-
-_STEPS = {
-    "n_startup_trials": Field(int, 5, low=0),
-    # 1: judged from the first epoch on (steps count from 1); null: a quarter of train.epochs (see `warmup_steps`)
-    "n_warmup_steps": Field(int, 1, low=0, nullable=True),
-    "interval_steps": Field(int, 1, low=1),
-}
-PRUNERS: dict[str, dict[str, Field]] = {
-    "median": dict(_STEPS),
-    "percentile": {"percentile": Field(float, 25.0, low=0.0, high=100.0), **_STEPS},
-    "hyperband": {
-        "min_resource": Field(int, 1, low=1),
-        "max_resource": Field(int, None, low=1, nullable=True),
-        "reduction_factor": Field(int, 3, low=2),
-    },
-    "successive_halving": {
-        "min_resource": Field(int, 1, low=1),
-        "reduction_factor": Field(int, 4, low=2),
-        "min_early_stopping_rate": Field(int, 0, low=0),
-    },
-    "none": {},
-}
-
-
-def sampler_params(name: str) -> dict[str, Field]:
-    return SAMPLERS[name]
-
-
-def pruner_params(name: str) -> dict[str, Field]:
-    return PRUNERS[name]
-
-
 # ---- sampler and pruner ------------------------------------------------------------------------------
 
 
 def make_sampler(config: Mapping[str, Any], worker_index: int = 0) -> optuna.samplers.BaseSampler:
     """Each worker gets seed + worker_index, so parallel workers do not draw the same random trials."""
-    from sweep import space
-
     cfg = config["sampler"]
     seed = None if cfg["seed"] is None else cfg["seed"] + worker_index
-    name = cfg["name"]
-    if name == "tpe":
-        return optuna.samplers.TPESampler(
-            n_startup_trials=cfg["n_startup_trials"],
-            multivariate=cfg["multivariate"],
-            constant_liar=cfg["constant_liar"],
-            seed=seed,
-        )
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "cmaes":
-        return optuna.samplers.CmaEsSampler(n_startup_trials=cfg["n_startup_trials"], seed=seed)
-    if name == "qmc":
-        return optuna.samplers.QMCSampler(qmc_type=cfg["qmc_type"], scramble=cfg["scramble"], seed=seed)
-    if name == "gp":
-        return optuna.samplers.GPSampler(n_startup_trials=cfg["n_startup_trials"], seed=seed)
-    grid = {}
-    for param in space.parse(config["search_space"], config):
-        values = grid_values(param.distribution)
-        if values is None:
-            raise ConfigError(
-                "the grid sampler needs choices, ints, or floats with a `step`", key=f"search_space.{param.path}"
-            )
-        grid[param.path] = values
-    return optuna.samplers.GridSampler(grid, seed=seed)
-
-
-def grid_values(dist: optuna.distributions.BaseDistribution) -> list[Any] | None:
-    if isinstance(dist, optuna.distributions.CategoricalDistribution):
-        return list(dist.choices)
-    if dist.step is None or getattr(dist, "log", False):
-        return None
-    count = int(round((dist.high - dist.low) / dist.step)) + 1
-    return [dist.low + i * dist.step for i in range(count)]
-
-
-def warmup_steps(config: Mapping[str, Any]) -> int:
-    """The median/percentile pruner's n_warmup_steps: the configured one, or (null) a quarter of the epochs.
-
-    The default is 1, Optuna's own behaviour: on benchmarks/pruning.py (100 trials × 12 epochs, a validation
-    split of 1000 clips, six sampler seeds) it trains 0.45 of the unpruned study's epochs for a best accuracy
-    0.7 points lower; replayed offline on the same curves, 0.41 for 0.48 points, and a quarter (3) 0.59 for
-    0.37. A warm-up guards against a noisy validation split: with 200 validation clips, where one clip is half
-    a point and a trial's accuracy has a standard error of ~1.8 points, warm-up 1 lost 1.7–2.5 points and a
-    quarter 0.5–0.75 (RESULTS.md). null keeps that choice proportional to the schedule for studies that want
-    it, and for studies stored with it (`sweep.launch.CHANGED_DEFAULTS`).
-    """
-    steps = config["pruner"].get("n_warmup_steps")
-    return max(1, round(config["train"]["epochs"] / 4)) if steps is None else steps
+    return SAMPLERS[cfg["name"]].build(cfg, seed, space.parse(config["search_space"], config))
 
 
 def make_pruner(config: Mapping[str, Any]) -> optuna.pruners.BasePruner:
-    cfg, name = config["pruner"], config["pruner"]["name"]
-    steps = {k: cfg[k] for k in _STEPS if k in cfg}
-    if "n_warmup_steps" in steps:
-        steps["n_warmup_steps"] = warmup_steps(config)
-    if name == "median":
-        return optuna.pruners.MedianPruner(**steps)
-    if name == "percentile":
-        return optuna.pruners.PercentilePruner(cfg["percentile"], **steps)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(
-            min_resource=cfg["min_resource"],
-            max_resource=cfg["max_resource"] or config["train"]["epochs"],
-            reduction_factor=cfg["reduction_factor"],
-        )
-    if name == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=cfg["min_resource"],
-            reduction_factor=cfg["reduction_factor"],
-            min_early_stopping_rate=cfg["min_early_stopping_rate"],
-        )
-    return optuna.pruners.NopPruner()
+    return PRUNERS[config["pruner"]["name"]].build(config["pruner"], config)
 
 
 # ---- the study ---------------------------------------------------------------------------------------
@@ -156,8 +46,6 @@ def make_pruner(config: Mapping[str, Any]) -> optuna.pruners.BasePruner:
 
 def open_study(config: Mapping[str, Any], storage: optuna.storages.BaseStorage, worker_index: int = 0) -> optuna.Study:
     """The study as a worker runs it: its sampler and pruner, and a SQL storage behind `WorkerCache`."""
-    from sweep.storage import worker_cache
-
     return optuna.load_study(
         study_name=config["study"]["name"],
         storage=worker_cache(storage),
@@ -168,8 +56,6 @@ def open_study(config: Mapping[str, Any], storage: optuna.storages.BaseStorage, 
 
 def load_existing(name: str, storage: optuna.storages.BaseStorage, url: str) -> optuna.Study:
     """Open a study for reading; an unknown name lists the studies that storage does hold."""
-    from sweep.storage import mask
-
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     if name not in names:
         held = ", ".join(sorted(names)) or "none"
@@ -210,8 +96,6 @@ def top_up(study: optuna.Study, n_trials: int, report: Callable[[int, int], None
 
     They are written `ENQUEUE_BATCH` at a time; `report(enqueued, owed)` is called after each write when more
     than one is needed, so a large budget shows its progress."""
-    from sweep.storage import enqueue_waiting
-
     trials = study.get_trials(deepcopy=False)
     owed = n_trials - sum(counts(t) for t in trials)
     for done in range(0, max(owed, 0), ENQUEUE_BATCH):
@@ -235,8 +119,6 @@ def pop_trial(
     `start`: where this worker begins looking among the waiting trials (its index), so that workers popping at
     once try different trials (SQL skips locked rows instead).
     """
-    from sweep.storage import pop_waiting_trial_id
-
     trial_id = pop_waiting_trial_id(study, attrs, start)
     if trial_id is None:
         return None
@@ -280,8 +162,6 @@ def recover_stale(study: optuna.Study, stale_after: float, max_retries: int) -> 
     Optuna's own heartbeat only runs inside `study.optimize()` and not on the journal backend, so sweep
     stamps a `heartbeat` user attribute from each worker and checks it here, for every storage alike.
     """
-    from sweep.storage import last_outage_end
-
     now, recovered = time.time(), []
     if now - last_outage_end() < stale_after:  # after a database outage no one could beat: wait for fresh beats
         return recovered

@@ -6,9 +6,12 @@ from pathlib import Path
 
 import optuna
 
-from sweep import space, status
-from sweep.config import ConfigError, dump_yaml, resolve
-from sweep.study import stored_config
+from sweep.config.resolve import resolve
+from sweep.config.yamlfile import dump_yaml
+from sweep.look import status
+from sweep.schema import ConfigError
+from sweep.search import space
+from sweep.search.study import stored_config
 
 
 def best_config(study: optuna.Study) -> tuple[optuna.trial.FrozenTrial, dict]:

@@ -24,8 +24,10 @@ from typing import Any
 
 import torch
 
-from sweep.config import ConfigError, dump_yaml, resolve
-from sweep.jobs import remove_template_folder
+from sweep.config.resolve import resolve
+from sweep.config.yamlfile import dump_yaml
+from sweep.run.jobs import remove_template_folder
+from sweep.schema import ConfigError
 from sweep.storage import study_dir
 
 
@@ -66,8 +68,8 @@ def final(
     `name` is the study the runs belong to (their folder: studies/NAME/final/); `origin` says where the config
     came from (`source`: the study or file; `trial` and `params`: the best trial's), copied into every result.
     """
-    from sweep.launch import check_executor, job_error, make_executor, outcomes
-    from sweep.worker import default_threads, shared_cores
+    from sweep.run.launch import check_executor, job_error, make_executor, outcomes
+    from sweep.run.worker import default_threads, shared_cores
 
     profile = check_executor(config)
     if config["train"]["threads"] is None:  # once for every run: not from how many of them share a machine
@@ -123,7 +125,7 @@ def final(
 
 def run_one(config: dict[str, Any], out_dir: str, record: dict[str, Any]) -> dict[str, Any]:
     """The submitit job of one run: train on train + val, score the test folds, write the run's folder."""
-    from sweep.train import train
+    from sweep.train.loop import train
 
     remove_template_folder(Path(out_dir).parent / "logs")
     out = Path(out_dir)
@@ -178,7 +180,7 @@ def follow(folders: Mapping[str, Path], jobs: list, epochs: int, every: float = 
     print their own lines."""
     from submitit import DebugJob
 
-    from sweep.launch import JobsEnded
+    from sweep.run.launch import JobsEnded
 
     if all(isinstance(job, DebugJob) for job in jobs):
         return
@@ -325,7 +327,7 @@ def _preflight(
     device asked for is here, before anything is submitted (a final run decodes its test fold: it may)."""
     from sweep import models
     from sweep.data import check_files, split_items
-    from sweep.launch import cuda_missing, empty_splits, own_caches, settle
+    from sweep.run.launch import cuda_missing, empty_splits, own_caches, settle
 
     problems, everywhere, read = [], [], {}
     try:

@@ -24,13 +24,13 @@ import optuna
 import torch
 import torch.nn.functional as F
 
-from sweep.checkpoint import load_checkpoint
 from sweep.data import Clips, load_split
 from sweep.data.augment import Augment
 from sweep.data.features import build_features
 from sweep.data.inputs import Inputs
 from sweep.models import build_model
 from sweep.progress import Progress
+from sweep.train.checkpoint import load_checkpoint
 
 
 class NonFiniteLoss(RuntimeError):

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sweep.config import ConfigError, Field, read_yaml
+from sweep.config.yamlfile import read_yaml
+from sweep.schema import ConfigError, Field
 
 PROFILE: dict[str, Field] = {
     "partition": Field(str, None, nullable=True),

@@ -27,9 +27,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep import __version__
-from sweep.config import dump_yaml
-from sweep.status import maximizes, value_text
-from sweep.study import CONFIG_ATTR, VOID, counts
+from sweep.config.yamlfile import dump_yaml
+from sweep.look.status import maximizes, value_text
+from sweep.search.study import CONFIG_ATTR, VOID, counts
 
 PLOTS = ("history", "intermediate", "importance", "parallel", "slice")
 _COLORS = {"complete": "#1f77b4", "pruned": "#d62728", "running": "#2ca02c", "fail": "#7f7f7f"}

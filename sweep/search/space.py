@@ -18,7 +18,9 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from sweep.config import ConfigError, Field, copy_tree, field_at, get_path, set_path
+from sweep.config.paths import copy_tree, get_path, set_path
+from sweep.config.sections import field_at, schema
+from sweep.schema import ConfigError, Field
 
 # What a trial may change; study, storage, sampler, pruner and executor belong to the whole study.
 TRIAL_SECTIONS = ("data", "features", "augment", "model", "train")
@@ -122,8 +124,6 @@ def _check_target(param: Param, params: Mapping[str, Param], base: Mapping[str, 
     """The path must be a config leaf for every variant this param can be active under."""
     key = f"search_space.{param.path}"
     section = param.path.split(".", 1)[0]
-    from sweep.config import schema
-
     if section in schema() and section not in TRIAL_SECTIONS:
         raise ConfigError(
             f"`{section}` is set once per study and cannot be searched; searchable sections: "
@@ -170,8 +170,6 @@ def _variant_combos(param: Param, params: Mapping[str, Param], base: Mapping[str
 
 def is_discriminator(path: str) -> bool:
     """True for the keys that choose a section's variant: model.name, data.dataset, sampler.name, …"""
-    from sweep.config import schema
-
     section = path.split(".", 1)[0]
     node = schema().get(section)
     variants = node.get("_variants") if isinstance(node, dict) else None
@@ -242,8 +240,6 @@ def apply(base: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
     A param that picks a section's variant (model.name, …) drops the base's keys that the picked variant does
     not take (the base is resolved, so it holds every key of its own variant).
     """
-    from sweep.config import schema
-
     config = copy_tree(dict(base))
     for path, value in params.items():
         if is_discriminator(path):

@@ -25,16 +25,17 @@ from typing import Any, NamedTuple
 import optuna
 from optuna.trial import TrialState
 
-from sweep import status
-from sweep.config import ConfigError, resolve
-from sweep.diskspace import DiskFull, Reserves
-from sweep.fence import Fence
-from sweep.jobs import JOB_FOLDER, in_queue
-from sweep.jobs import record as jobs_record
-from sweep.profile import check_with_cluster, load_profile, submitit_parameters
+from sweep.config.resolve import resolve
+from sweep.look import status
+from sweep.run.diskspace import DiskFull, Reserves
+from sweep.run.fence import Fence
+from sweep.run.jobs import JOB_FOLDER, in_queue
+from sweep.run.jobs import record as jobs_record
+from sweep.run.profile import check_with_cluster, load_profile, submitit_parameters
+from sweep.schema import ConfigError
+from sweep.search.study import CONFIG_ATTR, check_budget, counts, retry, top_up
 from sweep.storage import mask, open_storage, study_dir
 from sweep.storage.urls import for_workers
-from sweep.study import CONFIG_ATTR, check_budget, counts, retry, top_up
 
 # Keys a resumed study may change: how much and how it runs, not what a trial means.
 RESUMABLE = ("study.n_trials", "study.max_trials", "study.timeout", "executor.", "storage")
@@ -51,8 +52,8 @@ def create_or_resume(
 
     A null `train.threads` is set here, once: a new study's from what one worker is given (`profile`: the SLURM
     one), a resumed study's from what it was created with, so every trial computes with the same thread count."""
-    from sweep.study import make_pruner, make_sampler
-    from sweep.worker import default_threads
+    from sweep.run.worker import default_threads
+    from sweep.search.study import make_pruner, make_sampler
 
     name = config["study"]["name"]
     threads_given = config["train"]["threads"] is not None
@@ -133,7 +134,8 @@ def preflight(config: Mapping[str, Any], profile: Mapping[str, Any] | None = Non
     """Check what a trial would fail on at once, before anything is stored or submitted: the dataset's metadata,
     the headers of every file the search decodes (the test fold's files only for presence and size), the
     pretrained weights, and a CUDA device asked for where the workers run on this machine."""
-    from sweep import data, models, space
+    from sweep import data, models
+    from sweep.search import space
 
     problems, warnings, everywhere = [], [], []
     try:
@@ -185,7 +187,7 @@ def own_caches(profile: Mapping[str, Any]) -> bool:
 def cuda_missing(config: Mapping[str, Any]) -> list[str]:
     """A problem line if `train.device` (or a value the search picks for it) is cuda and this machine, where
     debug and local workers run, has no CUDA device."""
-    from sweep import space
+    from sweep.search import space
 
     devices = {config["train"]["device"]}
     for param in space.parse(config["search_space"], config):
@@ -347,7 +349,7 @@ def make_executor(config: Mapping[str, Any], logs: Path, workers: int, profile: 
 def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
     """Run the study's remaining budget; returns the process exit code (non-zero if a worker failed; 130 after
     Ctrl-C, 143 after SIGTERM, 129 after SIGHUP, once the workers are stopped and their trials handed back)."""
-    from sweep.worker import Worker, run_context, shared_cores
+    from sweep.run.worker import Worker, run_context, shared_cores
 
     name = config["study"]["name"]
     profile = check_executor(config)

@@ -10,8 +10,8 @@ from typing import IO, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep.jobs import ENDED
-from sweep.study import CONFIG_ATTR, counts
+from sweep.run.jobs import ENDED
+from sweep.search.study import CONFIG_ATTR, counts
 
 
 def _metric(study: optuna.Study) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from sweep.config import ConfigError
+from sweep.schema import ConfigError
 
 CHECKPOINT = "checkpoint.pt"
 

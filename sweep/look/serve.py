@@ -23,7 +23,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import optuna
 
-from sweep.config import ConfigError
+from sweep.schema import ConfigError
 from sweep.storage import studies_dir
 
 

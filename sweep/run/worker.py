@@ -27,15 +27,16 @@ from typing import Any
 
 import optuna
 
-from sweep import space
-from sweep.config import dump_yaml, resolve
-from sweep.diskspace import release as release_reserves
-from sweep.diskspace import released as reserves_released
-from sweep.fence import enter as enter_fence
-from sweep.jobs import remove_template_folder
-from sweep.status import best_epoch, maximizes
+from sweep.config.resolve import resolve
+from sweep.config.yamlfile import dump_yaml
+from sweep.look.status import best_epoch, maximizes
+from sweep.run.diskspace import release as release_reserves
+from sweep.run.diskspace import released as reserves_released
+from sweep.run.fence import enter as enter_fence
+from sweep.run.jobs import remove_template_folder
+from sweep.search import space
+from sweep.search.study import open_study, pop_trial, recover_stale, retry
 from sweep.storage import flush_trial, is_disk_full, open_storage, tell_with
-from sweep.study import open_study, pop_trial, recover_stale, retry
 
 MAX_CONSECUTIVE_ERRORS = 3  # a config or code bug fails every trial: stop instead of burning the budget
 
@@ -286,8 +287,8 @@ def run_trial(
     trainer: Callable[..., Any] | None = None,
 ) -> str:
     """Run one trial to its end and tell the study; returns complete, pruned, nan or error."""
-    from sweep.checkpoint import CheckpointError
-    from sweep.train import NonFiniteLoss, train
+    from sweep.train.checkpoint import CheckpointError
+    from sweep.train.loop import NonFiniteLoss, train
 
     train = trainer or train
 
@@ -354,7 +355,7 @@ def _finished(
 ) -> None:
     """Tell the study, with what the dashboard shows of a finished trial (epochs, wall time, checkpoint) in the
     same write; then its TensorBoard HParams session."""
-    from sweep.hparams import write_summary
+    from sweep.look.hparams import write_summary
 
     attrs = {**attrs, "epochs_run": len(trial._cached_frozen_trial.intermediate_values)}
     attrs["wall_seconds"] = round(time.time() - started, 3)
@@ -381,7 +382,7 @@ def _take_over(previous: str | None, trials_dir: Path, out_dir: Path) -> str | N
     trial folder of this study holding a weights-only checkpoint; returns why not, when it is refused.
 
     `previous` comes from a trial attribute, which anyone who can write to the study database can set."""
-    from sweep.checkpoint import CHECKPOINT, resume_source
+    from sweep.train.checkpoint import CHECKPOINT, resume_source
 
     folder, refused = resume_source(previous, trials_dir, out_dir)
     if folder is None:

@@ -1,0 +1,1 @@
+"""Looking at a study while and after it runs: `sweep status`, the HTML report, the dashboards, TensorBoard."""

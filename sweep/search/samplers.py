@@ -1,0 +1,75 @@
+"""Sampler registry: `sampler.name` → the Optuna sampler it builds, and the `sampler.<key>`s it takes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from sweep.schema import ConfigError, Field, Registry
+
+# build(sampler section, seed, the search space's params) → sampler; the params are `sweep.search.space.Param`s
+Build = Callable[[Mapping[str, Any], "int | None", Sequence[Any]], optuna.samplers.BaseSampler]
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    params: dict[str, Field]
+    build: Build
+    doc: str = ""
+
+
+SAMPLERS: Registry[SamplerSpec] = Registry("sampler")
+
+
+def _grid(cfg: Mapping[str, Any], seed: int | None, params: Sequence[Any]) -> optuna.samplers.BaseSampler:
+    grid = {}
+    for param in params:
+        values = grid_values(param.distribution)
+        if values is None:
+            raise ConfigError(
+                "the grid sampler needs choices, ints, or floats with a `step`", key=f"search_space.{param.path}"
+            )
+        grid[param.path] = values
+    return optuna.samplers.GridSampler(grid, seed=seed)
+
+
+def grid_values(dist: optuna.distributions.BaseDistribution) -> list[Any] | None:
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return list(dist.choices)
+    if dist.step is None or getattr(dist, "log", False):
+        return None
+    count = int(round((dist.high - dist.low) / dist.step)) + 1
+    return [dist.low + i * dist.step for i in range(count)]
+
+
+SAMPLERS.add("tpe", SamplerSpec(
+    {
+        "n_startup_trials": Field(int, 5, low=0),
+        "multivariate": Field(bool, False),
+        "constant_liar": Field(bool, True),
+    },
+    lambda cfg, seed, _: optuna.samplers.TPESampler(
+        n_startup_trials=cfg["n_startup_trials"],
+        multivariate=cfg["multivariate"],
+        constant_liar=cfg["constant_liar"],
+        seed=seed,
+    ),
+    "Tree-structured Parzen estimator; constant_liar keeps parallel workers from drawing the same point",
+))
+SAMPLERS.add("random", SamplerSpec({}, lambda cfg, seed, _: optuna.samplers.RandomSampler(seed=seed)))
+SAMPLERS.add("grid", SamplerSpec({}, _grid, "every combination of the choices, ints and stepped floats"))
+SAMPLERS.add("cmaes", SamplerSpec(
+    {"n_startup_trials": Field(int, 1, low=0)},
+    lambda cfg, seed, _: optuna.samplers.CmaEsSampler(n_startup_trials=cfg["n_startup_trials"], seed=seed),
+))
+SAMPLERS.add("qmc", SamplerSpec(
+    {"qmc_type": Field(str, "sobol", choices=("sobol", "halton")), "scramble": Field(bool, True)},
+    lambda cfg, seed, _: optuna.samplers.QMCSampler(qmc_type=cfg["qmc_type"], scramble=cfg["scramble"], seed=seed),
+))
+SAMPLERS.add("gp", SamplerSpec(
+    {"n_startup_trials": Field(int, 10, low=0)},
+    lambda cfg, seed, _: optuna.samplers.GPSampler(n_startup_trials=cfg["n_startup_trials"], seed=seed),
+))

@@ -1,0 +1,2 @@
+"""The common trainer every trial and final run goes through (`loop`), and the checkpoints it writes and resumes
+from (`checkpoint`). This face imports nothing: the model families load weights through `checkpoint`."""

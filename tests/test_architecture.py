@@ -1,0 +1,112 @@
+"""sweep/'s import graph has no circle, read from the source with `ast` (nothing is imported to check it).
+
+An edge A → B is every module-level or function-level import in A of a sweep module B. Importing `a.b.c` also
+runs the faces `a/__init__.py` and `a/b/__init__.py`, so A gets an edge to each face above B that is not a package
+A itself lives in (its own package's face has already run by the time A does). A submodule never imports its
+own package's face: that face imports the submodule, so the name it wants may not exist yet.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1] / "sweep"
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in ROOT.rglob("*.py"):
+        parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = path
+    return out
+
+
+def _is_package(name: str, modules: dict[str, Path]) -> bool:
+    return modules[name].name == "__init__.py"
+
+
+def _imports(name: str, modules: dict[str, Path]) -> set[str]:
+    """The sweep modules `name` imports, the faces above them included."""
+    tree = ast.parse(modules[name].read_text())
+    package = name if _is_package(name, modules) else name.rpartition(".")[0]
+    targets: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # a relative import: `from ..x import y` in sweep.a.b is sweep.x
+                above = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(above + ([base] if base else []))
+            for alias in node.names:  # `from sweep.data import esc50` imports the submodule
+                sub = f"{base}.{alias.name}"
+                targets.add(sub if sub in modules else base)
+    edges = set()
+    for target in targets:
+        if target not in modules:
+            continue
+        edges.add(target)
+        parts = target.split(".")
+        for i in range(1, len(parts)):
+            face = ".".join(parts[:i])
+            if face in modules and not (package == face or package.startswith(face + ".")):
+                edges.add(face)
+    edges.discard(name)
+    return edges
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(name, modules) for name in modules}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One circle of the graph, as the list of its modules in import order, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt) :] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_no_import_circle_in_sweep() -> None:
+    cycle = _cycle(_graph())
+    assert cycle is None, "import circle: " + " → ".join(cycle)
+
+
+def test_the_check_finds_a_circle() -> None:
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_submodule_imports_its_own_face() -> None:
+    modules = _modules()
+    bad = [
+        f"{name} imports {face}"
+        for name in modules
+        if not _is_package(name, modules)
+        for face in _imports(name, modules)
+        if _is_package(face, modules) and name.startswith(face + ".") and face != "sweep"
+    ]
+    assert not bad, bad
+
+
+def test_the_schema_is_the_bottom_layer() -> None:
+    assert _graph()["sweep.schema"] == set()
