@@ -1,4 +1,8 @@
-"""The `sweep` command: launch, status, best, cancel, report, final, predict, dashboard, tensorboard."""
+"""The `sweep` command: launch, status, best, cancel, report, final, predict, dashboard, tensorboard.
+
+Each command imports what it runs inside its own function: the config's registries import torch (~2 s), the
+storages Optuna and SQLAlchemy, and `sweep --help` or `sweep status NAME` should not wait for what they never use.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,14 @@ from pathlib import Path
 
 from sweep import __version__
 from sweep.config.paths import parse_set
-from sweep.config.resolve import check_study_name, load, resolve
-from sweep.schema import ConfigError
+from sweep.schema import ConfigError, check_study_name
 
 DASHBOARD_PORT, TENSORBOARD_PORT = 8080, 6006  # the tools' own defaults
 
 
 def _study_arg(args: argparse.Namespace) -> tuple[str, str]:
     """STUDY may be a name or the study's YAML file; returns (name, storage URL) resolved as launch does."""
+    from sweep.config.resolve import load
     from sweep.storage import resolve_storage
 
     target = Path(args.study)
@@ -29,6 +33,7 @@ def _study_arg(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
+    from sweep.config.resolve import load
     from sweep.run.launch import launch
     from sweep.storage import resolve_storage
 
@@ -123,6 +128,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_final(args: argparse.Namespace) -> int:
     """STUDY (a name, or its YAML file) → its best trial; a config without a search space (best.yaml) as is."""
+    from sweep.config.resolve import load, resolve
     from sweep.results.export import best_config
     from sweep.results.final import final
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -95,6 +96,15 @@ def check_fields(fields: Mapping[str, Field], given: Mapping[Any, Any], source: 
         except ValueError as exc:
             raise ConfigError(str(exc), source=source, key=key) from None
     return out
+
+
+def check_study_name(name: str, source: str | None = None, key: str | None = "study.name") -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ConfigError(
+            f"study name {name!r} must start with a letter or digit and use only letters, digits, '_', '.', '-'",
+            source=source,
+            key=key,
+        )
 
 
 class Entry(Protocol):

@@ -3,7 +3,6 @@ value checked against the schema and against the rest of the file (folds, featur
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from sweep.config.sections import METRICS, defaults_tree, fields_of, schema, unk
 from sweep.config.yamlfile import read_yaml
 from sweep.data import DATASETS
 from sweep.models import MODELS
-from sweep.schema import ConfigError, Variants
+from sweep.schema import ConfigError, Variants, check_study_name
 from sweep.search import space
 
 
@@ -226,12 +225,3 @@ def load(
 def _origins(overrides: list[tuple[str, Any]], labels: Mapping[str, str] | None) -> dict[str, str]:
     """Overridden key → what the user typed to set it: its flag's label, else `--set KEY`."""
     return {key: (labels or {}).get(key, f"--set {key}") for key, _ in overrides}
-
-
-def check_study_name(name: str, source: str | None = None, key: str | None = "study.name") -> str:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise ConfigError(
-            f"study name {name!r} must start with a letter or digit and use only letters, digits, '_', '.', '-'",
-            source=source,
-            key=key,
-        )

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from sweep.config.yamlfile import read_yaml
-from sweep.schema import ConfigError, Field
+from sweep.schema import ConfigError, Field, check_fields, did_you_mean
 
 PROFILE: dict[str, Field] = {
     "partition": Field(str, None, nullable=True),
@@ -60,22 +60,11 @@ def load_profile(path: str | Path) -> dict[str, Any]:
     raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError("a profile is a mapping of SLURM settings", source=source)
-    profile = {}
-    for key in raw:
-        if key not in PROFILE:
-            raise ConfigError(f"unknown profile key; accepted: {', '.join(PROFILE)}", source=source, key=str(key))
-    for key, field in PROFILE.items():
-        try:
-            profile[key] = field.check(raw[key]) if key in raw else field.default
-        except ValueError as exc:
-            raise ConfigError(str(exc), source=source, key=key) from None
+    profile = check_fields(PROFILE, raw, source, "profile")
     for option in profile["sbatch"]:
         flag = str(option).replace("_", "-")
         if flag not in SBATCH_OPTIONS:
-            import difflib
-
-            close = difflib.get_close_matches(flag, SBATCH_OPTIONS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(flag, SBATCH_OPTIONS)
             raise ConfigError(f"{option!r} is not an sbatch option{hint}", source=source, key=f"sbatch.{option}")
         if flag in ("array", "output", "error", "signal", "wrap"):
             raise ConfigError(f"sweep sets --{flag} itself; remove it", source=source, key=f"sbatch.{option}")
