@@ -5,6 +5,13 @@ trial ends (complete or pruned) the worker adds to that same run a session-start
 and its state), the trial's value as the scalar `best/METRIC`, and a session-end record. No experiment record
 is written on purpose: TensorBoard then builds the experiment from all sessions it finds — the union of their
 params, conditional ones included, and every scalar tag as a metric — so trials never have to agree on one.
+
+The records are built from TensorBoard's protobufs by hand because no library call writes them so: TensorBoard's
+session-end writer (`tensorboard.plugins.hparams.summary`) imports TensorFlow, which sweep does not install, and
+its TensorFlow-free `summary_v2.hparams_pb` builds only the session start and refuses a None param; torch's
+`SummaryWriter.add_hparams` writes an experiment record per trial into a new run beside the curves' one, and
+TensorBoard keeps one experiment record, the first it finds (`hparams/backend_context.py`), dropping the other
+trials' conditional params.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ cannot support yet is replaced by a sentence saying what it waits for.
 
 The intermediate-values plot is drawn here rather than by Optuna so that pruned trials stand out (dotted,
 ending in a cross where the pruner stopped them). Importances use PED-ANOVA, which needs no scikit-learn.
+The page itself is templates/report.html.j2, autoescaped: this module hands it plain strings, and plotly's
+own output (plotly.js, each figure's div) as Markup.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep import __version__
@@ -36,6 +40,16 @@ _COLORS = {"complete": "#1f77b4", "pruned": "#d62728", "running": "#2ca02c", "fa
 MAX_CURVE_TRACES = 100  # more trials than this share one trace per state in the learning-curve plot
 SLICE_COLUMNS = 4  # slice panels per row: about 300 px each across the page's 1248 px
 SLICE_ROW_HEIGHT = 380
+# templates/ sits beside this module and moves with it; the page's whitespace is the template's, less the
+# lines its block tags stand on (trim_blocks, lstrip_blocks)
+_PAGES = Environment(
+    loader=FileSystemLoader(Path(__file__).with_name("templates")),
+    autoescape=True,
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+)
 
 
 @dataclass
@@ -51,6 +65,16 @@ class Savings:
     @property
     def seconds_saved(self) -> float | None:
         return None if self.seconds_per_epoch is None else self.epochs_saved * self.seconds_per_epoch
+
+
+@dataclass
+class Plot:
+    """One plot's section: plotly's div where it was drawn, else the sentence that stands in for it."""
+
+    key: str
+    title: str
+    div: Markup | None = None
+    note: str = ""
 
 
 @dataclass
@@ -78,6 +102,8 @@ def build(
     study: optuna.Study, storage: str = "", trials: Sequence[FrozenTrial] | None = None
 ) -> tuple[str, dict[str, bool]]:
     """The page as one string, and which plots it draws; `trials` is the snapshot to show (default: now)."""
+    from plotly.offline import get_plotlyjs
+
     trials = study.get_trials(deepcopy=False) if trials is None else trials
     counted = [t for t in trials if counts(t)]
     complete = [t for t in counted if t.state == TrialState.COMPLETE]
@@ -87,25 +113,28 @@ def build(
     top = _best(study, complete)
 
     vis = optuna.visualization
-    sections, drawn = [], {}
-    for key, title, needs, figure in (
-        ("history", "Optimization history", _need(complete, 1), vis.plot_optimization_history),
-        ("intermediate", f"Learning curves ({metric})", _curves_need(counted), lambda _: _curves(counted, metric)),
-        ("importance", "Hyperparameter importances", _need(complete, 2, names), _importances),
-        ("parallel", "Parallel coordinates", _need(complete, 1, names), vis.plot_parallel_coordinate),
-        ("slice", "Slice plots", _need(complete, 1, names), _slices),
-    ):
-        body, drawn[key] = _section_plot(key, study, needs, figure)
-        sections.append(_section(key, title, body))
-
-    parts = [
-        _header(study, trials, counted, metric, storage),
-        _section("best", "Best trial", _best_html(top, metric)),
-        _section("pruning", "What pruning saved", _savings_html(pruning_savings(study, trials))),
-        *sections,
-        _section("trials", "Trials", _table(trials, top, metric, _default_epochs(study), maximizes(study))),
+    plots = [
+        _section_plot(key, title, study, needs, figure)
+        for key, title, needs, figure in (
+            ("history", "Optimization history", _need(complete, 1), vis.plot_optimization_history),
+            ("intermediate", f"Learning curves ({metric})", _curves_need(counted), lambda _: _curves(counted, metric)),
+            ("importance", "Hyperparameter importances", _need(complete, 2, names), _importances),
+            ("parallel", "Parallel coordinates", _need(complete, 1, names), vis.plot_parallel_coordinate),
+            ("slice", "Slice plots", _need(complete, 1, names), _slices),
+        )
     ]
-    return _page(study.study_name, "\n".join(parts)), drawn
+    savings = pruning_savings(study, trials)
+    page = _PAGES.get_template("report.html.j2").render(
+        plotlyjs=Markup(get_plotlyjs()),  # plotly's own script, inlined as it is
+        metric=metric,
+        head=_header(study, trials, counted, storage),
+        best=_best_view(top),
+        trained=savings.epochs_trained,
+        savings=_savings_rows(savings),
+        plots=plots,
+        rows=_rows(trials, top, _default_epochs(study), maximizes(study)),
+    )
+    return page, {plot.key: plot.div is not None for plot in plots}
 
 
 def pruning_savings(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None) -> Savings:
@@ -251,12 +280,15 @@ def _line(state: str) -> dict[str, Any]:
 
 
 def _label(t: FrozenTrial) -> str:
+    """A trial's hover label; plotly draws hover text as HTML, so the params are escaped for it."""
     return f"trial {t.number} ({t.state.name.lower()})<br>{html.escape(_params(t.params))}"
 
 
-def _section_plot(key: str, study: optuna.Study, needs: str | None, figure: Callable[[optuna.Study], Any]):
+def _section_plot(
+    key: str, title: str, study: optuna.Study, needs: str | None, figure: Callable[[optuna.Study], Any]
+) -> Plot:
     if needs is not None:
-        return f'<p class="note" id="note-{key}">{html.escape(needs)}</p>', False
+        return Plot(key, title, note=needs)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # experimental-API and small-sample warnings: the page says so itself
@@ -267,68 +299,57 @@ def _section_plot(key: str, study: optuna.Study, needs: str | None, figure: Call
             finally:
                 optuna.logging.set_verbosity(level)
     except Exception as exc:  # a study mid-write can be odd; one plot failing must not cost the whole page
-        why = html.escape(f"{type(exc).__name__}: {exc}")
-        return f'<p class="note" id="note-{key}">Could not draw: {why}</p>', False
+        return Plot(key, title, note=f"Could not draw: {type(exc).__name__}: {exc}")
     # no plot is wider than the page: each takes its container's width (`responsive`), whatever Optuna set
     fig.update_layout(template="plotly_white", width=None, height=fig.layout.height or 520,
                       margin={"t": 60, "l": 60, "r": 20, "b": 50})
     div = fig.to_html(
         full_html=False, include_plotlyjs=False, div_id=f"plot-{key}", config={"displaylogo": False, "responsive": True}
     )
-    return f'<div class="plot" data-plot="{key}">{div}</div>', True
+    return Plot(key, title, div=Markup(div))  # plotly's HTML, its figure's text escaped by plotly
 
 
-# ---- text --------------------------------------------------------------------------------------------
+# ---- text: what the template shows, as strings -------------------------------------------------------
 
 
-def _header(study: optuna.Study, trials, counted, metric: str, storage: str) -> str:
+def _header(study: optuna.Study, trials, counted, storage: str) -> dict[str, Any]:
     n = {s: sum(1 for t in counted if t.state == s) for s in TrialState}
-    void = len(trials) - len(counted)
-    direction = study.direction.name.lower()
-    parts = [f"{n[TrialState.COMPLETE]} complete", f"{n[TrialState.PRUNED]} pruned", f"{n[TrialState.FAIL]} failed"]
+    states = [f"{n[TrialState.COMPLETE]} complete", f"{n[TrialState.PRUNED]} pruned", f"{n[TrialState.FAIL]} failed"]
     live = n[TrialState.RUNNING] + n[TrialState.WAITING]
     if live:
-        parts.append(f"{n[TrialState.RUNNING]} running, {n[TrialState.WAITING]} waiting")
-    now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
-    lines = [
-        f"<h1>Study {html.escape(study.study_name)}</h1>",
-        f"<p>{html.escape(direction)} <b>{html.escape(metric)}</b> · {len(counted)} trials in the budget: "
-        + ", ".join(parts)
-        + (f" · {void} voided (interrupted and retried, not counted)" if void else "")
-        + "</p>",
-        f'<p class="meta">storage {html.escape(storage or "?")} · written {now} by sweep {__version__}</p>',
-    ]
-    if live:
-        lines.append(
-            f'<p class="live">The study is still running: this is a snapshot as of {now}. '
-            "Run <code>sweep report</code> again for a newer one.</p>"
-        )
-    return "<header>" + "\n".join(lines) + "</header>"
+        states.append(f"{n[TrialState.RUNNING]} running, {n[TrialState.WAITING]} waiting")
+    return {
+        "name": study.study_name,
+        "direction": study.direction.name.lower(),
+        "counted": len(counted),
+        "states": states,
+        "void": len(trials) - len(counted),
+        "storage": storage or "?",
+        "now": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "version": __version__,
+        "live": bool(live),
+    }
 
 
-def _best_html(top: FrozenTrial | None, metric: str) -> str:
+def _best_view(top: FrozenTrial | None) -> dict[str, Any] | None:
     if top is None:
-        return '<p class="note">No trial has completed yet.</p>'
-    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in top.params.items())
-    text = (
-        f"<p>Trial <b>{top.number}</b>: {html.escape(metric)} = <b>{top.value:.4f}</b> at epoch "
-        f"{top.user_attrs.get('best_epoch', '?')} of {_epochs(top)}"
-        + (f", {_hms(_wall(top))}" if _wall(top) is not None else "")
-        + ". <code>sweep best</code> writes this configuration as a runnable study file.</p>"
-    )
-    text += f'<table class="kv" id="best-params">{rows}</table>' if rows else ""
+        return None
     config = top.user_attrs.get("config")
-    if isinstance(config, dict):
-        text += (
-            "<details><summary>Full resolved config of this trial</summary>"
-            f'<pre id="best-config">{html.escape(dump_yaml(config))}</pre></details>'
-        )
-    return text
+    return {
+        "number": top.number,
+        "value": f"{top.value:.4f}",
+        "epoch": top.user_attrs.get("best_epoch", "?"),
+        "epochs": _epochs(top),
+        "wall": _hms(_wall(top)) if _wall(top) is not None else None,
+        "params": [(k, _fmt(v)) for k, v in top.params.items()],
+        "config": dump_yaml(config) if isinstance(config, dict) else None,
+    }
 
 
-def _savings_html(s: Savings) -> str:
+def _savings_rows(s: Savings) -> list[tuple[str, str]]:
+    """The savings table's rows; none while no trial has been pruned."""
     if not s.pruned:
-        return f'<p class="note">No trial has been pruned (yet); {s.epochs_trained} epochs trained in total.</p>'
+        return []
     share = s.epochs_saved / max(1, s.epochs_saved + s.epochs_trained)
     rows = [
         ("pruned trials", str(s.pruned)),
@@ -341,19 +362,13 @@ def _savings_html(s: Savings) -> str:
             ("worker time spent (finished trials)", _hms(s.worker_seconds)),
             ("worker time saved (estimate)", _hms(s.seconds_saved or 0.0)),
         ]
-    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
-    return (
-        f'<table class="kv" id="savings">{body}</table><p class="meta">Time per epoch comes from the trainer\'s '
-        "timings (metrics.json) where the trial folders are readable here, else from each trial's wall time. "
-        "Worker time adds up every worker: with W workers in parallel the study's elapsed time shrinks by roughly "
-        "the saving divided by W.</p>"
-    )
+    return rows
 
 
-def _table(
-    trials: Sequence[FrozenTrial], top: FrozenTrial | None, metric: str, default: int | None, maximize: bool
-) -> str:
-    head = ["trial", "state", metric, "epochs", "wall time", "host", "worker", "SLURM job", "params", "note"]
+def _rows(
+    trials: Sequence[FrozenTrial], top: FrozenTrial | None, default: int | None, maximize: bool
+) -> list[tuple[bool, list[str]]]:
+    """The trial table's rows: whether the row is the best trial's, and its cells."""
     rows = []
     for t in trials:
         if t.state == TrialState.WAITING:
@@ -373,45 +388,8 @@ def _table(
             _params(t.params),
             str(note),
         ]
-        cls = ' class="best"' if top is not None and t.number == top.number else ""
-        rows.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    return (
-        '<table class="trials" id="trial-table"><thead><tr>'
-        + "".join(f"<th>{html.escape(h)}</th>" for h in head)
-        + "</tr></thead><tbody>"
-        + "".join(rows)
-        + "</tbody></table>"
-    )
-
-
-def _section(key: str, title: str, body: str) -> str:
-    return f'<section id="{key}"><h2>{html.escape(title)}</h2>\n{body}\n</section>'
-
-
-def _page(name: str, body: str) -> str:
-    from plotly.offline import get_plotlyjs
-
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>sweep report: {html.escape(name)}</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-body {{ font: 14px/1.45 system-ui, sans-serif; margin: 24px auto; max-width: 1280px; padding: 0 16px; color: #222; }}
-h1 {{ margin-bottom: 4px; }} h2 {{ border-bottom: 1px solid #ddd; padding-bottom: 4px; margin-top: 32px; }}
-.meta {{ color: #666; font-size: 12px; }} .note {{ color: #666; font-style: italic; }}
-.live {{ background: #fff6d5; padding: 6px 10px; border-left: 4px solid #e0b000; }}
-table {{ border-collapse: collapse; }} td, th {{ padding: 3px 10px; text-align: left; vertical-align: top; }}
-table.kv th {{ font-weight: normal; color: #555; }}
-table.trials {{ font-size: 12px; width: 100%; }}
-table.trials thead th {{ background: #f2f2f2; position: sticky; top: 0; }}
-table.trials tbody tr:nth-child(even) {{ background: #fafafa; }} tr.best {{ background: #e6f4e6 !important; }}
-pre {{ background: #f6f6f6; padding: 10px; overflow-x: auto; font-size: 12px; }}
-</style>
-<script>window.PlotlyConfig = {{MathJaxConfig: 'local'}};</script>
-<script>{get_plotlyjs()}</script>
-</head><body>
-{body}
-</body></html>
-"""
+        rows.append((top is not None and t.number == top.number, cells))
+    return rows
 
 
 # ---- trial facts -------------------------------------------------------------------------------------

@@ -1,5 +1,12 @@
 """Retrying storage calls: which database errors go away by themselves (`is_transient`), and the retry loop
-(`call_with_retry`) with its per-process state (`last_outage_end`)."""
+(`call_with_retry`) with its per-process state (`last_outage_end`).
+
+Hand-written because no installed library classifies these errors or retries them: SQLAlchemy flags only a
+dropped connection (`DBAPIError.connection_invalidated`, from each dialect's `is_disconnect`), not a deadlock,
+lock wait, serialization failure, refused connection, too many connections or busy SQLite file; Optuna's
+RDBStorage wraps every failure in StorageInternalError without retrying; and no retry package (tenacity,
+backoff) is among sweep's dependencies.
+"""
 
 from __future__ import annotations
 
