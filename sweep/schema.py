@@ -99,12 +99,14 @@ def check_fields(fields: Mapping[str, Field], given: Mapping[Any, Any], source: 
 
 
 def check_study_name(name: str, source: str | None = None, key: str | None = "study.name") -> str:
+    """A study name becomes a folder and a database name: letters, digits, `_`, `.` and `-`, no leading sign."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise ConfigError(
             f"study name {name!r} must start with a letter or digit and use only letters, digits, '_', '.', '-'",
             source=source,
             key=key,
         )
+    return name
 
 
 class Entry(Protocol):
