@@ -110,3 +110,74 @@ def test_no_submodule_imports_its_own_face() -> None:
 
 def test_the_schema_is_the_bottom_layer() -> None:
     assert _graph()["sweep.schema"] == set()
+
+
+# ---- the typed config -----------------------------------------------------------------------------------
+
+MAPPING_METHODS = {"get", "items", "keys", "values"}
+
+
+def _schema_keys(node: dict, path: tuple[str, ...]) -> set[str] | None:
+    """The keys under `path` in the schema, over every variant; None where `path` is a value, not a section."""
+    for part in path:
+        node = _with_variants(node).get(part)
+        if not isinstance(node, dict):
+            return None
+    return set(_with_variants(node))
+
+
+def _with_variants(node: dict) -> dict:
+    keys = {k: v for k, v in node.items() if k != "_variants"}
+    variants = node.get("_variants")
+    if variants is not None:
+        for name in variants.names():
+            keys.update(variants.params(name))
+    return keys
+
+
+def _cfg_chains() -> list[tuple[str, int, tuple[str, ...]]]:
+    """Every `cfg.a.b…` read in sweep/: (file, line, (a, b, …))."""
+    found = []
+    for path in ROOT.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            chain: list[str] = []
+            inner = node
+            while isinstance(inner, ast.Attribute):
+                chain.insert(0, inner.attr)
+                inner = inner.value
+            if isinstance(inner, ast.Name) and inner.id == "cfg" and chain and isinstance(node, ast.Attribute):
+                found.append((str(path.relative_to(ROOT.parent)), node.lineno, tuple(chain)))
+    return found
+
+
+def test_every_cfg_attribute_is_a_schema_key() -> None:
+    """`cfg.train.lrr` fails here, without running the line that reads it."""
+    from sweep.config.sections import schema
+
+    bad = []
+    for file, line, chain in _cfg_chains():
+        for depth in range(len(chain)):
+            keys = _schema_keys(schema(), chain[:depth])
+            if keys is None:
+                break  # past a value: `.startswith`, a tuple's `.index`, …
+            if chain[depth] not in keys and chain[depth] not in MAPPING_METHODS:
+                bad.append(f"{file}:{line}: cfg.{'.'.join(chain[: depth + 1])}")
+                break
+    assert _cfg_chains(), "no `cfg.` reads found: the check would pass vacuously"
+    assert not bad, "not config keys: " + ", ".join(bad)
+
+
+def test_typed_sections_are_the_schemas() -> None:
+    from sweep.config.sections import schema
+    from sweep.config.typed import SECTIONS
+
+    nested = set()
+
+    def walk(node: dict, here: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                nested.add(f"{here}.{key}" if here else key)
+                walk(value, f"{here}.{key}" if here else key)
+
+    walk(schema(), "")
+    assert set(SECTIONS) == nested

@@ -22,8 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile
 import torch
+import torchaudio.functional
 
+from sweep.config.typed import typed
 from sweep.config.yamlfile import read_utf8
 from sweep.data.registry import DataError, Index, Item
 from sweep.progress import Progress
@@ -134,11 +137,12 @@ def csv_index(
 
 def select_classes(config: Mapping[str, Any], classes: Sequence[str], items: Sequence[Item]) -> Index:
     """Apply `data.classes`: keep those classes only, labelled 0.. in the order the config lists them."""
-    data = config["data"]
+    cfg = typed(config)
+    data = cfg.data
     wanted = data.get("classes")
     if wanted is None:
         return Index(list(classes), list(items))
-    name = data["dataset"]
+    name = data.dataset
     if not wanted:
         raise DataError(f"data.classes is an empty list; use null for all classes of dataset {name}")
     doubled = sorted({c for c in wanted if wanted.count(c) > 1})
@@ -169,8 +173,6 @@ def _why(exc: BaseException, path: str) -> str:
 
 def _decode(path: str) -> tuple[np.ndarray | None, int, str]:
     """(mono float32 samples, sample rate, "") or (None, 0, why it cannot be read)."""
-    import soundfile
-
     if not os.path.isfile(path):
         return None, 0, "no such file"
     try:
@@ -197,8 +199,6 @@ def file_problem(path: str, header: bool = True) -> str:
         return "it is empty (0 bytes)"
     if not header:
         return ""
-    import soundfile
-
     try:
         with soundfile.SoundFile(path) as f:
             frames = f.frames
@@ -223,8 +223,6 @@ def _resample(batch: Sequence[np.ndarray], rate: int, target: int) -> list[torch
     Zero padding to the longest clip changes nothing: the resampler pads each signal with zeros anyway,
     and each output is cut back to the length resampling that clip alone gives.
     """
-    import torchaudio.functional
-
     longest = max(len(a) for a in batch)
     padded = torch.zeros(len(batch), longest)
     for row, audio in enumerate(batch):
@@ -251,8 +249,9 @@ def read_files(config: Mapping[str, Any], items: Sequence[Item]) -> tuple[torch.
 
     Only these files are opened, which is what keeps a search from ever touching a test-fold file.
     """
-    data = config["data"]
-    target = int(data["sample_rate"])
+    cfg = typed(config)
+    data = cfg.data
+    target = int(data.sample_rate)
     skip = data.get("on_bad_file", "error") == "skip"
     max_seconds = data.get("max_seconds")
     limit = None if max_seconds is None else max(1, round(max_seconds * target))
@@ -300,7 +299,7 @@ def read_files(config: Mapping[str, Any], items: Sequence[Item]) -> tuple[torch.
             stacklevel=2,
         )
     lengths = torch.tensor([len(clips[i]) for i in kept], dtype=torch.long)
-    width = max(int(lengths.max()) if kept else 0, round(data["clip_seconds"] * target))
+    width = max(int(lengths.max()) if kept else 0, round(data.clip_seconds * target))
     waves = torch.zeros(len(kept), width)
     for row, i in enumerate(kept):
         waves[row, : lengths[row]] = clips[i]

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from sweep.config.typed import typed
+
 
 class Augment:
     """Batched, on-device augmentation of log-mel features.
@@ -23,13 +25,14 @@ class Augment:
     """
 
     def __init__(self, config: Mapping[str, Any]) -> None:
-        a = config["augment"]
-        s = a["strength"]
-        self.n_masks = a["n_masks"] if a["specaugment"] else 0
-        self.freq_frac, self.time_frac = s * a["freq_mask"], s * a["time_mask"]
-        self.alpha = s * a["mixup_alpha"] if a["mixup"] else 0.0
-        self.wave_p = s / 2 if a["waveform"] else 0.0
-        self.mask_samples = int(0.1 * config["data"]["sample_rate"])
+        cfg = typed(config)
+        a = cfg.augment
+        s = a.strength
+        self.n_masks = a.n_masks if a.specaugment else 0
+        self.freq_frac, self.time_frac = s * a.freq_mask, s * a.time_mask
+        self.alpha = s * a.mixup_alpha if a.mixup else 0.0
+        self.wave_p = s / 2 if a.waveform else 0.0
+        self.mask_samples = int(0.1 * cfg.data.sample_rate)
         self.reseed(0)
 
     def reseed(self, seed: int) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sweep.config.typed import typed
 from sweep.data.registry import Item
 from sweep.storage.urls import studies_dir
 
@@ -38,13 +39,15 @@ Reader = Callable[[Mapping[str, Any], Sequence[Item]], tuple[torch.Tensor, torch
 
 def cache_root(config: Mapping[str, Any]) -> Path:
     """`data.cache_dir`, else $SWEEP_CACHE_DIR, else studies/.cache (a shared file system on a cluster)."""
-    given = config["data"]["cache_dir"] or os.environ.get("SWEEP_CACHE_DIR")
+    cfg = typed(config)
+    given = cfg.data.cache_dir or os.environ.get("SWEEP_CACHE_DIR")
     return Path(given).expanduser().resolve() if given else studies_dir() / ".cache"  # no study name starts with "."
 
 
 def entry_key(config: Mapping[str, Any], items: Sequence[Item]) -> str:
     """The hash naming the cache entry of these clips read with this config's data settings."""
-    data = config["data"]
+    cfg = typed(config)
+    data = cfg.data
     settings = {k: v for k, v in data.items() if k not in NOT_CONTENT}
     files = [[str(it.key), *_stat(it.key)] for it in items]
     text = json.dumps({"version": VERSION, "settings": settings, "files": files}, sort_keys=True, default=str)
@@ -66,8 +69,9 @@ def cached_read(
 ) -> tuple[torch.Tensor, torch.Tensor, list[int], Path | None]:
     """`read(config, items)`, from the cache when an entry exists, building the entry when none does;
     also the entry's folder (None with `data.cache: false`), where features of these clips can be kept."""
-    data = config["data"]
-    if not data["cache"]:
+    cfg = typed(config)
+    data = cfg.data
+    if not data.cache:
         return (*read(config, items), None)
     root = cache_root(config)
     entry = root / f"{data['dataset']}-{entry_key(config, items)}"
@@ -77,10 +81,10 @@ def cached_read(
         with _locked(root / f"{entry.name}.lock"):
             if not entry.is_dir():  # no one built it while this worker waited
                 waves, lengths, kept = read(config, items)  # warns itself about skipped files
-                _store(entry, waves, lengths, kept, {"dataset": data["dataset"], "clips": len(items)})
+                _store(entry, waves, lengths, kept, {"dataset": data.dataset, "clips": len(items)})
                 built = True
-    if data["cache_local"]:
-        entry = _local_copy(entry, Path(data["cache_local"]).expanduser())
+    if data.cache_local:
+        entry = _local_copy(entry, Path(data.cache_local).expanduser())
     return (*_load(entry, 0 if built else len(items)), entry)
 
 

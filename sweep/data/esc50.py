@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from sweep.config.typed import typed
 from sweep.data.audio import FILE_PARAMS, csv_index, read_csv, read_files, value
 from sweep.data.registry import DATASETS, DatasetSpec, Index, data_root
 from sweep.schema import Field
@@ -21,6 +22,7 @@ PARAMS = {**FILE_PARAMS, "esc10": Field(bool, False)}
 
 def index(config: Mapping[str, Any]) -> Index:
     """The clips esc50.csv lists (only the ESC-10 subset with `esc10: true`); labels follow `target`."""
+    cfg = typed(config)
     root = data_root(config)
     path = root / "meta" / "esc50.csv"
     rows = read_csv(path, COLUMNS, hint="data.root must be the ESC-50 folder that holds meta/esc50.csv and audio/")
@@ -32,7 +34,7 @@ def index(config: Mapping[str, Any]) -> Index:
         name="category",
         group="src_file",
         file=lambda line, row: str(root / "audio" / value(path, line, row, "filename")),
-        keep=lambda line, row: not config["data"]["esc10"] or value(path, line, row, "esc10", bool),
+        keep=lambda line, row: not cfg.data.esc10 or value(path, line, row, "esc10", bool),
     )
 
 

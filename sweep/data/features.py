@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torchaudio
 
+from sweep.config.typed import typed
 from sweep.models import MODELS
 from sweep.schema import Field, Registry
 
@@ -105,9 +106,11 @@ FEATURES.add("waveform", FeatureSpec({}, lambda f, rate: Waveform(), "the clip i
 
 def input_kind(config: Mapping[str, Any]) -> str:
     """The features a run computes: `features.name`, or the model's own input when it is `auto`."""
-    kind = config["features"]["name"]
-    return MODELS[config["model"]["name"]].inputs[0] if kind == "auto" else kind
+    cfg = typed(config)
+    kind = cfg.features.name
+    return MODELS[cfg.model.name].inputs[0] if kind == "auto" else kind
 
 
 def build_features(config: Mapping[str, Any]) -> torch.nn.Module:
-    return FEATURES[input_kind(config)].build(config["features"], config["data"]["sample_rate"])
+    cfg = typed(config)
+    return FEATURES[input_kind(config)].build(cfg.features, cfg.data.sample_rate)

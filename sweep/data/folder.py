@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from sweep.config.typed import typed
 from sweep.data.audio import AUDIO_EXTENSIONS, FILE_PARAMS, read_csv, read_files, select_classes, value, visible
 from sweep.data.registry import DATASETS, DataError, DatasetSpec, Index, Item, data_root
 from sweep.schema import Field
@@ -74,13 +75,14 @@ def _from_csv(root: Path, csv_path: str) -> list[Entry]:
 
 def index(config: Mapping[str, Any]) -> Index:
     """Classes are sorted names (folders or CSV labels); folds come from the CSV or the path hash."""
+    cfg = typed(config)
     root = data_root(config)
-    data = config["data"]
-    entries = _from_folders(root) if data["csv"] is None else _from_csv(root, data["csv"])
+    data = cfg.data
+    entries = _from_folders(root) if data.csv is None else _from_csv(root, data.csv)
     classes = sorted({name for _, _, name, _ in entries})
     label = {name: i for i, name in enumerate(classes)}
     items = [
-        Item(str(full), label[name], fold if fold is not None else hashed_fold(rel, data["n_folds"]), rel)
+        Item(str(full), label[name], fold if fold is not None else hashed_fold(rel, data.n_folds), rel)
         for full, rel, name, fold in entries
     ]
     return select_classes(config, classes, items)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sweep.config.typed import typed
 from sweep.data.augment import Augment
 from sweep.data.cache import publish
 from sweep.data.features import input_kind
@@ -34,11 +35,12 @@ class Inputs:
         self, config: Mapping[str, Any], clips: Clips, features: torch.nn.Module, device: torch.device,
         augment: Augment | None = None,
     ) -> None:
+        cfg = typed(config)
         self.clips, self.features, self.device, self.augment = clips, features, device, augment
-        self.samples = round(config["data"]["clip_seconds"] * config["data"]["sample_rate"])
+        self.samples = round(cfg.data.clip_seconds * cfg.data.sample_rate)
         self.frames: torch.Tensor | None = None
-        if input_kind(config) != "waveform" and not config["augment"]["waveform"]:
-            self.hop = config["features"]["hop_length"]
+        if input_kind(config) != "waveform" and not cfg.augment.waveform:
+            self.hop = cfg.features.hop_length
             with torch.no_grad():  # frames of one window, as the features make them (log-mel and fbank differ)
                 self.window = features(torch.zeros(1, self.samples, device=device)).shape[-1]
             self.frames = precompute(config, clips, features, device)
@@ -64,7 +66,8 @@ class Inputs:
 
 def precompute(config: Mapping[str, Any], clips: Clips, features: torch.nn.Module, device: torch.device):
     """Features of every whole clip [N, 1, bins, frames], from the clips' cache entry when it holds them."""
-    settings = dict(config["features"], name=input_kind(config), sample_rate=config["data"]["sample_rate"])
+    cfg = typed(config)
+    settings = dict(cfg.features, name=input_kind(config), sample_rate=cfg.data.sample_rate)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     path = clips.entry / f"features-{digest}.npy" if clips.entry is not None else None
     if path is not None and path.exists():

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile
 
 from sweep.data.synthetic import CLASSES, generate
 
@@ -71,8 +72,6 @@ def stored(fmt: Format, wave: np.ndarray, rate: int) -> np.ndarray:
 
 
 def _write(path: Path, fmt: Format, wave: np.ndarray, rate: int) -> None:
-    import soundfile
-
     path.parent.mkdir(parents=True, exist_ok=True)
     subtype = fmt.subtype if path.suffix.lower() == ".wav" else None  # flac/ogg: their own default
     soundfile.write(path, stored(fmt, wave, rate), rate, subtype=subtype)
@@ -93,8 +92,6 @@ def write_esc50(
     Row i is clip i of `generate`. `takes` consecutive clips of a class come from one source recording
     (one `src_file`, takes A, B, ...) and share its fold, as in ESC-50, whose groups must not be split.
     """
-    import soundfile
-
     root = Path(root)
     (root / "meta").mkdir(parents=True, exist_ok=True)
     (root / "audio").mkdir(parents=True, exist_ok=True)
@@ -171,8 +168,6 @@ def write_speechcommands(
     Word w, speaker j, take n holds clip (w * speakers + j) * takes + n of `generate` (16-bit mono).
     Speaker j is in the validation list when j % 5 == 3, the testing list when j % 5 == 4, else training.
     """
-    import soundfile
-
     root = Path(root)
     per_word = speakers * takes
     waves = generate(len(words), per_word, 5, sample_rate, seconds, seed)[0]

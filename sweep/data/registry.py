@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from sweep.config.typed import typed
 from sweep.schema import Field, Registry
 
 
@@ -57,9 +58,10 @@ DATASETS: Registry[DatasetSpec] = Registry("dataset")
 
 def data_root(config: Mapping[str, Any]) -> Path:
     """`data.root` with `${VAR}` expanded, or the dataset's environment variable; it must be a directory."""
-    data = config["data"]
-    spec = DATASETS[data["dataset"]]
-    raw = data["root"]
+    cfg = typed(config)
+    data = cfg.data
+    spec = DATASETS[data.dataset]
+    raw = data.root
     if raw is None:
         if spec.root_env is None or not os.environ.get(spec.root_env):
             hint = f" or export {spec.root_env}" if spec.root_env else ""

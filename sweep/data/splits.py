@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from sweep.config.typed import typed
 from sweep.data.audio import bad_files
 from sweep.data.cache import cached_read
 from sweep.data.registry import DATASETS, DataError, Item
@@ -65,7 +66,8 @@ def check_files(
     A bad file is a problem, or under `data.on_bad_file: skip` a warning that it will be left out, unless every
     file of its group is bad: the reader would then have nothing to load. Generated datasets have no files.
     """
-    skip = config["data"].get("on_bad_file", "error") == "skip"
+    cfg = typed(config)
+    skip = cfg.data.get("on_bad_file", "error") == "skip"
     problems, warnings = [], []
     for groups, header in ((decoded, True), (listed, False)):
         for group, items in groups.items():
@@ -88,10 +90,11 @@ def check_files(
 
 def load_split(config: Mapping[str, Any], split: str) -> Clips:
     """The clips of one split (`train`, `val` or `test`) as the config's folds define it."""
-    data = config["data"]
-    spec = DATASETS[data["dataset"]]
+    cfg = typed(config)
+    data = cfg.data
+    spec = DATASETS[data.dataset]
     index = spec.index(config)
-    items = split_items(index.items, data["folds"], split, config["data"]["split_seed"])
+    items = split_items(index.items, data.folds, split, cfg.data.split_seed)
     if not items:
         raise DataError(
             f"split {split} (folds {data['folds'][split]}) of dataset {data['dataset']} holds no clips; "
@@ -103,7 +106,7 @@ def load_split(config: Mapping[str, Any], split: str) -> Clips:
         lengths=lengths,
         labels=torch.tensor([items[i].label for i in kept], dtype=torch.long),
         classes=index.classes,
-        sample_rate=data["sample_rate"],
+        sample_rate=data.sample_rate,
         keys=[items[i].key for i in kept],
         skipped=len(items) - len(kept),
         entry=entry,

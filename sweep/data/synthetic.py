@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sweep.config.typed import typed
 from sweep.data.registry import DATASETS, DatasetSpec, Index, Item
 from sweep.schema import Field
 
@@ -152,20 +153,22 @@ def generate(
 
 
 def _settings(config: Mapping[str, Any]) -> dict[str, Any]:
-    data = config["data"]
-    return dict({k: data[k] for k in PARAMS}, sample_rate=data["sample_rate"], clip_seconds=data["clip_seconds"])
+    cfg = typed(config)
+    data = cfg.data
+    return dict({k: data[k] for k in PARAMS}, sample_rate=data.sample_rate, clip_seconds=data.clip_seconds)
 
 
 def _index(config: Mapping[str, Any]) -> Index:
     """generate()'s order without generating: clip k of class c is row c * clips_per_class + k."""
-    data = config["data"]
-    per_class, n_folds = data["clips_per_class"], data["n_folds"]
+    cfg = typed(config)
+    data = cfg.data
+    per_class, n_folds = data.clips_per_class, data.n_folds
     items = [
         Item(c * per_class + k, c, k % n_folds + 1, str(c * per_class + k))
-        for c in range(data["n_classes"])
+        for c in range(data.n_classes)
         for k in range(per_class)
     ]
-    return Index(list(CLASSES[: data["n_classes"]]), items)
+    return Index(list(CLASSES[: data.n_classes]), items)
 
 
 def _read(config: Mapping[str, Any], items: Sequence[Item]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:

@@ -56,7 +56,7 @@ def write_summary(trial_dir: Path, params: Mapping[str, Any], state: str, starte
 def _write_events(logdir: Path, summaries: list[tuple[Summary, int]]) -> None:
     """An event file of its own beside the trainer's, written in this thread: a SummaryWriter would start (and
     join) a writer thread for three records, per trial."""
-    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.event_pb2 import Event  # ~1 s: a worker without TensorBoard output skips it
     from tensorboard.summary.writer.record_writer import RecordWriter
 
     logdir.mkdir(parents=True, exist_ok=True)

@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import plotly.graph_objects as go
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 from optuna.trial import FrozenTrial, TrialState
+from plotly.offline import get_plotlyjs
 
 from sweep import __version__
 from sweep.config.yamlfile import dump_yaml
@@ -102,8 +104,6 @@ def build(
     study: optuna.Study, storage: str = "", trials: Sequence[FrozenTrial] | None = None
 ) -> tuple[str, dict[str, bool]]:
     """The page as one string, and which plots it draws; `trials` is the snapshot to show (default: now)."""
-    from plotly.offline import get_plotlyjs
-
     trials = study.get_trials(deepcopy=False) if trials is None else trials
     counted = [t for t in trials if counts(t)]
     complete = [t for t in counted if t.state == TrialState.COMPLETE]
@@ -212,8 +212,6 @@ def _curves(trials: Sequence[FrozenTrial], metric: str) -> Any:
     Up to `MAX_CURVE_TRACES` trials each get a trace (and a legend entry to hide it by); beyond that, one trace
     per state with gaps between trials, as a browser takes seconds per thousand traces but not per thousand points.
     """
-    import plotly.graph_objects as go
-
     curves = [t for t in trials if t.intermediate_values and t.state != TrialState.WAITING]
     fig = go.Figure()
     if len(curves) <= MAX_CURVE_TRACES:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import try_to_load_from_cache
 
 from sweep.models.registry import WeightsMissing, hf_cache
 from sweep.schema import ConfigError
@@ -22,7 +23,6 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 def _cached(model_id: str, filename: str) -> bool:
     if Path(model_id).is_dir():  # from_pretrained also takes a local folder
         return (Path(model_id) / filename).is_file()
-    from huggingface_hub import try_to_load_from_cache
 
     try:
         return isinstance(try_to_load_from_cache(model_id, filename, cache_dir=hf_cache()), str)

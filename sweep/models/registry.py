@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from sweep.config.typed import typed
 from sweep.schema import Field, Registry
 
 # builder(model_config, n_classes, input_shape) → nn.Module with a `head`. input_shape excludes the batch:
@@ -47,7 +48,8 @@ MODELS: Registry[ModelSpec] = Registry("model")
 
 
 def build_model(config: Mapping[str, Any], n_classes: int, input_shape: tuple[int, ...]) -> torch.nn.Module:
-    model = MODELS[config["model"]["name"]].build(config["model"], n_classes, input_shape)
+    cfg = typed(config)
+    model = MODELS[cfg.model.name].build(cfg.model, n_classes, input_shape)
     if not isinstance(getattr(model, "head", None), torch.nn.Module):
         raise TypeError(f"model {config['model']['name']} has no `head` module")
     return model

@@ -36,7 +36,7 @@ class ResNet(nn.Module):
 
 def weights_file(arch: str) -> tuple[str, Path]:
     """(url, local path) of the ImageNet weights fastai would use (torchvision's DEFAULT)."""
-    import torchvision
+    import torchvision  # ~5 s to import: only a ResNet with pretrained weights asks
 
     url = torchvision.models.get_model_weights(arch).DEFAULT.url
     return url, torch_cache() / Path(urlparse(url).path).name
@@ -61,7 +61,7 @@ PARAMS = {
 
 
 def build(cfg: Mapping[str, Any], n_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
-    import torchvision
+    import torchvision  # ~5 s with fastai's ~9 s: only a ResNet build (or its weights check) needs them
     from fastai.torch_core import apply_init
     from fastai.vision.learner import create_body, create_head
 

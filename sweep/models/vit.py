@@ -78,7 +78,7 @@ class ViT(nn.Module):
 
 
 def build(cfg: Mapping[str, Any], n_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
-    from transformers import ViTConfig, ViTModel
+    from transformers import ViTConfig, ViTModel  # ~1.3 s to import; only a ViT build needs it
 
     if cfg["pretrained"]:
         encoder = load_pretrained(ViTModel, cfg)

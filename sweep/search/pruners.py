@@ -8,10 +8,11 @@ from typing import Any
 
 import optuna
 
+from sweep.config.typed import Section, typed
 from sweep.schema import Field, Registry
 
 # build(pruner section, the whole config) → pruner; the whole config for keys that default from train.epochs
-Build = Callable[[Mapping[str, Any], Mapping[str, Any]], optuna.pruners.BasePruner]
+Build = Callable[[Section, Section], optuna.pruners.BasePruner]
 
 
 @dataclass(frozen=True)
@@ -42,19 +43,20 @@ def warmup_steps(config: Mapping[str, Any]) -> int:
     quarter 0.5–0.75 (RESULTS.md). null keeps that choice proportional to the schedule for studies that want
     it, and for studies stored with it (`sweep.run.launch.CHANGED_DEFAULTS`).
     """
-    steps = config["pruner"].get("n_warmup_steps")
-    return max(1, round(config["train"]["epochs"] / 4)) if steps is None else steps
+    cfg = typed(config)
+    steps = cfg.pruner.get("n_warmup_steps")
+    return max(1, round(cfg.train.epochs / 4)) if steps is None else steps
 
 
-def _steps(cfg: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, int]:
-    steps = warmup_steps(config)
-    return dict(n_startup_trials=cfg["n_startup_trials"], n_warmup_steps=steps, interval_steps=cfg["interval_steps"])
+def _steps(pruner: Section, cfg: Section) -> dict[str, int]:
+    steps = warmup_steps(cfg)
+    return dict(n_startup_trials=pruner.n_startup_trials, n_warmup_steps=steps, interval_steps=pruner.interval_steps)
 
 
-PRUNERS.add("median", PrunerSpec(dict(STEPS), lambda cfg, config: optuna.pruners.MedianPruner(**_steps(cfg, config))))
+PRUNERS.add("median", PrunerSpec(dict(STEPS), lambda pruner, cfg: optuna.pruners.MedianPruner(**_steps(pruner, cfg))))
 PRUNERS.add("percentile", PrunerSpec(
     {"percentile": Field(float, 25.0, low=0.0, high=100.0), **STEPS},
-    lambda cfg, config: optuna.pruners.PercentilePruner(cfg["percentile"], **_steps(cfg, config)),
+    lambda pruner, cfg: optuna.pruners.PercentilePruner(pruner.percentile, **_steps(pruner, cfg)),
 ))
 PRUNERS.add("hyperband", PrunerSpec(
     {
@@ -62,10 +64,10 @@ PRUNERS.add("hyperband", PrunerSpec(
         "max_resource": Field(int, None, low=1, nullable=True),
         "reduction_factor": Field(int, 3, low=2),
     },
-    lambda cfg, config: optuna.pruners.HyperbandPruner(
-        min_resource=cfg["min_resource"],
-        max_resource=cfg["max_resource"] or config["train"]["epochs"],
-        reduction_factor=cfg["reduction_factor"],
+    lambda pruner, cfg: optuna.pruners.HyperbandPruner(
+        min_resource=pruner.min_resource,
+        max_resource=pruner.max_resource or cfg.train.epochs,
+        reduction_factor=pruner.reduction_factor,
     ),
 ))
 PRUNERS.add("successive_halving", PrunerSpec(
@@ -74,10 +76,10 @@ PRUNERS.add("successive_halving", PrunerSpec(
         "reduction_factor": Field(int, 4, low=2),
         "min_early_stopping_rate": Field(int, 0, low=0),
     },
-    lambda cfg, config: optuna.pruners.SuccessiveHalvingPruner(
-        min_resource=cfg["min_resource"],
-        reduction_factor=cfg["reduction_factor"],
-        min_early_stopping_rate=cfg["min_early_stopping_rate"],
+    lambda pruner, cfg: optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=pruner.min_resource,
+        reduction_factor=pruner.reduction_factor,
+        min_early_stopping_rate=pruner.min_early_stopping_rate,
     ),
 ))
-PRUNERS.add("none", PrunerSpec({}, lambda cfg, config: optuna.pruners.NopPruner()))
+PRUNERS.add("none", PrunerSpec({}, lambda pruner, cfg: optuna.pruners.NopPruner()))

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
 
+from sweep.config.typed import Section
 from sweep.schema import ConfigError, Field, Registry
 
 # build(sampler section, seed, the search space's params) → sampler; the params are `sweep.search.space.Param`s
-Build = Callable[[Mapping[str, Any], "int | None", Sequence[Any]], optuna.samplers.BaseSampler]
+Build = Callable[[Section, "int | None", Sequence[Any]], optuna.samplers.BaseSampler]
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class SamplerSpec:
 SAMPLERS: Registry[SamplerSpec] = Registry("sampler")
 
 
-def _grid(cfg: Mapping[str, Any], seed: int | None, params: Sequence[Any]) -> optuna.samplers.BaseSampler:
+def _grid(sampler: Section, seed: int | None, params: Sequence[Any]) -> optuna.samplers.BaseSampler:
     grid = {}
     for param in params:
         values = grid_values(param.distribution)
@@ -51,25 +52,25 @@ SAMPLERS.add("tpe", SamplerSpec(
         "multivariate": Field(bool, False),
         "constant_liar": Field(bool, True),
     },
-    lambda cfg, seed, _: optuna.samplers.TPESampler(
-        n_startup_trials=cfg["n_startup_trials"],
-        multivariate=cfg["multivariate"],
-        constant_liar=cfg["constant_liar"],
+    lambda sampler, seed, _: optuna.samplers.TPESampler(
+        n_startup_trials=sampler.n_startup_trials,
+        multivariate=sampler.multivariate,
+        constant_liar=sampler.constant_liar,
         seed=seed,
     ),
     "Tree-structured Parzen estimator; constant_liar keeps parallel workers from drawing the same point",
 ))
-SAMPLERS.add("random", SamplerSpec({}, lambda cfg, seed, _: optuna.samplers.RandomSampler(seed=seed)))
+SAMPLERS.add("random", SamplerSpec({}, lambda sampler, seed, _: optuna.samplers.RandomSampler(seed=seed)))
 SAMPLERS.add("grid", SamplerSpec({}, _grid, "every combination of the choices, ints and stepped floats"))
 SAMPLERS.add("cmaes", SamplerSpec(
     {"n_startup_trials": Field(int, 1, low=0)},
-    lambda cfg, seed, _: optuna.samplers.CmaEsSampler(n_startup_trials=cfg["n_startup_trials"], seed=seed),
+    lambda sampler, seed, _: optuna.samplers.CmaEsSampler(n_startup_trials=sampler.n_startup_trials, seed=seed),
 ))
 SAMPLERS.add("qmc", SamplerSpec(
     {"qmc_type": Field(str, "sobol", choices=("sobol", "halton")), "scramble": Field(bool, True)},
-    lambda cfg, seed, _: optuna.samplers.QMCSampler(qmc_type=cfg["qmc_type"], scramble=cfg["scramble"], seed=seed),
+    lambda s, seed, _: optuna.samplers.QMCSampler(qmc_type=s.qmc_type, scramble=s.scramble, seed=seed),
 ))
 SAMPLERS.add("gp", SamplerSpec(
     {"n_startup_trials": Field(int, 10, low=0)},
-    lambda cfg, seed, _: optuna.samplers.GPSampler(n_startup_trials=cfg["n_startup_trials"], seed=seed),
+    lambda sampler, seed, _: optuna.samplers.GPSampler(n_startup_trials=sampler.n_startup_trials, seed=seed),
 ))

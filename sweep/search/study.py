@@ -16,6 +16,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from sweep.config.typed import typed
 from sweep.schema import ConfigError
 from sweep.search import space
 from sweep.search.pruners import PRUNERS
@@ -32,13 +33,14 @@ CONFIG_ATTR = "sweep_config"
 
 def make_sampler(config: Mapping[str, Any], worker_index: int = 0) -> optuna.samplers.BaseSampler:
     """Each worker gets seed + worker_index, so parallel workers do not draw the same random trials."""
-    cfg = config["sampler"]
-    seed = None if cfg["seed"] is None else cfg["seed"] + worker_index
-    return SAMPLERS[cfg["name"]].build(cfg, seed, space.parse(config["search_space"], config))
+    cfg = typed(config)
+    seed = None if cfg.sampler.seed is None else cfg.sampler.seed + worker_index
+    return SAMPLERS[cfg.sampler.name].build(cfg.sampler, seed, space.parse(config["search_space"], config))
 
 
 def make_pruner(config: Mapping[str, Any]) -> optuna.pruners.BasePruner:
-    return PRUNERS[config["pruner"]["name"]].build(config["pruner"], config)
+    cfg = typed(config)
+    return PRUNERS[cfg.pruner.name].build(cfg.pruner, cfg)
 
 
 # ---- the study ---------------------------------------------------------------------------------------
@@ -46,8 +48,9 @@ def make_pruner(config: Mapping[str, Any]) -> optuna.pruners.BasePruner:
 
 def open_study(config: Mapping[str, Any], storage: optuna.storages.BaseStorage, worker_index: int = 0) -> optuna.Study:
     """The study as a worker runs it: its sampler and pruner, and a SQL storage behind `WorkerCache`."""
+    cfg = typed(config)
     return optuna.load_study(
-        study_name=config["study"]["name"],
+        study_name=cfg.study.name,
         storage=worker_cache(storage),
         sampler=make_sampler(config, worker_index),
         pruner=make_pruner(config),
@@ -82,7 +85,8 @@ ENQUEUE_BATCH = 10_000
 def check_budget(config: Mapping[str, Any]) -> None:
     """Refuse a budget above `study.max_trials` before anything is stored: a typo's extra zeros would otherwise
     enqueue millions of trials (and every listing of the study reads them all)."""
-    n_trials, ceiling = config["study"]["n_trials"], config["study"]["max_trials"]
+    cfg = typed(config)
+    n_trials, ceiling = cfg.study.n_trials, cfg.study.max_trials
     if n_trials > ceiling:
         raise ConfigError(
             f"a budget of {n_trials} trials is above the ceiling of {ceiling} (study.max_trials); to allow it, "
