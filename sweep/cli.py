@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sweep import __version__
 from sweep.config.paths import parse_set
+from sweep.config.typed import typed
 from sweep.schema import ConfigError, check_study_name
 
 DASHBOARD_PORT, TENSORBOARD_PORT = 8080, 6006  # the tools' own defaults
@@ -26,7 +27,7 @@ def _study_arg(args: argparse.Namespace) -> tuple[str, str]:
     target = Path(args.study)
     if target.suffix in (".yaml", ".yml") and target.is_file():
         config = load(target)
-        name = config["study"]["name"]
+        name = typed(config).study.name
         return name, resolve_storage(name, args.storage, config)
     name = check_study_name(args.study, key=None)  # STUDY as typed: no config key was involved
     return name, resolve_storage(name, args.storage)
@@ -50,8 +51,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
             overrides.append((key, getattr(args, flag)))
             labels[key] = f"--{flag} {shlex.quote(str(getattr(args, flag)))}"
     config = load(args.file, overrides, labels)
-    name = config["study"]["name"]
-    return launch(config, resolve_storage(name, args.storage, config), detach=args.detach)
+    return launch(config, resolve_storage(typed(config).study.name, args.storage, config), detach=args.detach)
 
 
 def _existing(args: argparse.Namespace):
@@ -142,12 +142,13 @@ def cmd_final(args: argparse.Namespace) -> int:
     given = load(target) if target.suffix in (".yaml", ".yml") and target.is_file() else None
     if given is not None and not given["search_space"]:  # a study's own file has one: it names the study
         config = given
-        name, epochs = config["study"]["name"], config["train"]["epochs"]
+        cfg = typed(config)
+        name, epochs = cfg.study.name, cfg.train.epochs
         origin = {"source": str(target.resolve()), "trial": None, "params": None}
     else:
         name, _, _, study = _existing(args)
         top, config = best_config(study)
-        epochs = top.user_attrs.get("best_epoch", config["train"]["epochs"])
+        epochs = top.user_attrs.get("best_epoch", typed(config).train.epochs)
         origin = {"source": f"best trial {top.number} of study {name}", "trial": top.number, "params": top.params}
     overrides = [("train.epochs", args.epochs or epochs)]
     for flag, key in (("executor", "executor.name"), ("cluster", "executor.cluster")):

@@ -7,6 +7,7 @@ from pathlib import Path
 import optuna
 
 from sweep.config.resolve import resolve
+from sweep.config.typed import typed
 from sweep.config.yamlfile import dump_yaml
 from sweep.look import status
 from sweep.schema import ConfigError
@@ -29,7 +30,7 @@ def best_config(study: optuna.Study) -> tuple[optuna.trial.FrozenTrial, dict]:
 
 def write_best(study: optuna.Study, path: Path) -> optuna.trial.FrozenTrial:
     top, config = best_config(study)
-    metric = config["study"]["metric"]
+    metric = typed(config).study.metric
     header = (
         f"# Best trial {top.number} of study {study.study_name}: {metric}={top.value:.6g} "
         f"at epoch {top.user_attrs.get('best_epoch', '?')}.\n"

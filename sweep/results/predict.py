@@ -12,18 +12,18 @@ from pathlib import Path
 
 import torch
 
+from sweep.config.typed import typed
 from sweep.config.yamlfile import parse_yaml
+from sweep.data import Clips, DataError, Item, crop
+from sweep.data.audio import UnreadableAudio, read_files
+from sweep.data.features import build_features
+from sweep.models import build_model
 from sweep.schema import ConfigError
 from sweep.train.checkpoint import load_checkpoint
 
 
 def predict(checkpoint: Path, files: Sequence[Path], top_k: int = 5) -> list[list[tuple[str, float]]]:
     """For each file, its `top_k` (class, probability) pairs, most probable first."""
-    from sweep.data import Clips, DataError, Item, crop
-    from sweep.data.audio import UnreadableAudio, read_files
-    from sweep.data.features import build_features
-    from sweep.models import build_model
-
     if not checkpoint.is_file():
         raise ConfigError(f"no checkpoint at {checkpoint}")
     config_path = checkpoint.parent / "config.yaml"
@@ -44,8 +44,9 @@ def predict(checkpoint: Path, files: Sequence[Path], top_k: int = 5) -> list[lis
         raise ConfigError(f"cannot read audio file {exc.path}: {exc.reason}{readable}") from None
     except DataError as exc:
         raise ConfigError(str(exc)) from None
-    samples = round(config["data"]["clip_seconds"] * config["data"]["sample_rate"])
-    clips = Clips(waves, lengths, torch.zeros(len(files), dtype=torch.long), classes, config["data"]["sample_rate"])
+    cfg = typed(config)
+    samples = round(cfg.data.clip_seconds * cfg.data.sample_rate)
+    clips = Clips(waves, lengths, torch.zeros(len(files), dtype=torch.long), classes, cfg.data.sample_rate)
     features = build_features(config)
     x = features(crop(clips, torch.arange(len(files)), samples, None))
     model = build_model(config, len(classes), tuple(x.shape[1:]))
