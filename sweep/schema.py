@@ -116,6 +116,17 @@ class Entry(Protocol):
 
 
 E = TypeVar("E", bound=Entry)
+B = TypeVar("B")
+
+
+@dataclass(frozen=True)
+class Spec(Generic[B]):
+    """An entry that is its builder and nothing more (a sampler, a pruner, a feature front-end); families with
+    more to declare (a model's inputs, a dataset's folds, an executor's checks) have a spec class of their own."""
+
+    params: Mapping[str, Field]
+    build: B
+    doc: str = ""
 
 
 class Registry(Generic[E]):

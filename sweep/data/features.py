@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,7 +14,7 @@ import torchaudio
 
 from sweep.config.typed import typed
 from sweep.models import MODELS
-from sweep.schema import Field, Registry
+from sweep.schema import Registry, Spec
 
 
 class LogMel(torch.nn.Module):
@@ -87,21 +86,15 @@ class Waveform(torch.nn.Module):
 Build = Callable[[Mapping[str, Any], int], torch.nn.Module]
 
 
-@dataclass(frozen=True)
-class FeatureSpec:
-    params: dict[str, Field]
-    build: Build
-    doc: str = ""
-
 
 def _spectrogram(make: type[torch.nn.Module]) -> Build:
     return lambda f, rate: make(rate, f["n_mels"], f["n_fft"], f["hop_length"], f["f_min"], f["f_max"])
 
 
-FEATURES: Registry[FeatureSpec] = Registry("input")
-FEATURES.add("logmel", FeatureSpec({}, _spectrogram(LogMel), "log-mel spectrogram (torchaudio)"))
-FEATURES.add("fbank", FeatureSpec({}, _spectrogram(Fbank), "Kaldi filter banks, as AST's feature extractor"))
-FEATURES.add("waveform", FeatureSpec({}, lambda f, rate: Waveform(), "the clip itself (EAT)"))
+FEATURES: Registry[Spec[Build]] = Registry("input")
+FEATURES.add("logmel", Spec({}, _spectrogram(LogMel), "log-mel spectrogram (torchaudio)"))
+FEATURES.add("fbank", Spec({}, _spectrogram(Fbank), "Kaldi filter banks, as AST's feature extractor"))
+FEATURES.add("waveform", Spec({}, lambda f, rate: Waveform(), "the clip itself (EAT)"))
 
 
 def input_kind(config: Mapping[str, Any]) -> str:

@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import optuna
 
 from sweep.config.typed import Section, typed
-from sweep.schema import Field, Registry
+from sweep.schema import Field, Registry, Spec
 
 # build(pruner section, the whole config) → pruner; the whole config for keys that default from train.epochs
 Build = Callable[[Section, Section], optuna.pruners.BasePruner]
 
 
-@dataclass(frozen=True)
-class PrunerSpec:
-    params: dict[str, Field]
-    build: Build
-    doc: str = ""
 
-
-PRUNERS: Registry[PrunerSpec] = Registry("pruner")
+PRUNERS: Registry[Spec[Build]] = Registry("pruner")
 
 STEPS = {
     "n_startup_trials": Field(int, 5, low=0),
@@ -53,12 +46,12 @@ def _steps(pruner: Section, cfg: Section) -> dict[str, int]:
     return dict(n_startup_trials=pruner.n_startup_trials, n_warmup_steps=steps, interval_steps=pruner.interval_steps)
 
 
-PRUNERS.add("median", PrunerSpec(dict(STEPS), lambda pruner, cfg: optuna.pruners.MedianPruner(**_steps(pruner, cfg))))
-PRUNERS.add("percentile", PrunerSpec(
+PRUNERS.add("median", Spec(dict(STEPS), lambda pruner, cfg: optuna.pruners.MedianPruner(**_steps(pruner, cfg))))
+PRUNERS.add("percentile", Spec(
     {"percentile": Field(float, 25.0, low=0.0, high=100.0), **STEPS},
     lambda pruner, cfg: optuna.pruners.PercentilePruner(pruner.percentile, **_steps(pruner, cfg)),
 ))
-PRUNERS.add("hyperband", PrunerSpec(
+PRUNERS.add("hyperband", Spec(
     {
         "min_resource": Field(int, 1, low=1),
         "max_resource": Field(int, None, low=1, nullable=True),
@@ -70,7 +63,7 @@ PRUNERS.add("hyperband", PrunerSpec(
         reduction_factor=pruner.reduction_factor,
     ),
 ))
-PRUNERS.add("successive_halving", PrunerSpec(
+PRUNERS.add("successive_halving", Spec(
     {
         "min_resource": Field(int, 1, low=1),
         "reduction_factor": Field(int, 4, low=2),
@@ -82,4 +75,4 @@ PRUNERS.add("successive_halving", PrunerSpec(
         min_early_stopping_rate=pruner.min_early_stopping_rate,
     ),
 ))
-PRUNERS.add("none", PrunerSpec({}, lambda pruner, cfg: optuna.pruners.NopPruner()))
+PRUNERS.add("none", Spec({}, lambda pruner, cfg: optuna.pruners.NopPruner()))

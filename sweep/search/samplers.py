@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import optuna
 
 from sweep.config.typed import Section
-from sweep.schema import ConfigError, Field, Registry
+from sweep.schema import ConfigError, Field, Registry, Spec
 
 # build(sampler section, seed, the search space's params) → sampler; the params are `sweep.search.space.Param`s
 Build = Callable[[Section, "int | None", Sequence[Any]], optuna.samplers.BaseSampler]
 
 
-@dataclass(frozen=True)
-class SamplerSpec:
-    params: dict[str, Field]
-    build: Build
-    doc: str = ""
 
-
-SAMPLERS: Registry[SamplerSpec] = Registry("sampler")
+SAMPLERS: Registry[Spec[Build]] = Registry("sampler")
 
 
 def _grid(sampler: Section, seed: int | None, params: Sequence[Any]) -> optuna.samplers.BaseSampler:
@@ -46,7 +39,7 @@ def grid_values(dist: optuna.distributions.BaseDistribution) -> list[Any] | None
     return [dist.low + i * dist.step for i in range(count)]
 
 
-SAMPLERS.add("tpe", SamplerSpec(
+SAMPLERS.add("tpe", Spec(
     {
         "n_startup_trials": Field(int, 5, low=0),
         "multivariate": Field(bool, False),
@@ -60,17 +53,17 @@ SAMPLERS.add("tpe", SamplerSpec(
     ),
     "Tree-structured Parzen estimator; constant_liar keeps parallel workers from drawing the same point",
 ))
-SAMPLERS.add("random", SamplerSpec({}, lambda sampler, seed, _: optuna.samplers.RandomSampler(seed=seed)))
-SAMPLERS.add("grid", SamplerSpec({}, _grid, "every combination of the choices, ints and stepped floats"))
-SAMPLERS.add("cmaes", SamplerSpec(
+SAMPLERS.add("random", Spec({}, lambda sampler, seed, _: optuna.samplers.RandomSampler(seed=seed)))
+SAMPLERS.add("grid", Spec({}, _grid, "every combination of the choices, ints and stepped floats"))
+SAMPLERS.add("cmaes", Spec(
     {"n_startup_trials": Field(int, 1, low=0)},
     lambda sampler, seed, _: optuna.samplers.CmaEsSampler(n_startup_trials=sampler.n_startup_trials, seed=seed),
 ))
-SAMPLERS.add("qmc", SamplerSpec(
+SAMPLERS.add("qmc", Spec(
     {"qmc_type": Field(str, "sobol", choices=("sobol", "halton")), "scramble": Field(bool, True)},
     lambda s, seed, _: optuna.samplers.QMCSampler(qmc_type=s.qmc_type, scramble=s.scramble, seed=seed),
 ))
-SAMPLERS.add("gp", SamplerSpec(
+SAMPLERS.add("gp", Spec(
     {"n_startup_trials": Field(int, 10, low=0)},
     lambda sampler, seed, _: optuna.samplers.GPSampler(n_startup_trials=sampler.n_startup_trials, seed=seed),
 ))
