@@ -15,8 +15,8 @@ same trial budget (`--trials`) and epochs per trial (`--epochs`).
 
 Each trial is what `sweep/run/worker.py` runs: `sweep.search.space.suggest` draws the params,
 `sweep.config.resolve(sweep.search.space.apply(base, drawn))` makes the trial's config, and
-`sweep.train.train(config, trial_dir, trial)` trains it, reporting val_acc after every epoch (steps 1, 2, ...)
-and stopping when the pruner says so. The search space: train.lr (log), train.weight_decay (log),
+`sweep.run.worker.train_trial(config, trial_dir, trial)` trains it, reporting val_acc after every epoch (steps 1,
+2, ...) and stopping when the pruner says so. The search space: train.lr (log), train.weight_decay (log),
 model.width (4, 8, 16) and augment.strength. The task: synthetic audio (10 classes, 0.5 s clips at 8 kHz,
 16-band log-mel of 16 frames), a small audio_cnn (depth 2), AdamW with a cosine schedule over the trial's
 epochs, 200 training clips and 1000 validation clips. In 12 epochs the best trials reach 88-90 % and are
@@ -65,9 +65,10 @@ import torch
 from _bench import bench_line
 
 from sweep.config.resolve import resolve
+from sweep.run.worker import train_trial
 from sweep.search import space
 from sweep.search.study import make_pruner, make_sampler
-from sweep.train.loop import NonFiniteLoss, train
+from sweep.train.loop import NonFiniteLoss
 
 EPOCHS_GOAL = 0.5  # the pruned study trains at most half the epochs of the unpruned one
 ACC_GOAL = -1.0  # and loses at most one accuracy point of its best trial
@@ -140,8 +141,8 @@ def run_study(config: dict[str, Any], n_trials: int, trials_dir: Path) -> dict[s
         state, value = optuna.trial.TrialState.COMPLETE, None
         try:
             drawn = space.suggest(trial, params, config)
-            result = train(resolve(space.apply(config, drawn), f"trial {trial.number}"), trials_dir / str(trial.number),
-                           trial)
+            result = train_trial(resolve(space.apply(config, drawn), f"trial {trial.number}"),
+                                 trials_dir / str(trial.number), trial)
             value = result.best_value
         except optuna.TrialPruned:
             state = optuna.trial.TrialState.PRUNED

@@ -4,7 +4,7 @@
                                           [--workers 1,8,32] [--space two|demo] [--dir PATH]
 
 sweep: `sweep.run.worker.run_worker`, the function every sweep worker runs, with a trainer that trains nothing: it
-reports STEPS values (report + should_prune per step, as `sweep.train.train` does each epoch) and returns.
+reports STEPS values (report + should_prune per step, as `sweep.run.worker.train_trial` does each epoch) and returns.
 Everything else is the worker's own code, timed in full: opening the storage and the study, stale-trial checks,
 the pop of the budget that `sweep.search.study.top_up` enqueued (as `sweep launch` does) with the trial's run
 attributes (host, worker, launch, git commit, versions, trial_dir), the search-space draw, the heartbeat thread
@@ -89,7 +89,7 @@ def value(number: int, step: int) -> float:
 
 
 def reporting_trainer(config: dict[str, Any], out_dir: Path, trial: optuna.Trial) -> Result:
-    """`sweep.train.train` without the training: what it does with the storage each epoch."""
+    """`sweep.run.worker.train_trial` without the training: what it does with the storage each epoch."""
     for step in range(STEPS):
         trial.report(value(trial.number, step), step)
         if trial.should_prune():

@@ -3,7 +3,7 @@
     python benchmarks/trainer_overhead.py [--quick | --smoke] [--epochs N] [--rounds R] [--threads T]
                                           [--device cpu|cuda] [--amp]
 
-sweep: `sweep.train.train(config, out_dir, trial)` with a trial of an in-memory study (NopPruner), so every
+sweep: `sweep.run.worker.train_trial(config, out_dir, trial)` with a trial of an in-memory study (NopPruner), so every
 epoch also writes metrics.json, TensorBoard scalars and an atomic checkpoint, and reports to the trial.
 baseline: `bare_train` below, the loop a user would write by hand for the same config: the same clips
 (`load_split`), their log-mel made once with torchaudio directly (as sweep's cache holds it), the same `Augment` calls
@@ -16,7 +16,7 @@ calls: it holds the epoch's bookkeeping and the previous epoch's `should_prune`)
 is skipped; the figure of each side is the median of the later epochs of all its runs. The sides alternate
 (sweep, bare, bare, sweep, ...) in one process with the torch thread count set explicitly. Where sweep's
 extra time goes is timed in the same runs by thin wrappers (a few microseconds per epoch) around
-`sweep.train._atomic` (checkpoint.pt, metrics.json) and the TensorBoard writer's `add_scalar`/`flush`.
+`sweep.train.loop._atomic` (checkpoint.pt, metrics.json) and the TensorBoard writer's `add_scalar`/`flush`.
 The process's CPU time per epoch is printed beside the wall time: on a shared machine it is less swayed by
 other processes (but it does not see time spent waiting for the disk).
 
@@ -50,11 +50,12 @@ import torch.nn.functional as F
 import torchaudio
 from _bench import bench_line
 
-import sweep.train
+import sweep.train.loop
 from sweep.config.resolve import resolve
 from sweep.data import crop, load_split
 from sweep.data.augment import Augment
 from sweep.models import build_model
+from sweep.run.worker import train_trial
 
 GOAL = 1.05
 
@@ -192,10 +193,10 @@ class TimedTrial:
 
 @contextmanager
 def bookkeeping_timers(spent: dict[str, float]) -> Iterator[None]:
-    """Time sweep's per-epoch writes from outside: `sweep.train._atomic` by file, and the TensorBoard writer."""
+    """Time sweep's per-epoch writes from outside: `sweep.train.loop._atomic` by file, and the TensorBoard writer."""
     from torch.utils.tensorboard import SummaryWriter
 
-    atomic = sweep.train._atomic
+    atomic = sweep.train.loop._atomic
     originals = {name: getattr(SummaryWriter, name) for name in ("add_scalar", "flush")}
 
     def timed_atomic(path: Path, write: Callable[[Path], Any]) -> None:
@@ -215,13 +216,13 @@ def bookkeeping_timers(spent: dict[str, float]) -> Iterator[None]:
 
         return wrapper
 
-    sweep.train._atomic = timed_atomic
+    sweep.train.loop._atomic = timed_atomic
     for name, method in originals.items():
         setattr(SummaryWriter, name, timed(method))
     try:
         yield
     finally:
-        sweep.train._atomic = atomic
+        sweep.train.loop._atomic = atomic
         for name, method in originals.items():
             setattr(SummaryWriter, name, method)
 
@@ -241,7 +242,7 @@ def sweep_epochs(config: Mapping[str, Any], spent: dict[str, float]) -> list[tup
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
     trial = TimedTrial(study.ask(), spent)
     with tempfile.TemporaryDirectory() as tmp, bookkeeping_timers(spent):
-        result = sweep.train.train(config, Path(tmp) / "trial", trial)  # type: ignore[arg-type]
+        result = train_trial(config, Path(tmp) / "trial", trial)  # type: ignore[arg-type]
     study.tell(trial._trial, result.best_value)
     return intervals(trial.stamps)
 

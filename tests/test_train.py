@@ -11,7 +11,8 @@ import pytest
 import torch
 from optuna.trial import TrialState, create_trial
 
-from sweep.train.loop import NonFiniteLoss, train
+from sweep.run.worker import train_trial as train
+from sweep.train.loop import NonFiniteLoss
 
 
 def test_writes_metrics_tensorboard_and_checkpoint(tiny_config: dict, tmp_path: Path) -> None:

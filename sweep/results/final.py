@@ -2,7 +2,7 @@
 
 A search picks its hyperparameters by their validation score, so that score is optimistic; the test folds,
 which no search ever reads, give the number to report. Every run trains with the common trainer
-(`train(final=True)`) through the same submitit executors as a search, one job per run: one per seed (the
+(`sweep.train`) through the same submitit executors as a search, one job per run: one per seed (the
 spread over seeds says how much of a difference is noise), or with `--cv` one per fold of the dataset's
 cross-validation protocol (test = fold k, train = every other fold). Each run leaves its own folder
 (metrics.json, checkpoint.pt, config.yaml, confusion.html, confusion.png) and the command ends with
@@ -125,7 +125,8 @@ def final(
 
 def run_one(config: dict[str, Any], out_dir: str, record: dict[str, Any]) -> dict[str, Any]:
     """The submitit job of one run: train on train + val, score the test folds, write the run's folder."""
-    from sweep.train.loop import train
+    from sweep.train.loop import confusion, fit, save
+    from sweep.train.setup import Run, setup
 
     remove_template_folder(Path(out_dir).parent / "logs")
     out = Path(out_dir)
@@ -134,26 +135,29 @@ def run_one(config: dict[str, Any], out_dir: str, record: dict[str, Any]) -> dic
     started = time.time()
     epochs = config["train"]["epochs"]
 
-    def log(row: dict[str, float]) -> None:  # to the job's log (the terminal, with the debug executor)
-        print(epoch_line(record["run"], row, epochs), flush=True)
+    def end_epoch(run: Run, row: dict[str, float]) -> None:  # no validation folds: nothing to prune on
+        save(run, {"epochs": run.history})
+        print(epoch_line(record["run"], row, epochs), flush=True)  # the job's log (the debug executor's terminal)
 
-    result = train(config, out, final=True, on_epoch=log)
+    run = setup(config, out, ("train", "val"), "test")  # every split is read before training starts
+    fit(run, lambda run: {}, end_epoch)
+    matrix = confusion(run.model, run.scored, run.amp, config["train"]["eval_batch_size"])[1].cpu()
     classes = _classes(config)
     metrics = {
         **record,
         "seed": config["train"]["seed"],
         "epochs": epochs,
         "folds": trained_folds(config),
-        **scores(result.confusion, classes),
+        **scores(matrix, classes),
         "config": str(out / "config.yaml"),
         "checkpoint": str(out / "checkpoint.pt"),
         "seconds": round(time.time() - started, 3),
-        "history": result.history,
+        "history": run.history,
     }
     _write(out / "metrics.json", json.dumps(metrics, indent=1))  # replaces the trainer's per-epoch file
     title = f"{record['study']} {record['run']}: test accuracy {metrics['accuracy']:.4f}"
-    write_confusion_html(out / "confusion.html", result.confusion, classes, title)
-    write_confusion_png(out / "confusion.png", result.confusion, classes, title)
+    write_confusion_html(out / "confusion.html", matrix, classes, title)
+    write_confusion_png(out / "confusion.png", matrix, classes, title)
     return metrics
 
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
@@ -37,6 +37,10 @@ from sweep.run.jobs import remove_template_folder
 from sweep.search import space
 from sweep.search.study import open_study, pop_trial, recover_stale, retry
 from sweep.storage import flush_trial, is_disk_full, open_storage, tell_with
+
+if TYPE_CHECKING:
+    from sweep.train.loop import Result
+    from sweep.train.setup import Run
 
 MAX_CONSECUTIVE_ERRORS = 3  # a config or code bug fails every trial: stop instead of burning the budget
 
@@ -192,7 +196,7 @@ def run_worker(
 ) -> WorkerReport:
     """Pull trials until the budget is used up and no other worker's trial may still need a retry.
 
-    `trainer` replaces `sweep.train.train` (same signature): benchmarks/storage_overhead.py times everything
+    `trainer` replaces `train_trial` (same signature): benchmarks/storage_overhead.py times everything
     a worker does around training with one that only reports to the pruner.
     """
 
@@ -288,9 +292,9 @@ def run_trial(
 ) -> str:
     """Run one trial to its end and tell the study; returns complete, pruned, nan or error."""
     from sweep.train.checkpoint import CheckpointError
-    from sweep.train.loop import NonFiniteLoss, train
+    from sweep.train.loop import NonFiniteLoss
 
-    train = trainer or train
+    train = trainer or train_trial
 
     out_dir = study_dir / "trials" / str(trial.number)
     log = f"[worker {worker}] trial {trial.number}"
@@ -333,6 +337,34 @@ def run_trial(
               result.best_value)
     print(f"{log} complete: {base['study']['metric']}={result.best_value:.4f}", flush=True)
     return "complete"
+
+
+def train_trial(config: Mapping[str, Any], out_dir: Path, trial: optuna.Trial | None = None) -> Result:
+    """Train one trial's config into `out_dir`: scored on the validation folds each epoch, then saved, reported
+    to `trial` and stopped if its pruner says so (never after the last epoch: a fully trained trial completes).
+
+    A checkpoint in `out_dir` is resumed from, so a trial restarted after its worker died continues where it
+    stopped; the epochs it had run are reported again, so the retried trial carries the whole curve."""
+    from sweep.train.loop import Result, fit, save, validate
+    from sweep.train.setup import setup
+
+    metric, epochs = config["study"]["metric"], config["train"]["epochs"]
+    better = max if config["study"]["direction"] == "maximize" else min
+    run = setup(config, out_dir, ("train",), "val")
+    for row in run.history if trial is not None else ():
+        trial.report(row[metric], int(row["epoch"]))
+
+    def end_epoch(run: Run, row: dict[str, float]) -> None:
+        best = better(run.history, key=lambda r: r[metric])
+        save(run, {"metric": metric, "best_epoch": best["epoch"], "best_value": best[metric], "epochs": run.history})
+        if trial is not None:
+            trial.report(row[metric], row["epoch"])
+            if row["epoch"] < epochs and trial.should_prune():  # after the last epoch, nothing is left to save
+                raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}: {metric}={row[metric]:.4f}")
+
+    fit(run, validate, end_epoch)
+    best = better(run.history, key=lambda r: r[metric])
+    return Result(best[metric], int(best["epoch"]), run.history)
 
 
 def _claim_attrs(study_dir: Path, number: int, worker: int, host: str, context: Mapping[str, Any]) -> dict[str, Any]:

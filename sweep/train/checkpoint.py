@@ -2,7 +2,7 @@
 
 A checkpoint is a pickle, and a pickle may name any function to call while it is read (`__reduce__`):
 `torch.load(weights_only=False)` of a file someone else could write (a shared study folder, a folder a study
-database points at) runs their code. sweep's own checkpoints (`train._save`: model, optimizer, scaler and
+database points at) runs their code. sweep's own checkpoints (`loop.save`: model, optimizer, scaler and
 scheduler state dicts of every optimizer and scheduler sweep makes, the history rows, the class names) hold
 only tensors, numbers, strings, lists, dicts and tuples, which `weights_only=True` reads with no allow-listed
 globals at all (tests/test_checkpoints.py trains every optimizer × scheduler and loads the result here).
@@ -32,7 +32,7 @@ class CheckpointError(ConfigError):
 
 
 def load_checkpoint(path: Path, map_location: Any = "cpu", *, mmap: bool = False) -> dict[str, Any]:
-    """A checkpoint sweep wrote (`train._save`), read as weights only; anything else is a `CheckpointError`
+    """A checkpoint sweep wrote (`loop.save`), read as weights only; anything else is a `CheckpointError`
     naming the file. `mmap` maps the tensors instead of reading them: checking a file costs little then."""
     state = load_weights(path, map_location, mmap=mmap)
     if not isinstance(state, dict) or "model" not in state:
