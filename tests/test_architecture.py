@@ -135,19 +135,47 @@ def _with_variants(node: dict) -> dict:
     return keys
 
 
+def _section_of(value: ast.expr) -> tuple[str, ...] | None:
+    """The config path `value` reads when it is `cfg`, `cfg.a…` or `typed(…).a…`; else None."""
+    chain: list[str] = []
+    while isinstance(value, ast.Attribute):
+        chain.insert(0, value.attr)
+        value = value.value
+    if isinstance(value, ast.Name) and value.id == "cfg":
+        return tuple(chain)
+    if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "typed":
+        return tuple(chain)
+    return None
+
+
 def _cfg_chains() -> list[tuple[str, int, tuple[str, ...]]]:
-    """Every `cfg.a.b…` read in sweep/: (file, line, (a, b, …))."""
+    """Every config read in sweep/ through attributes: (file, line, (a, b, …)) for `cfg.a.b`, for
+    `typed(config).a.b`, and for `t.b` where a function bound `t = cfg.a` (or `typed(config).a`)."""
     found = []
     for path in ROOT.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            chain: list[str] = []
-            inner = node
-            while isinstance(inner, ast.Attribute):
-                chain.insert(0, inner.attr)
-                inner = inner.value
-            if isinstance(inner, ast.Name) and inner.id == "cfg" and chain and isinstance(node, ast.Attribute):
-                found.append((str(path.relative_to(ROOT.parent)), node.lineno, tuple(chain)))
-    return found
+        tree = ast.parse(path.read_text())
+        for func in ast.walk(tree):
+            if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Module)):
+                continue
+            aliases = {"cfg": ()}
+            for node in ast.walk(func):
+                if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                    section = _section_of(node.value)
+                    if section is not None and node.targets[0].id != "cfg":
+                        aliases[node.targets[0].id] = section
+            for node in ast.walk(func):
+                if not isinstance(node, ast.Attribute):
+                    continue
+                chain: list[str] = []
+                inner: ast.expr = node
+                while isinstance(inner, ast.Attribute):
+                    chain.insert(0, inner.attr)
+                    inner = inner.value
+                if isinstance(inner, ast.Name) and inner.id in aliases:
+                    found.append((str(path.relative_to(ROOT.parent)), node.lineno, aliases[inner.id] + tuple(chain)))
+                elif isinstance(inner, ast.Call) and _section_of(inner) == ():
+                    found.append((str(path.relative_to(ROOT.parent)), node.lineno, tuple(chain)))
+    return sorted(set(found))  # a function's reads are also seen from its module
 
 
 def test_every_cfg_attribute_is_a_schema_key() -> None:

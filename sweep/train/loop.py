@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from sweep.config.typed import typed
 from sweep.data.inputs import Inputs
 from sweep.progress import Progress
 from sweep.train.checkpoint import CHECKPOINT
@@ -46,39 +47,40 @@ def fit(
 ) -> None:
     """Train `run` from its next epoch to `train.epochs`. Each epoch's row (epoch, train_loss, what `score`
     returns, lr, seconds) joins `run.history` and TensorBoard, then goes to `end_epoch`, which may raise to stop."""
-    t, model, optimizer, scaler, scheduler = run.config["train"], run.model, run.optimizer, run.scaler, run.scheduler
+    t = typed(run.config).train
+    model, optimizer, scaler, scheduler = run.model, run.optimizer, run.scaler, run.scheduler
     train_set, batches, augment, device = run.train_set, run.batches, run.augment, run.device
     n_classes = len(train_set.classes)
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(run.out_dir / "tb"))
     try:
-        for epoch in range(len(run.history) + 1, t["epochs"] + 1):
+        for epoch in range(len(run.history) + 1, t.epochs + 1):
             started = time.perf_counter()
-            if epoch == t["freeze_epochs"] + 1 and epoch > 1:  # head-only epochs are over: a new schedule
+            if epoch == t.freeze_epochs + 1 and epoch > 1:  # head-only epochs are over: a new schedule
                 scheduler = run.scheduler = make_scheduler(optimizer, t, run.steps, epoch)
-            run.freeze(epoch <= t["freeze_epochs"])
+            run.freeze(epoch <= t.freeze_epochs)
             model.train()
-            torch.manual_seed(t["seed"] * 100_003 + epoch)  # dropout; reseeded per epoch so resume is exact
-            augment.reseed(t["seed"] * 100_003 + epoch)
-            shuffle = torch.Generator().manual_seed(t["seed"] + epoch)
+            torch.manual_seed(t.seed * 100_003 + epoch)  # dropout; reseeded per epoch so resume is exact
+            augment.reseed(t.seed * 100_003 + epoch)
+            shuffle = torch.Generator().manual_seed(t.seed + epoch)
             order = torch.randperm(len(train_set), generator=shuffle)
             total = torch.zeros((), device=device)
             progress = Progress(f"epoch {epoch}/{t['epochs']}", len(train_set))
-            for i in range(0, len(train_set), t["batch_size"]):
-                idx = order[i : i + t["batch_size"]]
+            for i in range(0, len(train_set), t.batch_size):
+                idx = order[i : i + t.batch_size]
                 x = batches(idx, shuffle)  # windows of the clips, as the model's input, on the device
                 y = train_set.labels[idx].to(device, non_blocking=True)
                 with torch.no_grad():
                     x = augment.spec(x)
                 x, target = augment.mixup(x, y, n_classes)
                 with torch.autocast(device.type, dtype=torch.float16, enabled=run.amp):
-                    loss = F.cross_entropy(model(x), target, label_smoothing=t["label_smoothing"])
+                    loss = F.cross_entropy(model(x), target, label_smoothing=t.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
-                if t["grad_clip"]:
+                if t.grad_clip:
                     scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"])
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
                 if scheduler is not None:
@@ -103,8 +105,8 @@ def fit(
 
 def validate(run: Run) -> dict[str, float]:
     """A search trial's `score`: loss, accuracy and macro-F1 on the scored (validation) clips."""
-    t = run.config["train"]
-    return evaluate(run.model, run.scored, run.amp, t["eval_batch_size"], t["label_smoothing"])
+    t = typed(run.config).train
+    return evaluate(run.model, run.scored, run.amp, t.eval_batch_size, t.label_smoothing)
 
 
 def evaluate(

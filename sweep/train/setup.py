@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from sweep.config.typed import Section, typed
 from sweep.data import Clips, load_split
 from sweep.data.augment import Augment
 from sweep.data.features import build_features
@@ -52,25 +53,25 @@ def setup(config: Mapping[str, Any], out_dir: Path, train_splits: Sequence[str],
 
     Every split is read before anything trains, so a broken file stops the run at once. A checkpoint in
     `out_dir` is resumed from: same config, so the same shapes."""
-    t = config["train"]
+    t = typed(config).train
     device = torch.device(
         "cuda"
-        if t["device"] == "auto" and torch.cuda.is_available()
+        if t.device == "auto" and torch.cuda.is_available()
         else "cpu"
-        if t["device"] == "auto"
-        else t["device"]
+        if t.device == "auto"
+        else t.device
     )
-    amp = t["amp"] and device.type == "cuda"
-    if t["threads"] is not None:  # part of the config: the same seed gives the same numbers beside any other run
-        torch.set_num_threads(t["threads"])
-    torch.manual_seed(t["seed"])
+    amp = t.amp and device.type == "cuda"
+    if t.threads is not None:  # part of the config: the same seed gives the same numbers beside any other run
+        torch.set_num_threads(t.threads)
+    torch.manual_seed(t.seed)
     train_set, scored_set = joined(config, train_splits), load_split(config, scored_split)
     augment = Augment(config)
     features = build_features(config).to(device)
     batches = Inputs(config, train_set, features, device, augment)
     scored = Inputs(config, scored_set, features, device)
     model = build_model(config, len(train_set.classes), tuple(batches(torch.arange(1)).shape[1:])).to(device)
-    steps = math.ceil(len(train_set) / t["batch_size"])
+    steps = math.ceil(len(train_set) / t.batch_size)
     optimizer = make_optimizer(param_groups(model, t), t)
     freeze = Freeze(model)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
@@ -92,7 +93,7 @@ def joined(config: Mapping[str, Any], splits: Sequence[str]) -> Clips:
     """The clips of `splits`, one after the other; a split after the first with no folds (the validation
     folds in cross-validation) adds nothing."""
     first, *rest = splits
-    parts = [load_split(config, first)] + [load_split(config, s) for s in rest if config["data"]["folds"][s]]
+    parts = [load_split(config, first)] + [load_split(config, s) for s in rest if typed(config).data.folds[s]]
     if len(parts) == 1:
         return parts[0]
     width = max(c.waves.shape[1] for c in parts)  # each split is padded to its longest clip
@@ -107,14 +108,14 @@ def joined(config: Mapping[str, Any], splits: Sequence[str]) -> Clips:
     )
 
 
-def param_groups(model: torch.nn.Module, t: Mapping[str, Any]) -> list[dict[str, Any]]:
+def param_groups(model: torch.nn.Module, t: Section) -> list[dict[str, Any]]:
     """The head at `train.lr`, the body (pretrained layers, usually) at `lr × body_lr_mult`."""
     head = {id(p) for p in model.head.parameters()}
     trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in trainable if id(p) in head], "lr": t["lr"]}]
+    groups = [{"params": [p for p in trainable if id(p) in head], "lr": t.lr}]
     body = [p for p in trainable if id(p) not in head]
     if body:
-        groups.append({"params": body, "lr": t["lr"] * t["body_lr_mult"]})
+        groups.append({"params": body, "lr": t.lr * t.body_lr_mult})
     return groups
 
 
@@ -139,26 +140,26 @@ class Freeze:
             p.requires_grad_(not frozen)
 
 
-def make_optimizer(groups: list[dict[str, Any]], t: Mapping[str, Any]) -> torch.optim.Optimizer:
-    wd = t["weight_decay"]
-    if t["optimizer"] == "adam":
+def make_optimizer(groups: list[dict[str, Any]], t: Section) -> torch.optim.Optimizer:
+    wd = t.weight_decay
+    if t.optimizer == "adam":
         return torch.optim.Adam(groups, weight_decay=wd)
-    if t["optimizer"] == "adamw":
+    if t.optimizer == "adamw":
         return torch.optim.AdamW(groups, weight_decay=wd)
-    if t["optimizer"] == "sgd":
-        return torch.optim.SGD(groups, momentum=t["momentum"], weight_decay=wd, nesterov=t["momentum"] > 0)
-    return torch.optim.RMSprop(groups, momentum=t["momentum"], weight_decay=wd)
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=t.momentum, weight_decay=wd, nesterov=t.momentum > 0)
+    return torch.optim.RMSprop(groups, momentum=t.momentum, weight_decay=wd)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, t: Mapping[str, Any], steps_per_epoch: int, epoch: int):
+def make_scheduler(optimizer: torch.optim.Optimizer, t: Section, steps_per_epoch: int, epoch: int):
     """The schedule of the phase `epoch` falls in: the head-only epochs, then the rest (each one cycle)."""
-    frozen = t["freeze_epochs"]
-    total = (frozen if epoch <= frozen else t["epochs"] - frozen) * steps_per_epoch
-    if t["scheduler"] == "cosine":
+    frozen = t.freeze_epochs
+    total = (frozen if epoch <= frozen else t.epochs - frozen) * steps_per_epoch
+    if t.scheduler == "cosine":
         for group in optimizer.param_groups:  # a new phase anneals from the group's own peak again
             group["lr"] = group.setdefault("initial_lr", group["lr"])
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-    if t["scheduler"] == "onecycle":
+    if t.scheduler == "onecycle":
         peaks = [group.get("max_lr", group["lr"]) for group in optimizer.param_groups]
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=total)
     return None
