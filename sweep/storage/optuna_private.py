@@ -51,7 +51,7 @@ from optuna.pruners import _filter_study
 from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.storages.journal._storage import JournalOperation
-from optuna.study._tell import _tell_with_warning
+from optuna.study import _tell
 from optuna.trial import FrozenTrial, TrialState
 
 CachedStorage = _CachedStorage
@@ -122,7 +122,8 @@ def reset_trial_cache(study: optuna.Study) -> None:
 def tell_with_warning(
     study: optuna.Study, trial: optuna.Trial, value: float | None, state: TrialState | None, skip_if_finished: bool
 ) -> None:
-    _tell_with_warning(study, trial, value_or_values=value, state=state, skip_if_finished=skip_if_finished)
+    # looked up at each call, not bound at import: benchmarks/storage_overhead.py times tells by patching it
+    _tell._tell_with_warning(study, trial, value_or_values=value, state=state, skip_if_finished=skip_if_finished)
 
 
 # ---- Optuna's trial cache (_CachedStorage) --------------------------------------------------------------------
