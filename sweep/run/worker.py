@@ -37,6 +37,7 @@ from sweep.run.jobs import remove_template_folder
 from sweep.search import space
 from sweep.search.study import open_study, pop_trial, recover_stale, retry
 from sweep.storage import flush_trial, is_disk_full, open_storage, tell_with
+from sweep.storage.optuna_private import cached_frozen_trial, storage_of, trial_id_of
 
 if TYPE_CHECKING:
     from sweep.train.loop import Result
@@ -127,7 +128,7 @@ class Heartbeat:
 
     @contextlib.contextmanager
     def beating(self, trial: optuna.Trial) -> Iterator[None]:
-        self._point(trial._trial_id)
+        self._point(trial_id_of(trial))
         try:
             yield
         finally:
@@ -151,7 +152,7 @@ class Heartbeat:
                 self.changed.clear()  # another trial, or none, or closing: look again
                 continue
             try:
-                self.study._storage.set_trial_user_attr(trial_id, "heartbeat", time.time())
+                storage_of(self.study).set_trial_user_attr(trial_id, "heartbeat", time.time())
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # finished (or handed back) meanwhile: the worker moves on
             except Exception as exc:  # a storage hiccup must not kill the trial; the next beat retries
@@ -245,7 +246,7 @@ def run_worker(
               f"{study_dir} and where the storage lives, then launch again", file=sys.stderr, flush=True)
         if trial is not None:
             with contextlib.suppress(Exception):  # the launcher hands it back if this fails too
-                retry(study, study._storage.get_trial(trial._trial_id), "the disk was full", job.max_retries + 1)
+                retry(study, storage_of(study).get_trial(trial_id_of(trial)), "the disk was full", job.max_retries + 1)
                 print(f"trial {trial.number} handed back to the study (the disk was full)", flush=True)
         raise
     except (KeyboardInterrupt, SystemExit):
@@ -258,7 +259,7 @@ def run_worker(
         if trial is not None:  # a requeued job, another worker or the next launch resumes it from its last epoch
             reason = ("its SLURM job was preempted or timed out" if job.preempted
                       else "the disk was full" if full else "interrupted")
-            retry(study, study._storage.get_trial(trial._trial_id), reason, job.max_retries + 1)
+            retry(study, storage_of(study).get_trial(trial_id_of(trial)), reason, job.max_retries + 1)
             print(f"trial {trial.number} handed back to the study ({reason})", flush=True)
         raise
     finally:
@@ -313,7 +314,7 @@ def run_trial(
         result = train(config, out_dir, trial)
     except optuna.TrialPruned as exc:
         print(f"{log} {exc}", flush=True)
-        top = best_epoch(trial._cached_frozen_trial, maximizes(study))  # a pruned trial's value is its best epoch's
+        top = best_epoch(cached_frozen_trial(trial), maximizes(study))  # a pruned trial's value is its best epoch's
         if top is None:  # pruned before its first epoch ended: nothing to show
             _finished(study, trial, out_dir, "pruned", started, closing)
         else:
@@ -389,7 +390,7 @@ def _finished(
     same write; then its TensorBoard HParams session."""
     from sweep.look.hparams import write_summary
 
-    attrs = {**attrs, "epochs_run": len(trial._cached_frozen_trial.intermediate_values)}
+    attrs = {**attrs, "epochs_run": len(cached_frozen_trial(trial).intermediate_values)}
     attrs["wall_seconds"] = round(time.time() - started, 3)
     if (out_dir / "checkpoint.pt").exists():
         attrs["checkpoint"] = str(out_dir / "checkpoint.pt")
@@ -402,7 +403,7 @@ def _finished(
 
 
 def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, attrs: dict[str, Any]) -> None:
-    epochs = len(trial._cached_frozen_trial.intermediate_values)
+    epochs = len(cached_frozen_trial(trial).intermediate_values)
     with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # already handed back: keep that
         failed = optuna.trial.TrialState.FAIL
         tell_with(study, trial, {**attrs, "fail_reason": reason, "epochs_run": epochs}, state=failed,

@@ -22,6 +22,7 @@ from sweep.search import space
 from sweep.search.pruners import PRUNERS
 from sweep.search.samplers import SAMPLERS
 from sweep.storage import enqueue_waiting, last_outage_end, mask, pop_waiting_trial_id, worker_cache
+from sweep.storage.optuna_private import reset_trial_cache, storage_of, trial_id_of
 
 # A trial carrying this user attribute does not count toward the budget (interrupted, voided, retried);
 # its value says why.
@@ -108,8 +109,8 @@ def top_up(study: optuna.Study, n_trials: int, report: Callable[[int, int], None
             report(min(done + ENQUEUE_BATCH, owed), owed)
     if owed < 0:  # the budget was lowered: void the surplus of still-waiting trials, newest first
         for t in sorted((t for t in trials if t.state == TrialState.WAITING), key=lambda t: -t.number)[:-owed]:
-            study._storage.set_trial_user_attr(t._trial_id, VOID, "budget lowered before it started")
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            storage_of(study).set_trial_user_attr(trial_id_of(t), VOID, "budget lowered before it started")
+            storage_of(study).set_trial_state_values(trial_id_of(t), TrialState.FAIL)
     return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) if counts(t))
 
 
@@ -126,7 +127,7 @@ def pop_trial(
     trial_id = pop_waiting_trial_id(study, attrs, start)
     if trial_id is None:
         return None
-    study._thread_local.cached_all_trials = None  # as ask() does: the sampler must see fresh trials
+    reset_trial_cache(study)  # as ask() does: the sampler must see fresh trials
     return optuna.Trial(study, trial_id)
 
 
@@ -136,14 +137,14 @@ def retry(study: optuna.Study, trial: FrozenTrial, reason: str, max_retries: int
     Several workers may notice the same dead trial at once; only the one whose RUNNING → FAIL transition
     succeeds enqueues the retry, so a trial is retried once. Returns the retry's queue position, or None.
     """
-    storage = study._storage
+    storage = storage_of(study)
     retries = trial.user_attrs.get("sweep_retries", 0)
     try:
         if retries < max_retries:
-            storage.set_trial_user_attr(trial._trial_id, VOID, f"{reason}; retried with the same params")
+            storage.set_trial_user_attr(trial_id_of(trial), VOID, f"{reason}; retried with the same params")
         else:
-            storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"{reason}; no retries left ({max_retries})")
-        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            storage.set_trial_user_attr(trial_id_of(trial), "fail_reason", f"{reason}; no retries left ({max_retries})")
+        storage.set_trial_state_values(trial_id_of(trial), TrialState.FAIL)
     except optuna.exceptions.UpdateFinishedTrialError:
         return None  # another worker got there first (or the trial did finish)
     if retries >= max_retries:

@@ -7,14 +7,22 @@ from collections.abc import Container, Iterable
 from typing import Any
 
 import optuna
-from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
 from optuna.trial import FrozenTrial, TrialState
 
+from sweep.storage.optuna_private import (
+    CachedStorage,
+    add_to_cache,
+    cache_lock,
+    cached_study,
+    trial_id_of,
+    uncached,
+)
 from sweep.storage.rdb import RetryingRDBStorage
 
 
-class WorkerCache(_CachedStorage):
-    """Optuna's `_CachedStorage` over sweep's SQL storage; listing finished trials only reads newly finished ones.
+class WorkerCache(CachedStorage):
+    """Optuna's trial cache (`CachedStorage`) over sweep's SQL storage; listing finished trials only reads newly
+    finished ones.
 
     A pruner asks for the COMPLETE trials on every check (MedianPruner, PercentilePruner), and Optuna's cache
     answers any listing by first re-reading every unfinished trial in full (the worker's own running trial with
@@ -26,7 +34,6 @@ class WorkerCache(_CachedStorage):
 
     def __init__(self, backend: RetryingRDBStorage) -> None:
         super().__init__(backend)
-        self._backend: RetryingRDBStorage = backend
         self._finished_ahead: dict[int, set[int]] = {}  # study id → finished trials above last_finished_trial_id
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
@@ -40,8 +47,8 @@ class WorkerCache(_CachedStorage):
         if not isinstance(states, tuple) or not all(TrialState(s).is_finished() for s in states):
             return super().get_all_trials(study_id, deepcopy, states)
         self._read_newly_finished(study_id)
-        with self._lock:
-            trials = sorted((t for t in self._studies[study_id].trials.values() if t.state in states),
+        with cache_lock(self):
+            trials = sorted((t for t in cached_study(self, study_id).trials.values() if t.state in states),
                             key=lambda t: t.number)
         return copy.deepcopy(trials) if deepcopy else trials
 
@@ -49,19 +56,19 @@ class WorkerCache(_CachedStorage):
         """Load the trials that finished since the last read into Optuna's cache, as its own read would: a finished
         trial leaves the unfinished ones it re-reads. Trials above `last_finished_trial_id` are only noted as read
         ahead: the ids between them, never listed here, may hold unfinished trials its next full read must find."""
-        with self._lock:
-            study = self._studies.setdefault(study_id, _StudyInfo())
+        with cache_lock(self):
+            study = cached_study(self, study_id)
             ahead = self._finished_ahead.setdefault(study_id, set())
             ahead.difference_update([i for i in ahead if i <= study.last_finished_trial_id])  # a full read passed them
-            trials = self._backend.read_finished(
+            trials = uncached(self).read_finished(
                 study_id, study.unfinished_trial_ids, study.last_finished_trial_id, ahead
             )
-            self._add_trials_to_cache(study_id, trials)
+            add_to_cache(self, study_id, trials)
             for t in trials:
-                if t._trial_id > study.last_finished_trial_id:
-                    ahead.add(t._trial_id)
+                if trial_id_of(t) > study.last_finished_trial_id:
+                    ahead.add(trial_id_of(t))
                 else:
-                    study.unfinished_trial_ids.discard(t._trial_id)
+                    study.unfinished_trial_ids.discard(trial_id_of(t))
 
 
 def worker_cache(storage: optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:

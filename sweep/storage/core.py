@@ -20,10 +20,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from optuna import distributions
-from optuna._imports import _LazyImport
 from optuna.trial import FrozenTrial, TrialState
 
-models = _LazyImport("optuna.storages._rdb.models")  # SQLAlchemy's ORM models: ~15 MB, loaded on first use
+from sweep.storage.optuna_private import models
 
 _IN_CHUNK = 500  # ids per IN list, as SQLAlchemy's selectinload (SQLite allows 32766 bound values, older 999)
 

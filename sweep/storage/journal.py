@@ -11,6 +11,14 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from sweep.storage.optuna_private import (
+    JournalOperation,
+    journal_lock,
+    journal_log_storage,
+    journal_replay,
+    journal_worker_id,
+)
+
 
 class SweepJournalStorage(optuna.storages.JournalStorage):
     """Optuna's journal storage, plus writing several records of one trial in one locked, fsynced append.
@@ -51,7 +59,6 @@ class SweepJournalStorage(optuna.storages.JournalStorage):
         if trial_id not in self._held:
             return super().set_trial_param(trial_id, param_name, param_value_internal, distribution)
         from optuna.distributions import distribution_to_json
-        from optuna.storages.journal._storage import JournalOperation
 
         fields = {"trial_id": trial_id, "param_name": param_name, "param_value_internal": param_value_internal,
                   "distribution": distribution_to_json(distribution)}
@@ -99,8 +106,6 @@ class SweepJournalStorage(optuna.storages.JournalStorage):
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
         from datetime import timezone
 
-        from optuna.storages.journal._storage import JournalOperation
-
         closing = self._closing.get(trial_id) if state.is_finished() else None
         if not closing:
             self.flush(trial_id)
@@ -117,33 +122,29 @@ class SweepJournalStorage(optuna.storages.JournalStorage):
     ) -> None:
         """`count` WAITING trials with these attributes: the records `enqueue_trial` appends one lock and fsync
         each, appended together. The journal numbers trials as it replays them, so they are consecutive."""
-        from optuna.storages.journal._storage import JournalOperation
-
         fields = {"study_id": study_id, "state": TrialState.WAITING, "value": None, "values": None,
                   "datetime_start": None, "distributions": {}, "params": {}, "user_attrs": dict(user_attrs),
                   "system_attrs": dict(system_attrs), "intermediate_values": {}}
-        with self._thread_lock:
-            self._backend.append_logs([self._log(JournalOperation.CREATE_TRIAL, fields)] * count)
-            self._sync_with_backend()
+        with journal_lock(self):
+            journal_log_storage(self).append_logs([self._log(JournalOperation.CREATE_TRIAL, fields)] * count)
+            journal_replay(self)
 
     def _attr_log(self, trial_id: int, key: str, value: Any) -> dict[str, Any]:
-        from optuna.storages.journal._storage import JournalOperation
-
         return self._log(JournalOperation.SET_TRIAL_USER_ATTR, {"trial_id": trial_id, "user_attr": {key: value}})
 
     def _log(self, op_code: int, fields: dict[str, Any]) -> dict[str, Any]:
-        return {"op_code": op_code, "worker_id": self._replay_result.worker_id, **fields}
+        return {"op_code": op_code, "worker_id": journal_worker_id(self), **fields}
 
     def _append(self, logs: list[dict[str, Any]]) -> None:
         """One append, then replay. A record of this worker that cannot apply raises on replay (the trial finished
         meanwhile: UpdateFinishedTrialError for each; a param whose distribution differs from the study's:
         ValueError). All are replayed here, so none surfaces later in an unrelated call; the first is raised."""
-        with self._thread_lock:
-            self._backend.append_logs(logs)
+        with journal_lock(self):
+            journal_log_storage(self).append_logs(logs)
             failed = None
             for _ in logs:
                 try:
-                    self._sync_with_backend()
+                    journal_replay(self)
                     break
                 except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as exc:
                     failed = failed or exc

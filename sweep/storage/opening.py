@@ -17,6 +17,7 @@ import optuna
 from sweep.schema import ConfigError
 from sweep.storage.filesystems import check_sqlite_location
 from sweep.storage.journal import SweepJournalStorage
+from sweep.storage.optuna_private import engine_of
 from sweep.storage.rdb import RetryingRDBStorage
 from sweep.storage.retry import RETRY_S, _first_line, _mysql_code, is_transient
 from sweep.storage.urls import _SERVERS, PASSWORD_ENV, check_not_in_memory, expand_url, mask, scrub
@@ -125,7 +126,7 @@ def _create_sqlite(path: Path) -> None:
         with sqlite3.connect(tmp, timeout=SQLITE_TIMEOUT_S) as db:  # WAL is a property of the file: set once
             db.execute("PRAGMA journal_mode=WAL")
         made = RetryingRDBStorage(f"sqlite:///{tmp}", engine_kwargs=engine_options(f"sqlite:///{tmp}"))
-        made.engine.dispose()  # the last connection closed: SQLite checkpoints and removes its -wal file
+        engine_of(made).dispose()  # the last connection closed: SQLite checkpoints and removes its -wal file
         try:
             os.link(tmp, path)
         except FileExistsError:

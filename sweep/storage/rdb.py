@@ -17,13 +17,19 @@ from optuna.trial import TrialState
 
 from sweep.storage.core import (
     insert_param,
-    models,
     previous_param_json,
     read_trials,
     select_trials,
     set_trial_row,
     trial_state,
     upsert,
+)
+from sweep.storage.optuna_private import (
+    CACHE_BACKEND_CALLS,
+    engine_of,
+    models,
+    session_scope,
+    trial_id_of,
 )
 from sweep.storage.retry import RETRY_S, _retry_state, call_with_retry
 
@@ -32,8 +38,8 @@ _FINISHED = [state for state in TrialState if state.is_finished()]
 _MAX_IDS = 5000  # trial ids bound into one query (SQLite allows 32766, older builds 999; servers more)
 
 
-# Every method of RDBStorage that talks to the database, including the private ones Optuna's _CachedStorage
-# calls directly. Each opens its own session, so calling it again after a rollback is safe.
+# Every method of RDBStorage that talks to the database, including the private ones Optuna's trial cache calls
+# directly (`CACHE_BACKEND_CALLS`). Each opens its own session, so calling it again after a rollback is safe.
 _RETRIED = (
     "create_new_study",
     "delete_study",
@@ -48,16 +54,14 @@ _RETRIED = (
     "get_trial_system_attrs",
     "get_all_studies",
     "create_new_trial",
-    "_create_new_trial",
     "get_trial_param",
     "set_trial_user_attr",
     "set_trial_system_attr",
     "get_trial_id_from_study_id_trial_number",
     "get_all_trials",
     "get_best_trial",
-    "_get_best_trial_id",
     "record_heartbeat",
-    "_get_stale_trial_ids",
+    *CACHE_BACKEND_CALLS,
 )
 
 
@@ -90,12 +94,13 @@ class RetryingRDBStorage(RDBStorage):
         same WAITING trial (seen with plain Optuna at 8 local workers). BEGIN IMMEDIATE makes a writing call
         wait (up to the busy timeout) for the previous writer, then read and write under one lock.
         """
-        if self.engine.dialect.name == "sqlite":
+        engine = engine_of(self)
+        if engine.dialect.name == "sqlite":
             from sqlalchemy import event
 
-            event.listen(self.engine, "connect", _sqlite_connect)
-            event.listen(self.engine, "begin", _sqlite_begin)
-            self.engine.dispose()  # the connection Optuna opened to set up the schema predates the listeners
+            event.listen(engine, "connect", _sqlite_connect)
+            event.listen(engine, "begin", _sqlite_begin)
+            engine.dispose()  # the connection Optuna opened to set up the schema predates the listeners
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
@@ -121,12 +126,13 @@ class RetryingRDBStorage(RDBStorage):
             wanted = sqlalchemy.and_(t.study_id == study_id, newer)
             if states is not None:
                 wanted = sqlalchemy.and_(wanted, t.state.in_(list(states)))
-            with _session(self) as session:
+            with session_scope(self) as session:
                 loaded = read_trials(session, select_trials(wanted))
                 if not loaded:  # a trial row proves its study exists; without one, ask (a deleted study raises)
                     models.StudyModel.find_or_raise_by_id(study_id, session)
             # exactly Optuna's set, also where `_unfinished_or_newer` read more (too many ids to bind)
-            return [t for t in loaded if t._trial_id in included_trial_ids or t._trial_id > trial_id_greater_than]
+            return [t for t in loaded
+                    if trial_id_of(t) in included_trial_ids or trial_id_of(t) > trial_id_greater_than]
 
         return call_with_retry(attempt, "_get_trials", self.retry_s, self.url)
 
@@ -141,7 +147,7 @@ class RetryingRDBStorage(RDBStorage):
         params = {"study_id": study_id, "older": older, "last_finished": last_finished, "ahead": list(ahead)}
 
         def attempt(n: int) -> list[optuna.trial.FrozenTrial]:
-            with _session(self) as session:
+            with session_scope(self) as session:
                 return read_trials(session, _newly_finished(), params)
 
         return call_with_retry(attempt, "read_finished", self.retry_s, self.url)
@@ -150,7 +156,7 @@ class RetryingRDBStorage(RDBStorage):
         """Optuna's `get_trial` through `read_trials`: `tell` reads the trial twice, each pruning check once."""
 
         def attempt(n: int) -> optuna.trial.FrozenTrial:
-            with _session(self) as session:
+            with session_scope(self) as session:
                 found = read_trials(session, _one_trial(), {"trial_id": trial_id})
             if not found:
                 raise KeyError(models.NOT_FOUND_MSG)
@@ -162,7 +168,7 @@ class RetryingRDBStorage(RDBStorage):
         """Several user attributes of one trial in one transaction (upserts: a retry rewrites the same values)."""
 
         def attempt(n: int) -> None:
-            with _session(self) as session:
+            with session_scope(self) as session:
                 self.check_trial_is_updatable(trial_id, trial_state(session, trial_id))
                 upsert(session, models.TrialUserAttributeModel, _ATTR_KEY, _attr_rows(trial_id, attrs))
 
@@ -174,7 +180,7 @@ class RetryingRDBStorage(RDBStorage):
         row = {"trial_id": trial_id, "step": step, "intermediate_value": value, "intermediate_value_type": kind}
 
         def attempt(n: int) -> None:
-            with _session(self) as session:
+            with session_scope(self) as session:
                 self.check_trial_is_updatable(trial_id, trial_state(session, trial_id))
                 upsert(session, models.TrialIntermediateValueModel, ("trial_id", "step"), [row])
 
@@ -193,7 +199,7 @@ class RetryingRDBStorage(RDBStorage):
                "distribution_json": distribution_to_json(distribution)}
 
         def attempt(n: int) -> None:
-            with _session(self) as session:
+            with session_scope(self) as session:
                 self.check_trial_is_updatable(trial_id, trial_state(session, trial_id))
                 previous = previous_distribution
                 if previous is None:
@@ -247,7 +253,7 @@ class RetryingRDBStorage(RDBStorage):
             for objective, v in enumerate(values or ())
         ]
         try:
-            with _session(self) as session:
+            with session_scope(self) as session:
                 self.check_trial_is_updatable(trial_id, trial_state(session, trial_id, for_update=True))
                 upsert(session, models.TrialUserAttributeModel, _ATTR_KEY, _attr_rows(trial_id, attrs))
                 upsert(session, models.TrialValueModel, ("trial_id", "objective"), rows)
@@ -273,8 +279,8 @@ class RetryingRDBStorage(RDBStorage):
 
     def _pop_once(self, study_id: int, attrs: Callable[[int], Mapping[str, Any]] | None) -> int | None:
         t = models.TrialModel.__table__
-        with _session(self) as session:
-            if self.engine.dialect.name in ("mysql", "mariadb"):  # InnoDB's REPEATABLE READ would keep every
+        with session_scope(self) as session:
+            if engine_of(self).dialect.name in ("mysql", "mariadb"):  # InnoDB's REPEATABLE READ would keep every
                 # row the locking read passes over locked (the finished trials before the first WAITING one)
                 session.connection(execution_options={"isolation_level": "READ COMMITTED"})
             query = (
@@ -300,7 +306,7 @@ class RetryingRDBStorage(RDBStorage):
         row is locked only while a worker claims or voids it, so moving on to the next one is right.
         """
 
-        with _session(self) as session:
+        with session_scope(self) as session:
             query = session.query(models.TrialModel).filter(models.TrialModel.trial_id == trial_id)
             trial = query.with_for_update(skip_locked=self._skip_locked()).one_or_none()
             if trial is None:  # being claimed by another worker (a missing trial id is not popped)
@@ -332,7 +338,7 @@ class RetryingRDBStorage(RDBStorage):
         import sqlalchemy
 
         trials, studies = models.TrialModel.__table__, models.StudyModel.__table__
-        with _session(self) as session:
+        with session_scope(self) as session:
             lock = studies.select().with_only_columns(studies.c.study_id).where(studies.c.study_id == study_id)
             if session.execute(lock.with_for_update()).first() is None:
                 raise KeyError(models.NOT_FOUND_MSG)
@@ -354,7 +360,7 @@ class RetryingRDBStorage(RDBStorage):
 
     def _skip_locked(self) -> bool:
         """PostgreSQL ≥ 9.5, MySQL ≥ 8.0 and MariaDB ≥ 10.6 know SKIP LOCKED; SQLite serializes writers anyway."""
-        dialect = self.engine.dialect
+        dialect = engine_of(self).dialect
         version = dialect.server_version_info or (0,)
         if dialect.name == "postgresql":
             return version >= (9, 5)
@@ -403,13 +409,6 @@ def _unfinished_or_newer(unfinished: Iterable[int], last_finished: int) -> Any:
 
 def _attr_rows(trial_id: int, attrs: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()]
-
-
-def _session(storage: RDBStorage) -> Any:
-    """Optuna's session scope: commits at the end, rolls back and raises StorageInternalError on a failure."""
-    from optuna.storages._rdb.storage import _create_scoped_session
-
-    return _create_scoped_session(storage.scoped_session)
 
 
 def _sqlite_connect(dbapi_connection: Any, record: Any) -> None:

@@ -8,10 +8,20 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import optuna
-from optuna.storages._cached_storage import _CachedStorage
 from optuna.trial import TrialState
 
 from sweep.storage.journal import SweepJournalStorage
+from sweep.storage.optuna_private import (
+    cache_knows_trial,
+    filter_study,
+    refresh_cache,
+    reset_trial_cache,
+    storage_of,
+    study_id_of,
+    tell_with_warning,
+    trial_id_of,
+    uncached,
+)
 from sweep.storage.rdb import RetryingRDBStorage
 
 
@@ -23,21 +33,21 @@ def pop_waiting_trial_id(
     the others, from the `start`-th on (`_pop_from`; a worker passes its index).
     `attrs(number)`: user attributes for the claimed trial, written with the claim where the storage can (SQL),
     else with its params (the journal: `flush_trial`)."""
-    backend = _sweep_storage(study._storage)
+    backend = _sweep_storage(storage_of(study))
     if not isinstance(backend, RetryingRDBStorage):
         trial_id = _pop_from(study, start)
         if trial_id is not None and attrs is not None:
-            given = attrs(study._storage.get_trial(trial_id).number)
+            given = attrs(storage_of(study).get_trial(trial_id).number)
             if isinstance(backend, SweepJournalStorage):
                 backend.hold(trial_id, given)  # appended with the trial's params: see `flush_trial`
             else:
-                set_trial_user_attrs(study._storage, trial_id, given)
+                set_trial_user_attrs(storage_of(study), trial_id, given)
         return trial_id
-    trial_id = backend.pop_waiting_trial_id(study._study_id, attrs)
-    cache = study._storage
-    known = cache is backend or trial_id in cache._trial_id_to_study_id_and_number
+    trial_id = backend.pop_waiting_trial_id(study_id_of(study), attrs)
+    cache = storage_of(study)
+    known = cache is backend or cache_knows_trial(cache, trial_id)
     if trial_id is not None and not known:  # Optuna's cache must know the trial it did not pop; one it read
-        cache._read_trials_from_remote_storage(study._study_id)  # while WAITING is read afresh (unfinished)
+        refresh_cache(cache, study_id_of(study))  # while WAITING is read afresh (unfinished)
     return trial_id
 
 
@@ -47,12 +57,12 @@ def _pop_from(study: optuna.Study, start: int) -> int | None:
     Optuna sends every worker to the first waiting trial: workers that pop at once race for it, and all but
     one lose and try the next. On the journal each lost race is a locked, fsynced append: 581 of them for 128
     trials with 32 workers on a network file system (sshfs), 44 with each worker beginning at its own index."""
-    waiting = study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,))
+    waiting = storage_of(study).get_all_trials(study_id_of(study), deepcopy=False, states=(TrialState.WAITING,))
     first = start % len(waiting) if waiting else 0
     for trial in waiting[first:] + waiting[:first]:
         try:
-            if study._storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
-                return trial._trial_id
+            if storage_of(study).set_trial_state_values(trial_id_of(trial), state=TrialState.RUNNING):
+                return trial_id_of(trial)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # finished meanwhile (handed back by another worker): not ours to run
     return None
@@ -61,25 +71,25 @@ def _pop_from(study: optuna.Study, start: int) -> int | None:
 def enqueue_waiting(study: optuna.Study, count: int, user_attrs: Mapping[str, Any]) -> None:
     """`count` calls of `study.enqueue_trial({}, user_attrs=user_attrs)`, stored in one write on sweep's storages
     (`create_waiting_trials`); the caller sizes `count` to what one transaction or append should hold."""
-    backend = _sweep_storage(study._storage)
+    backend = _sweep_storage(storage_of(study))
     if backend is None:
         for _ in range(count):
             study.enqueue_trial({}, user_attrs=dict(user_attrs))
         return
-    backend.create_waiting_trials(study._study_id, count, user_attrs, {"fixed_params": {}})
+    backend.create_waiting_trials(study_id_of(study), count, user_attrs, {"fixed_params": {}})
 
 
 def flush_trial(study: optuna.Study, trial: optuna.Trial) -> None:
     """Write what the storage holds back of this trial: on the journal, the attributes of its claim and its
     params, one append for all (a worker calls this once the trial's params are drawn). Nothing elsewhere."""
-    backend = _sweep_storage(study._storage)
+    backend = _sweep_storage(storage_of(study))
     if isinstance(backend, SweepJournalStorage):
-        backend.flush(trial._trial_id)
+        backend.flush(trial_id_of(trial))
 
 
 def _sweep_storage(storage: optuna.storages.BaseStorage) -> RetryingRDBStorage | SweepJournalStorage | None:
     """The sweep storage under Optuna's cache, if it is one (they batch a trial's writes)."""
-    backend = storage._backend if isinstance(storage, _CachedStorage) else storage
+    backend = uncached(storage)
     return backend if isinstance(backend, (RetryingRDBStorage, SweepJournalStorage)) else None
 
 
@@ -101,36 +111,34 @@ def tell_with(
     """`study.tell(trial, value, state=state)` that also writes the trial's closing attributes, in the same
     transaction (SQL) or append (journal) as its new state: a trial's end costs one write, as in plain Optuna.
     With `skip_if_finished` a trial finished meanwhile (handed back by another worker) is left as it is."""
-    batched = _sweep_storage(study._storage)
+    batched = _sweep_storage(storage_of(study))
     if batched is None:
-        set_trial_user_attrs(study._storage, trial._trial_id, attrs)
+        set_trial_user_attrs(storage_of(study), trial_id_of(trial), attrs)
         _tell(study, trial, value, state, skip_if_finished)
         return
-    batched.stage_closing_attrs(trial._trial_id, attrs)
+    batched.stage_closing_attrs(trial_id_of(trial), attrs)
     try:
         _tell(study, trial, value, state, skip_if_finished)
     finally:
-        batched.stage_closing_attrs(trial._trial_id, None)
+        batched.stage_closing_attrs(trial_id_of(trial), None)
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None, state: TrialState | None,
           skip_if_finished: bool) -> None:
     """`Study.tell` without what it does after telling: read the trial back and return a deep copy of it, which
     sweep never uses (a read, and a copy of the whole config attribute, per trial)."""
-    from optuna.study import _tell
-
     if state != TrialState.PRUNED or value is None or not math.isfinite(value):
-        _tell._tell_with_warning(study, trial, value, state, skip_if_finished)
+        tell_with_warning(study, trial, value, state, skip_if_finished)
         return
     # Optuna takes no value with PRUNED and stores the last epoch's; sweep's value of a pruned trial is its best
     # epoch's (as a complete trial's), so that the dashboard and `study.trials` say what sweep's views say.
-    study._thread_local.cached_all_trials = None
-    frozen = study._storage.get_trial(trial._trial_id)
+    reset_trial_cache(study)
+    frozen = storage_of(study).get_trial(trial_id_of(trial))
     if frozen.state.is_finished() and skip_if_finished:
         return
     if frozen.state != TrialState.RUNNING:
         raise ValueError(f"Cannot tell a {frozen.state.name} trial.")
     try:
-        study.sampler.after_trial(optuna.pruners._filter_study(study, frozen), frozen, state, [float(value)])
+        study.sampler.after_trial(filter_study(study, frozen), frozen, state, [float(value)])
     finally:
-        study._storage.set_trial_state_values(trial._trial_id, state, [float(value)])
+        storage_of(study).set_trial_state_values(trial_id_of(trial), state, [float(value)])
