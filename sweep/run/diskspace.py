@@ -11,6 +11,7 @@ the reserves (it then stops every worker, hands back what they left RUNNING and 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from collections.abc import Iterable
@@ -68,8 +69,6 @@ class Reserves:
 
 def _fill(path: Path) -> None:
     """A file of `RESERVE_BYTES` with its blocks allocated (a sparse file would free nothing)."""
-    import errno
-
     with open(path, "wb") as f:
         try:
             os.posix_fallocate(f.fileno(), 0, RESERVE_BYTES)

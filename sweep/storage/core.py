@@ -19,8 +19,12 @@ import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import sqlalchemy
 from optuna import distributions
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import Integer, String, cast, literal_column, null
+from sqlalchemy.dialects import mysql, postgresql
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from sweep.storage.optuna_private import models
 
@@ -74,9 +78,6 @@ _CHILDREN = (
 @functools.cache
 def _children_query() -> Any:
     """Built once: constructing a statement of this size costs more client CPU than running it."""
-    import sqlalchemy
-    from sqlalchemy import Integer, String, cast, literal_column, null
-
     parts = []
     for kind, (model, order, name, number, text, step) in enumerate(_CHILDREN):
         table = getattr(models, model).__table__
@@ -139,8 +140,6 @@ def trial_state(session: Any, trial_id: int, for_update: bool = False) -> TrialS
 
 @functools.cache
 def _state_query(for_update: bool) -> Any:
-    import sqlalchemy
-
     t = models.TrialModel.__table__
     query = t.select().with_only_columns(t.c.state).where(t.c.trial_id == sqlalchemy.bindparam("id"))
     return query.with_for_update() if for_update else query
@@ -170,8 +169,6 @@ def set_trial_row(session: Any, trial_id: int, **columns: Any) -> None:
 
 @functools.cache
 def _update_trial() -> Any:
-    import sqlalchemy
-
     t = models.TrialModel.__table__
     return t.update().where(t.c.trial_id == sqlalchemy.bindparam("id"))  # SET: the other parameters given
 
@@ -201,9 +198,6 @@ def upsert(session: Any, model: Any, keys: Sequence[str], rows: Sequence[Mapping
 
 @functools.cache
 def _upsert(table_name: str, keys: tuple[str, ...], others: tuple[str, ...], dialect: str) -> Any:
-    from sqlalchemy.dialects import mysql, postgresql
-    from sqlalchemy.dialects import sqlite as sqlite_dialect
-
     table = models.BaseModel.metadata.tables[table_name]
     if dialect in ("mysql", "mariadb"):
         stmt = mysql.insert(table)

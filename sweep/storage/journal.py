@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import optuna
+from optuna.distributions import distribution_to_json, json_to_distribution
 from optuna.trial import TrialState
 
 from sweep.storage.optuna_private import (
@@ -58,7 +59,6 @@ class SweepJournalStorage(optuna.storages.JournalStorage):
     def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float, distribution: Any) -> None:
         if trial_id not in self._held:
             return super().set_trial_param(trial_id, param_name, param_value_internal, distribution)
-        from optuna.distributions import distribution_to_json
 
         fields = {"trial_id": trial_id, "param_name": param_name, "param_value_internal": param_value_internal,
                   "distribution": distribution_to_json(distribution)}
@@ -82,7 +82,6 @@ class SweepJournalStorage(optuna.storages.JournalStorage):
         held = self._held.get(trial_id)
         if not held:
             return trial
-        from optuna.distributions import json_to_distribution
 
         trial = copy.copy(trial)  # the replayed trial is shared: new dicts for what the overlay changes
         trial.user_attrs, trial.params = dict(trial.user_attrs), dict(trial.params)
@@ -104,8 +103,6 @@ class SweepJournalStorage(optuna.storages.JournalStorage):
             self._closing[trial_id] = dict(attrs)
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
-        from datetime import timezone
-
         closing = self._closing.get(trial_id) if state.is_finished() else None
         if not closing:
             self.flush(trial_id)

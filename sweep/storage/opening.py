@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages.journal import JournalFileBackend
+from sqlalchemy.engine import make_url
 
 from sweep.schema import ConfigError
 from sweep.storage.filesystems import check_sqlite_location
@@ -57,7 +59,6 @@ def engine_options(url: str) -> dict[str, Any]:
     """
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": SQLITE_TIMEOUT_S, "isolation_level": None}}  # see _serialize_sqlite
-    from sqlalchemy.engine import make_url
 
     given = make_url(url).query
     if url.startswith(("postgres",)):
@@ -149,8 +150,6 @@ def _open(url: str, retry_s: float) -> optuna.storages.BaseStorage:
         engine_url = _engine_url(url)
         return RetryingRDBStorage(engine_url, engine_kwargs=engine_options(engine_url), retry_s=retry_s)
     if url.startswith("journal:///"):
-        from optuna.storages.journal import JournalFileBackend
-
         path = Path(url[len("journal:///") :])
         path.parent.mkdir(parents=True, exist_ok=True)
         return SweepJournalStorage(JournalFileBackend(str(path)))

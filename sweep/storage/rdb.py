@@ -12,8 +12,12 @@ from datetime import datetime
 from typing import Any
 
 import optuna
+import sqlalchemy
+import sqlalchemy.exc
+from optuna.distributions import check_distribution_compatibility, distribution_to_json, json_to_distribution
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
+from sqlalchemy import and_, bindparam, event, or_
 
 from sweep.storage.core import (
     insert_param,
@@ -96,8 +100,6 @@ class RetryingRDBStorage(RDBStorage):
         """
         engine = engine_of(self)
         if engine.dialect.name == "sqlite":
-            from sqlalchemy import event
-
             event.listen(engine, "connect", _sqlite_connect)
             event.listen(engine, "begin", _sqlite_begin)
             engine.dispose()  # the connection Optuna opened to set up the schema predates the listeners
@@ -119,8 +121,6 @@ class RetryingRDBStorage(RDBStorage):
         a waiting trial's params and attributes, from any process, without changing its state."""
 
         def attempt(n: int) -> list[optuna.trial.FrozenTrial]:
-            import sqlalchemy
-
             t = models.TrialModel.__table__.c
             newer = _unfinished_or_newer(included_trial_ids, trial_id_greater_than)
             wanted = sqlalchemy.and_(t.study_id == study_id, newer)
@@ -193,8 +193,6 @@ class RetryingRDBStorage(RDBStorage):
     ) -> None:
         """Optuna's, in Core. Optuna's cache passes the distribution the study already uses for this name, if any
         (else one query finds it, as Optuna's does); a duplicate name raises IntegrityError, as with Optuna."""
-        from optuna.distributions import check_distribution_compatibility, distribution_to_json, json_to_distribution
-
         row = {"trial_id": trial_id, "param_name": param_name, "param_value": param_value_internal,
                "distribution_json": distribution_to_json(distribution)}
 
@@ -245,8 +243,6 @@ class RetryingRDBStorage(RDBStorage):
         self, trial_id: int, state: TrialState, values: Sequence[float] | None, attrs: Mapping[str, Any]
     ) -> bool:
         """`RDBStorage.set_trial_state_values` for a finishing state, with the trial's closing attributes."""
-        import sqlalchemy.exc
-
         rows = [
             dict(zip(("trial_id", "objective", "value", "value_type"),
                      (trial_id, objective, *models.TrialValueModel.value_to_stored_repr(v))))
@@ -335,8 +331,6 @@ class RetryingRDBStorage(RDBStorage):
     def _create_waiting_once(
         self, study_id: int, count: int, user_attrs: Mapping[str, Any], system_attrs: Mapping[str, Any]
     ) -> None:
-        import sqlalchemy
-
         trials, studies = models.TrialModel.__table__, models.StudyModel.__table__
         with session_scope(self) as session:
             lock = studies.select().with_only_columns(studies.c.study_id).where(studies.c.study_id == study_id)
@@ -374,8 +368,6 @@ _ATTR_KEY = ("trial_id", "key")
 
 @functools.cache
 def _one_trial() -> Any:
-    import sqlalchemy
-
     return select_trials(models.TrialModel.__table__.c.trial_id == sqlalchemy.bindparam("trial_id"))
 
 
@@ -383,8 +375,6 @@ def _one_trial() -> Any:
 def _newly_finished() -> Any:
     """`read_finished`'s query: finished trials Optuna's cache holds as unfinished or has not read, except those
     already read ahead (`_unfinished_or_newer` with bound parameters, built once)."""
-    from sqlalchemy import and_, bindparam, or_
-
     t = models.TrialModel.__table__.c
     return select_trials(and_(
         t.study_id == bindparam("study_id"),
@@ -398,8 +388,6 @@ def _unfinished_or_newer(unfinished: Iterable[int], last_finished: int) -> Any:
     """The trials Optuna's cache must read again: those it holds as unfinished, and all above the last finished
     one it read (the condition of `RDBStorage._get_trials`). More ids than one query may bind (SQLite: "too many
     SQL variables"): every trial from the oldest of them on (a finished one read again is cached again, unchanged)."""
-    import sqlalchemy
-
     t = models.TrialModel.__table__.c
     older = [i for i in unfinished if i <= last_finished]
     if len(older) > _MAX_IDS:

@@ -10,12 +10,15 @@ backoff) is among sweep's dependencies.
 
 from __future__ import annotations
 
+import errno
 import logging
 import random
 import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
+
+import sqlalchemy.exc as sa_exc
 
 from sweep.storage.urls import scrub
 
@@ -66,8 +69,6 @@ def _first_line(exc: BaseException) -> str:
 
 def _db_error(exc: BaseException) -> BaseException | None:
     """The SQLAlchemy error under an Optuna StorageInternalError (which wraps every failed commit), if any."""
-    import sqlalchemy.exc as sa_exc
-
     for e in (exc, exc.__cause__, exc.__context__):
         if isinstance(e, (sa_exc.SQLAlchemyError,)):
             return e
@@ -93,8 +94,6 @@ _DISK_FULL_CODES = frozenset({1021, 1114})
 
 def is_disk_full(exc: BaseException) -> bool:
     """Whether an error (a storage call's or a file write's) says the disk or the quota is full."""
-    import errno
-
     for e in (exc, exc.__cause__, exc.__context__, getattr(exc, "orig", None)):
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
@@ -113,8 +112,6 @@ def is_transient(exc: BaseException) -> bool:
     """Whether a storage error may go away by itself: a dropped or refused connection, a server restarting,
     a deadlock, serialization failure or lock wait timeout, a busy SQLite file. Only these are retried.
     """
-    import sqlalchemy.exc as sa_exc
-
     err = _db_error(exc)
     if err is None or is_disk_full(err):
         return False
