@@ -14,6 +14,7 @@ from pathlib import Path
 from sweep import __version__
 from sweep.config.paths import parse_set
 from sweep.config.typed import typed
+from sweep.run.executors import EXECUTORS
 from sweep.schema import ConfigError, check_study_name
 
 DASHBOARD_PORT, TENSORBOARD_PORT = 8080, 6006  # the tools' own defaults
@@ -191,7 +192,7 @@ def parser() -> argparse.ArgumentParser:
     launch.add_argument("--trials", type=int, help="the study's total trial budget (study.n_trials)")
     launch.add_argument("--workers", type=int, help="concurrent workers (executor.workers)")
     launch.add_argument("--study", help="study name (study.name; default: the file's stem)")
-    launch.add_argument("--executor", choices=("debug", "local", "slurm"), help="where workers run (executor.name)")
+    launch.add_argument("--executor", choices=EXECUTORS.names(), help="where workers run (executor.name)")
     launch.add_argument(
         "--cluster", help="SLURM profile for --executor slurm (executor.cluster), e.g. cluster/a100.yaml"
     )
@@ -222,7 +223,7 @@ def parser() -> argparse.ArgumentParser:
     fin.add_argument("--seeds", type=int, default=1, help="runs with seeds train.seed + 0..K-1 (default 1)")
     fin.add_argument("--cv", action="store_true", help="one run per fold of the dataset: test = fold k, train = rest")
     fin.add_argument("--epochs", type=int, help="epochs to train (default: the best trial's best epoch)")
-    fin.add_argument("--executor", choices=("debug", "local", "slurm"), help="where the runs go (executor.name)")
+    fin.add_argument("--executor", choices=EXECUTORS.names(), help="where the runs go (executor.name)")
     fin.add_argument("--cluster", help="SLURM profile for --executor slurm (executor.cluster)")
     fin.add_argument("--storage", help="storage URL (else $SWEEP_STORAGE, or SQLite under studies/)")
     fin.set_defaults(run=cmd_final)

@@ -394,7 +394,7 @@ class _EndsAfter:
 
 
 def test_progress_in_a_log_file_is_written_on_change_not_on_every_poll(home: Path, capsys) -> None:
-    from sweep.run.launch import watch
+    from sweep.run.waiting import watch
     from sweep.search.study import pop_trial, top_up
     from sweep.storage import open_storage
 

@@ -187,7 +187,7 @@ def test_missing_weights_stop_a_slurm_launch_unless_the_profile_moves_the_caches
     assert not (home / "studies" / "vit").exists()
 
     from sweep.config.resolve import load
-    from sweep.run.launch import preflight
+    from sweep.run.preflight import preflight
     from sweep.run.profile import load_profile
 
     monkeypatch.setenv("HF_HOME", str(home / "hf"))

@@ -192,10 +192,10 @@ def test_outcomes_tell_a_result_an_error_and_a_cancelled_job_apart_without_waiti
     the cancel at its next accounting refresh (up to 10 minutes into a long launch)."""
     import submitit
 
-    from sweep.run import launch
+    from sweep.run import waiting
 
     # A grace this long would stall the test if a job SLURM says was cancelled were still waited for.
-    monkeypatch.setattr(launch, "RESULT_GRACE", 300.0)
+    monkeypatch.setattr(waiting, "RESULT_GRACE", 300.0)
     executor = submitit.AutoExecutor(folder=str(tmp_path / "%j"), cluster="slurm")
     executor.update_parameters(slurm_partition=slurm_cluster, timeout_min=5, cpus_per_task=1)
     jobs = executor.map_array(eval, ["6 * 7", "1 / 0", "__import__('time').sleep(600)"])
@@ -209,9 +209,9 @@ def test_outcomes_tell_a_result_an_error_and_a_cancelled_job_apart_without_waiti
     assert settled(), "the jobs did not start"
     assert subprocess.run(["scancel", jobs[2].job_id], capture_output=True).returncode == 0
     started = time.time()
-    got = launch.outcomes(jobs, poll=0.2)
-    assert time.time() - started < launch.RESULT_GRACE
+    got = waiting.outcomes(jobs, poll=0.2)
+    assert time.time() - started < waiting.RESULT_GRACE
     assert jobs[2].state.startswith("CANCELLED"), jobs[2].state
     assert not _squeue(array_id)  # ended means gone: no worker process left
     assert [o.kind for o in got] == ["ok", "failed", "lost"]
-    assert got[0].value == 42 and "ZeroDivisionError" in launch.job_error(got[1].value)
+    assert got[0].value == 42 and "ZeroDivisionError" in waiting.job_error(got[1].value)

@@ -352,13 +352,13 @@ def test_condition_on_an_unsearched_key_does_not_reorder() -> None:
 # ---- discriminators: a searched model.name / pruner.name must suit the rest -------------------------------
 
 
-@pytest.mark.parametrize("path", ["model.name", "data.dataset", "sampler.name", "pruner.name"])
+@pytest.mark.parametrize("path", ["model.name", "data.dataset", "sampler.name", "pruner.name", "executor.name"])
 def test_is_discriminator(path: str) -> None:
     assert space.is_discriminator(path)
 
 
 @pytest.mark.parametrize(
-    "path", ["study.name", "features.name", "executor.name", "model.width", "model", "train.optimizer", "storage"]
+    "path", ["study.name", "features.name", "model.width", "model", "train.optimizer", "storage"]
 )
 def test_is_not_discriminator(path: str) -> None:
     assert not space.is_discriminator(path)

@@ -15,6 +15,7 @@ from sweep.config.paths import copy_tree
 from sweep.data import DATASETS
 from sweep.data.features import FEATURES
 from sweep.models import MODELS
+from sweep.run.executors import DEFAULT as DEFAULT_EXECUTOR
 from sweep.run.executors import EXECUTORS
 from sweep.schema import Field, Variants, by_name, did_you_mean
 from sweep.search.pruners import PRUNERS
@@ -104,7 +105,7 @@ def _schema() -> dict[str, Any]:
         },
         "search_space": Field(dict, {}),
         "executor": {
-            "name": EXECUTORS.field("local"),
+            "name": EXECUTORS.field(DEFAULT_EXECUTOR),
             "workers": Field(int, 2, low=1),
             "cpus_per_worker": Field(int, None, low=1, nullable=True),
             "timeout_min": Field(float, 24 * 60, low=1),
@@ -112,6 +113,7 @@ def _schema() -> dict[str, Any]:
             "heartbeat_seconds": Field(float, 30.0, low=0.1),
             "stale_after_seconds": Field(float, 180.0, low=0.5),
             "max_retries": Field(int, 2, low=0),
+            "_variants": EXECUTORS.variants("name"),
         },
     }
 

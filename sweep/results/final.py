@@ -26,7 +26,11 @@ import torch
 
 from sweep.config.resolve import resolve
 from sweep.config.yamlfile import dump_yaml
+from sweep.run.executors import make_executor, of_job
 from sweep.run.jobs import remove_template_folder
+from sweep.run.preflight import check_executor, cuda_missing, empty_splits, own_caches, runs_here, settle
+from sweep.run.waiting import JobsEnded, job_error, outcomes
+from sweep.run.worker import default_threads, shared_cores
 from sweep.schema import ConfigError
 from sweep.storage import study_dir
 
@@ -68,9 +72,6 @@ def final(
     `name` is the study the runs belong to (their folder: studies/NAME/final/); `origin` says where the config
     came from (`source`: the study or file; `trial` and `params`: the best trial's), copied into every result.
     """
-    from sweep.run.launch import check_executor, job_error, make_executor, outcomes
-    from sweep.run.worker import default_threads, shared_cores
-
     profile = check_executor(config)
     if config["train"]["threads"] is None:  # once for every run: not from how many of them share a machine
         config = dict(config, train=dict(config["train"], threads=default_threads(config, profile)))
@@ -182,11 +183,7 @@ def follow(folders: Mapping[str, Path], jobs: list, epochs: int, every: float = 
     """Print each run's epochs as they end (read from the metrics.json its trainer replaces after every epoch),
     one line each, until every job has ended. The debug executor's runs train later, in this process, and
     print their own lines."""
-    from submitit import DebugJob
-
-    from sweep.run.launch import JobsEnded
-
-    if all(isinstance(job, DebugJob) for job in jobs):
+    if all(of_job(job).in_process for job in jobs):
         return
     shown = dict.fromkeys(folders, 0)
     ended = JobsEnded(jobs)
@@ -331,7 +328,6 @@ def _preflight(
     device asked for is here, before anything is submitted (a final run decodes its test fold: it may)."""
     from sweep import models
     from sweep.data import check_files, split_items
-    from sweep.run.launch import cuda_missing, empty_splits, own_caches, settle
 
     problems, everywhere, read = [], [], {}
     try:
@@ -350,7 +346,7 @@ def _preflight(
         models.check_weights(config["model"])
     except models.WeightsMissing as exc:
         (problems if profile is not None and own_caches(profile) else everywhere).append(str(exc))
-    if config["executor"]["name"] != "slurm":
+    if runs_here(config):
         everywhere += cuda_missing(config)
     settle(config, problems, warnings, everywhere)
 

@@ -94,19 +94,20 @@ def submitit_parameters(profile: Mapping[str, Any], workers: int, name: str) -> 
 TEST_TIMEOUT = 60.0  # seconds for sbatch --test-only or sinfo to answer; a controller that is up takes well under 1
 
 
-def check_with_cluster(profile: Mapping[str, Any], source: str, workers: int, name: str) -> None:
+def check_with_cluster(profile: Mapping[str, Any], source: str, workers: int, name: str, cluster: str) -> None:
     """Ask SLURM whether it takes the profile's array job, before any study is created or topped up.
 
     `sbatch --test-only` reads the very script submitit would submit (same flags, same array) and answers
     without queueing anything; a refusal (no such partition, an unknown GRES, more CPUs or memory than any
     node has) is a ConfigError naming the profile file, the key at fault where sbatch's reason names one,
     and sbatch's own words, instead of a FailedJobError traceback after the study holds its waiting trials.
+    `cluster`: submitit's name for SLURM, whose AutoExecutor writes the script.
     """
     import submitit
     from submitit.slurm.slurm import _make_sbatch_string
 
     with tempfile.TemporaryDirectory(prefix="sweep-test-only-") as tmp:
-        executor = submitit.AutoExecutor(folder=str(Path(tmp) / "%j"), cluster="slurm")
+        executor = submitit.AutoExecutor(folder=str(Path(tmp) / "%j"), cluster=cluster)
         executor.update_parameters(**submitit_parameters(profile, workers, name))
         params = dict(executor._executor.parameters, map_count=workers)
         script = Path(tmp) / "job.sh"

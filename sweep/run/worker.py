@@ -32,6 +32,7 @@ from sweep.config.yamlfile import dump_yaml
 from sweep.look.status import best_epoch, maximizes
 from sweep.run.diskspace import release as release_reserves
 from sweep.run.diskspace import released as reserves_released
+from sweep.run.executors import EXECUTORS, running_in
 from sweep.run.fence import enter as enter_fence
 from sweep.run.jobs import remove_template_folder
 from sweep.search import space
@@ -94,8 +95,9 @@ def default_threads(config: Mapping[str, Any], profile: Mapping[str, Any] | None
     Called once, where a study is created or a final run starts, and stored in the config: CPU arithmetic
     changes with the thread count, so a run must not take it from how many runs happen to share its machine.
     """
-    if config["executor"]["name"] == "slurm" and profile is not None:
-        return int(profile["cpus_per_task"])
+    given = EXECUTORS[config["executor"]["name"]].threads(profile)
+    if given is not None:
+        return given
     if config["executor"]["cpus_per_worker"]:
         return config["executor"]["cpus_per_worker"]
     return max(1, (os.cpu_count() or 1) // config["executor"]["workers"])
@@ -105,7 +107,7 @@ def shared_cores(config: Mapping[str, Any], concurrent: int) -> str | None:
     """A note when `concurrent` local runs of `train.threads` threads each ask for more threads than this machine
     has cores: they then share cores, slower but with the same numbers (the count is not lowered to fit)."""
     wanted, cores = concurrent * config["train"]["threads"], os.cpu_count() or 1
-    if config["executor"]["name"] != "local" or wanted <= cores:
+    if not EXECUTORS[config["executor"]["name"]].processes_here or wanted <= cores:
         return None
     return (f"note: {concurrent} runs × train.threads {config['train']['threads']} = {wanted} threads on {cores} "
             "cores: they share cores (slower, same numbers); a smaller train.threads trains faster here")
@@ -273,7 +275,8 @@ def _stop_on_sigterm() -> bool:
     launcher's whole process group. Returns whether this is a local worker.
 
     Only there: on SLURM, submitit ignores SIGTERM on purpose (SLURM sends it before the preemption signal)."""
-    local = os.environ.get("SUBMITIT_EXECUTOR") == "local"
+    spec = running_in()
+    local = spec is not None and spec.processes_here
     if local and threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.default_int_handler)  # raises KeyboardInterrupt
