@@ -57,7 +57,7 @@ def _write_events(logdir: Path, summaries: list[tuple[Summary, int]]) -> None:
     """An event file of its own beside the trainer's, written in this thread: a SummaryWriter would start (and
     join) a writer thread for three records, per trial."""
     from tensorboard.compat.proto.event_pb2 import Event  # ~1 s: a worker without TensorBoard output skips it
-    from tensorboard.summary.writer.record_writer import RecordWriter
+    from tensorboard.summary.writer.record_writer import RecordWriter  # with Event, above
 
     logdir.mkdir(parents=True, exist_ok=True)
     now = time.time()

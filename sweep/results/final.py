@@ -24,8 +24,10 @@ from typing import Any
 
 import torch
 
+from sweep import models
 from sweep.config.resolve import resolve
 from sweep.config.yamlfile import dump_yaml
+from sweep.data import DATASETS, DataError, check_files, split_items
 from sweep.run.executors import make_executor, of_job
 from sweep.run.jobs import remove_template_folder
 from sweep.run.preflight import check_executor, cuda_missing, empty_splits, own_caches, runs_here, settle
@@ -33,6 +35,8 @@ from sweep.run.waiting import JobsEnded, job_error, outcomes
 from sweep.run.worker import default_threads, shared_cores
 from sweep.schema import ConfigError
 from sweep.storage import study_dir
+from sweep.train.loop import confusion, fit, save
+from sweep.train.setup import Run, setup
 
 
 def plan(config: Mapping[str, Any], seeds: int = 1, cv: bool = False) -> dict[str, dict[str, Any]]:
@@ -126,8 +130,6 @@ def final(
 
 def run_one(config: dict[str, Any], out_dir: str, record: dict[str, Any]) -> dict[str, Any]:
     """The submitit job of one run: train on train + val, score the test folds, write the run's folder."""
-    from sweep.train.loop import confusion, fit, save
-    from sweep.train.setup import Run, setup
 
     remove_template_folder(Path(out_dir).parent / "logs")
     out = Path(out_dir)
@@ -271,7 +273,7 @@ def table(summary: Mapping[str, Any]) -> str:
 
 def write_confusion_html(path: Path, matrix: torch.Tensor, classes: list[str], title: str) -> None:
     """A self-contained page (plotly.js inlined, as `sweep report`): it opens offline and can be archived."""
-    import plotly.graph_objects as go
+    import plotly.graph_objects as go  # ~0.2 s: imported by the run that draws, not by the launcher
 
     fig = go.Figure(
         go.Heatmap(
@@ -297,9 +299,9 @@ def write_confusion_html(path: Path, matrix: torch.Tensor, classes: list[str], t
 
 def write_confusion_png(path: Path, matrix: torch.Tensor, classes: list[str], title: str) -> None:
     """The same matrix as an image, for a paper or a slide (matplotlib, which fastai already needs)."""
-    import matplotlib
+    import matplotlib  # ~0.5 s: imported by the run that draws, not by the launcher
 
-    matplotlib.use("Agg")  # no display on a compute node
+    matplotlib.use("Agg")  # no display on a compute node: chosen before pyplot is imported
     import matplotlib.pyplot as plt
 
     n = len(classes)
@@ -326,8 +328,6 @@ def _preflight(
 ) -> None:
     """Every split a run reads holds clips whose headers are sound, pretrained weights are cached and a CUDA
     device asked for is here, before anything is submitted (a final run decodes its test fold: it may)."""
-    from sweep import models
-    from sweep.data import check_files, split_items
 
     problems, everywhere, read = [], [], {}
     try:
@@ -352,7 +352,6 @@ def _preflight(
 
 
 def _index(config: Mapping[str, Any]):
-    from sweep.data import DATASETS, DataError
 
     try:
         return DATASETS[config["data"]["dataset"]].index(config)

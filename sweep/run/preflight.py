@@ -8,9 +8,14 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
+
+from sweep import data, models
 from sweep.config.resolve import resolve
+from sweep.data import split_items
 from sweep.run.executors import EXECUTORS
 from sweep.schema import ConfigError
+from sweep.search import space
 
 
 def check_executor(config: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -23,8 +28,6 @@ def preflight(config: Mapping[str, Any], profile: Mapping[str, Any] | None = Non
     """Check what a trial would fail on at once, before anything is stored or submitted: the dataset's metadata,
     the headers of every file the search decodes (the test fold's files only for presence and size), the
     pretrained weights, and a CUDA device asked for where the workers run on this machine."""
-    from sweep import data, models
-    from sweep.search import space
 
     problems, warnings, everywhere = [], [], []
     try:
@@ -56,7 +59,6 @@ def preflight(config: Mapping[str, Any], profile: Mapping[str, Any] | None = Non
 
 def search_files(index: Any, config: Mapping[str, Any]) -> tuple[dict[str, list], dict[str, list]]:
     """The items a search decodes (train, val) and those it must never open (test), by split."""
-    from sweep.data import split_items
 
     folds, seed = config["data"]["folds"], config["data"]["split_seed"]
     decoded = {f"split {split}": split_items(index.items, folds, split, seed) for split in ("train", "val")}
@@ -76,7 +78,6 @@ def own_caches(profile: Mapping[str, Any]) -> bool:
 def cuda_missing(config: Mapping[str, Any]) -> list[str]:
     """A problem line if `train.device` (or a value the search picks for it) is cuda and this machine, where
     debug and local workers run, has no CUDA device."""
-    from sweep.search import space
 
     devices = {config["train"]["device"]}
     for param in space.parse(config["search_space"], config):
@@ -84,7 +85,6 @@ def cuda_missing(config: Mapping[str, Any]) -> list[str]:
             devices.update(param.distribution.choices)
     if "cuda" not in devices:
         return []
-    import torch
 
     if torch.cuda.is_available():
         return []
@@ -102,7 +102,6 @@ def runs_here(config: Mapping[str, Any]) -> bool:
 
 def empty_splits(index: Any, config: Mapping[str, Any], splits: tuple[str, ...], run: str = "") -> list[str]:
     """A problem line for each split of the config that holds no clip of the dataset's index."""
-    from sweep.data import split_items
 
     folds, present = config["data"]["folds"], sorted({it.fold for it in index.items})
     return [

@@ -23,12 +23,14 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
+import submitit
 
 from sweep.config.resolve import resolve
 from sweep.config.yamlfile import dump_yaml
+from sweep.look.hparams import write_summary
 from sweep.look.status import best_epoch, maximizes
 from sweep.run.diskspace import release as release_reserves
 from sweep.run.diskspace import released as reserves_released
@@ -39,10 +41,9 @@ from sweep.search import space
 from sweep.search.study import open_study, pop_trial, recover_stale, retry
 from sweep.storage import flush_trial, is_disk_full, open_storage, tell_with
 from sweep.storage.optuna_private import cached_frozen_trial, storage_of, trial_id_of
-
-if TYPE_CHECKING:
-    from sweep.train.loop import Result
-    from sweep.train.setup import Run
+from sweep.train.checkpoint import CHECKPOINT, CheckpointError, resume_source
+from sweep.train.loop import NonFiniteLoss, Result, fit, save, validate
+from sweep.train.setup import Run, setup
 
 MAX_CONSECUTIVE_ERRORS = 3  # a config or code bug fails every trial: stop instead of burning the budget
 
@@ -181,7 +182,6 @@ class Worker:
         """Runs inside submitit's signal handler, which may have interrupted a storage call holding a lock or
         a transaction: no storage work here. submitit then requeues the job and raises SystemExit, and
         `run_worker` hands the trial back while unwinding, with every lock released."""
-        import submitit
 
         self.preempted = True
         print("preempted or near the time limit: requeueing this worker", flush=True)
@@ -295,8 +295,6 @@ def run_trial(
     trainer: Callable[..., Any] | None = None,
 ) -> str:
     """Run one trial to its end and tell the study; returns complete, pruned, nan or error."""
-    from sweep.train.checkpoint import CheckpointError
-    from sweep.train.loop import NonFiniteLoss
 
     train = trainer or train_trial
 
@@ -349,8 +347,6 @@ def train_trial(config: Mapping[str, Any], out_dir: Path, trial: optuna.Trial | 
 
     A checkpoint in `out_dir` is resumed from, so a trial restarted after its worker died continues where it
     stopped; the epochs it had run are reported again, so the retried trial carries the whole curve."""
-    from sweep.train.loop import Result, fit, save, validate
-    from sweep.train.setup import setup
 
     metric, epochs = config["study"]["metric"], config["train"]["epochs"]
     better = max if config["study"]["direction"] == "maximize" else min
@@ -391,7 +387,6 @@ def _finished(
 ) -> None:
     """Tell the study, with what the dashboard shows of a finished trial (epochs, wall time, checkpoint) in the
     same write; then its TensorBoard HParams session."""
-    from sweep.look.hparams import write_summary
 
     attrs = {**attrs, "epochs_run": len(cached_frozen_trial(trial).intermediate_values)}
     attrs["wall_seconds"] = round(time.time() - started, 3)
@@ -418,7 +413,6 @@ def _take_over(previous: str | None, trials_dir: Path, out_dir: Path) -> str | N
     trial folder of this study holding a weights-only checkpoint; returns why not, when it is refused.
 
     `previous` comes from a trial attribute, which anyone who can write to the study database can set."""
-    from sweep.train.checkpoint import CHECKPOINT, resume_source
 
     folder, refused = resume_source(previous, trials_dir, out_dir)
     if folder is None:

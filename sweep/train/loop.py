@@ -51,7 +51,7 @@ def fit(
     model, optimizer, scaler, scheduler = run.model, run.optimizer, run.scaler, run.scheduler
     train_set, batches, augment, device = run.train_set, run.batches, run.augment, run.device
     n_classes = len(train_set.classes)
-    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard import SummaryWriter  # ~1 s (TensorBoard): launchers import this module too
 
     writer = SummaryWriter(str(run.out_dir / "tb"))
     try:
