@@ -26,6 +26,7 @@ import torch
 
 from sweep import models
 from sweep.config.resolve import resolve
+from sweep.config.typed import typed
 from sweep.config.yamlfile import dump_yaml
 from sweep.data import DATASETS, DataError, check_files, split_items
 from sweep.run.executors import make_executor, of_job
@@ -45,6 +46,7 @@ def plan(config: Mapping[str, Any], seeds: int = 1, cv: bool = False) -> dict[st
     A cross-validation run has no validation fold (the final trainer trains on train + val alike), so its
     folds are set after `resolve`, which insists on one because every search needs it.
     """
+    cfg = typed(config)
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     if cv:
@@ -59,7 +61,7 @@ def plan(config: Mapping[str, Any], seeds: int = 1, cv: bool = False) -> dict[st
             run["data"]["folds"] = {"train": [f for f in folds if f != k], "val": [], "test": [k]}
             runs[f"cv-fold-{k}"] = run
         return runs
-    first = config["train"]["seed"]
+    first = cfg.train.seed
     return {f"seed-{s}": resolve(config, f"seed {s}", [("train.seed", s)]) for s in range(first, first + seeds)}
 
 
@@ -76,9 +78,10 @@ def final(
     `name` is the study the runs belong to (their folder: studies/NAME/final/); `origin` says where the config
     came from (`source`: the study or file; `trial` and `params`: the best trial's), copied into every result.
     """
+    cfg = typed(config)
     profile = check_executor(config)
-    if config["train"]["threads"] is None:  # once for every run: not from how many of them share a machine
-        config = dict(config, train=dict(config["train"], threads=default_threads(config, profile)))
+    if cfg.train.threads is None:  # once for every run: not from how many of them share a machine
+        config = dict(config, train=dict(cfg.train, threads=default_threads(config, profile)))
     runs = plan(config, seeds, cv)
     _preflight(config, runs, profile)
     note = shared_cores(config, len(runs))
@@ -88,7 +91,7 @@ def final(
     for run in runs:  # a run folder holds one run: nothing of an earlier one may be mistaken for it
         shutil.rmtree(home / run, ignore_errors=True)
     (home / "summary.json").unlink(missing_ok=True)
-    executor_name = config["executor"]["name"]
+    executor_name = cfg.executor.name
     executor = make_executor(config, home / "logs", len(runs), profile)
     record = {"study": name, "source": "", "trial": None, "params": None, **(origin or {})}
     jobs = executor.map_array(
@@ -97,7 +100,7 @@ def final(
         [str(home / run) for run in runs],
         [dict(record, run=run) for run in runs],
     )
-    epochs = config["train"]["epochs"]
+    epochs = cfg.train.epochs
     print(f"final runs of {name} ({record['source']}): {', '.join(runs)}, {epochs} epochs each, on {executor_name}")
     print(f"logs in {home / 'logs'}", flush=True)
     results: dict[str, dict[str, Any]] = {}
@@ -130,13 +133,14 @@ def final(
 
 def run_one(config: dict[str, Any], out_dir: str, record: dict[str, Any]) -> dict[str, Any]:
     """The submitit job of one run: train on train + val, score the test folds, write the run's folder."""
+    cfg = typed(config)
 
     remove_template_folder(Path(out_dir).parent / "logs")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_yaml(config))
     started = time.time()
-    epochs = config["train"]["epochs"]
+    epochs = cfg.train.epochs
 
     def end_epoch(run: Run, row: dict[str, float]) -> None:  # no validation folds: nothing to prune on
         save(run, {"epochs": run.history})
@@ -144,11 +148,11 @@ def run_one(config: dict[str, Any], out_dir: str, record: dict[str, Any]) -> dic
 
     run = setup(config, out, ("train", "val"), "test")  # every split is read before training starts
     fit(run, lambda run: {}, end_epoch)
-    matrix = confusion(run.model, run.scored, run.amp, config["train"]["eval_batch_size"])[1].cpu()
+    matrix = confusion(run.model, run.scored, run.amp, cfg.train.eval_batch_size)[1].cpu()
     classes = _classes(config)
     metrics = {
         **record,
-        "seed": config["train"]["seed"],
+        "seed": cfg.train.seed,
         "epochs": epochs,
         "folds": trained_folds(config),
         **scores(matrix, classes),
@@ -168,7 +172,8 @@ def trained_folds(config: Mapping[str, Any]) -> dict[str, Any]:
     """The folds a final run trained and was tested on: its training set is the train and validation folds
     together. A fold in both `val` and `test` is divided between them by recording source (`data.split_seed`):
     it is listed under both, and under `divided`."""
-    folds = config["data"]["folds"]
+    cfg = typed(config)
+    folds = cfg.data.folds
     record: dict[str, Any] = {"train": sorted({*folds["train"], *folds["val"]}), "test": list(folds["test"])}
     divided = sorted(set(folds["val"]) & set(folds["test"]))
     if divided:
@@ -328,6 +333,7 @@ def _preflight(
 ) -> None:
     """Every split a run reads holds clips whose headers are sound, pretrained weights are cached and a CUDA
     device asked for is here, before anything is submitted (a final run decodes its test fold: it may)."""
+    cfg = typed(config)
 
     problems, everywhere, read = [], [], {}
     try:
@@ -343,7 +349,7 @@ def _preflight(
     bad, warnings = check_files(config, {"the final runs' folds": list(read.values())}, {})
     problems += bad
     try:
-        models.check_weights(config["model"])
+        models.check_weights(cfg.model)
     except models.WeightsMissing as exc:
         (problems if profile is not None and own_caches(profile) else everywhere).append(str(exc))
     if runs_here(config):
@@ -353,8 +359,9 @@ def _preflight(
 
 def _index(config: Mapping[str, Any]):
 
+    cfg = typed(config)
     try:
-        return DATASETS[config["data"]["dataset"]].index(config)
+        return DATASETS[cfg.data.dataset].index(config)
     except DataError as exc:
         raise ConfigError(str(exc)) from None
 

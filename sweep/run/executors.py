@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from sweep.config.typed import typed
 from sweep.run import squeue
 from sweep.run.profile import check_with_cluster, load_profile, submitit_parameters
 from sweep.schema import ConfigError, Field, Registry
@@ -50,8 +51,9 @@ class Executor:
     # made
     def make(self, config: Mapping[str, Any], folder: str, workers: int, profile: Mapping[str, Any] | None) -> Any:
         """The submitit executor that starts `workers` jobs, their logs in `folder` (a JOB_FOLDER template)."""
+        cfg = typed(config)
         executor = _submitit().AutoExecutor(folder=folder, cluster=self.cluster)
-        executor.update_parameters(timeout_min=int(config["executor"]["timeout_min"]), name=config["study"]["name"])
+        executor.update_parameters(timeout_min=int(cfg.executor.timeout_min), name=cfg.study.name)
         return executor
 
     # waited on
@@ -133,23 +135,25 @@ class Slurm(Executor):
 
     def check(self, config: Mapping[str, Any]) -> dict[str, Any] | None:
         """The SLURM profile, validated and tried on the cluster (`sbatch --test-only`)."""
-        ex = config["executor"]
-        if not ex["cluster"]:
+        cfg = typed(config)
+        ex = cfg.executor
+        if not ex.cluster:
             raise ConfigError("the slurm executor needs a profile: --cluster cluster/a100.yaml", key="executor.cluster")
-        profile = load_profile(ex["cluster"])
+        profile = load_profile(ex.cluster)
         if shutil.which("sbatch") is None:
             raise ConfigError(
                 "sbatch is not on PATH: launch SLURM studies from a login node of the cluster", key="executor.name"
             )
-        check_with_cluster(profile, ex["cluster"], ex["workers"], config["study"]["name"], self.cluster)
+        check_with_cluster(profile, ex.cluster, ex.workers, cfg.study.name, self.cluster)
         return profile
 
     def threads(self, profile: Mapping[str, Any] | None) -> int | None:
         return None if profile is None else int(profile["cpus_per_task"])
 
     def make(self, config: Mapping[str, Any], folder: str, workers: int, profile: Mapping[str, Any] | None) -> Any:
+        cfg = typed(config)
         executor = _submitit().AutoExecutor(folder=folder, cluster=self.cluster)
-        executor.update_parameters(**submitit_parameters(profile, workers, config["study"]["name"]))
+        executor.update_parameters(**submitit_parameters(profile, workers, cfg.study.name))
         return executor
 
     def held(self, jobs: list) -> bool:
@@ -180,9 +184,10 @@ def _submitit() -> Any:
 
 def make_executor(config: Mapping[str, Any], logs: Path, workers: int, profile: Mapping[str, Any] | None) -> Any:
     """The config's submitit executor for `workers` jobs, their logs under `logs`."""
+    cfg = typed(config)
     logs.mkdir(parents=True, exist_ok=True)
     logs.chmod(0o700)  # submitit's pickles hold each job's arguments, its logs whatever a run prints: owner only
-    return EXECUTORS[config["executor"]["name"]].make(config, str(logs / JOB_FOLDER), workers, profile)
+    return EXECUTORS[cfg.executor.name].make(config, str(logs / JOB_FOLDER), workers, profile)
 
 
 def of_job(job: Any) -> Executor | None:

@@ -20,6 +20,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from sweep.config.typed import typed
 from sweep.look import status
 from sweep.run.diskspace import DiskFull, Reserves
 from sweep.run.executors import EXECUTORS, make_executor
@@ -112,8 +113,9 @@ def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
     """Run the study's remaining budget; returns the process exit code (non-zero if a worker failed; 130 after
     Ctrl-C, 143 after SIGTERM, 129 after SIGHUP, once the workers are stopped and their trials handed back)."""
-    name = config["study"]["name"]
-    spec = EXECUTORS[config["executor"]["name"]]
+    cfg = typed(config)
+    name = cfg.study.name
+    spec = EXECUTORS[cfg.executor.name]
     profile = check_executor(config)
     preflight(config, profile)
     if detach and spec.in_process:
@@ -122,13 +124,13 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
     check_budget(config)
     storage = open_storage(url)
     study = create_or_resume(config, storage, url, profile)
-    waiting = top_up(study, config["study"]["n_trials"], _report_enqueued)
+    waiting = top_up(study, cfg.study.n_trials, _report_enqueued)
     home = study_dir(name)
     print(f"study {name!r} in {mask(url)}: budget {config['study']['n_trials']} trials, {waiting} to run", flush=True)
     if waiting == 0:
         status.summary(study, sys.stdout)
         return 0
-    workers = 1 if spec.in_process else min(config["executor"]["workers"], waiting)
+    workers = 1 if spec.in_process else min(cfg.executor.workers, waiting)
     note = shared_cores(config, workers)
     if note:
         print(note, flush=True)
@@ -150,7 +152,7 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
                 Worker(), [worker_config] * workers, [worker_url] * workers, [str(home)] * workers, range(workers),
                 [context] * workers,
             )
-        jobs_record(study, jobs, config["executor"]["name"])
+        jobs_record(study, jobs, cfg.executor.name)
         if detach:
             print(
                 f"jobs {' '.join(str(j.job_id) for j in jobs)} run on their own; follow them with "
@@ -169,7 +171,7 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
         print(f"\ninterrupted ({signal.Signals(signal_of(stop)).name}): stopping workers", flush=True)
         with signals_ignored():  # a second Ctrl-C must not cut the hand-back short
             stop_workers(jobs, fence)
-            _hand_back_running(study, context["launch"], since, config["executor"]["max_retries"])
+            _hand_back_running(study, context["launch"], since, cfg.executor.max_retries)
         status.summary(study, sys.stdout)
         return 128 + signal_of(stop)
     except DiskFull as full:
@@ -177,7 +179,7 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
               file=sys.stderr, flush=True)
         with signals_ignored():
             stop_workers(jobs, fence)
-            _hand_back_running(study, context["launch"], since, config["executor"]["max_retries"])
+            _hand_back_running(study, context["launch"], since, cfg.executor.max_retries)
         status.summary(study, sys.stdout)
         return 1
     except BaseException:  # the launcher itself failed (its output closed, its storage gone): local workers are
@@ -189,7 +191,7 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
         if reserves is not None:
             reserves.release()
     wait_stopped(jobs, fence)  # every worker has ended; a straggler submitit never signalled is stopped
-    _hand_back_running(study, context["launch"], since, config["executor"]["max_retries"])
+    _hand_back_running(study, context["launch"], since, cfg.executor.max_retries)
     status.summary(study, sys.stdout)
     for line in lost + failed:
         print(line, file=sys.stderr)

@@ -12,6 +12,7 @@ import torch
 
 from sweep import data, models
 from sweep.config.resolve import resolve
+from sweep.config.typed import typed
 from sweep.data import split_items
 from sweep.run.executors import EXECUTORS
 from sweep.schema import ConfigError
@@ -21,24 +22,26 @@ from sweep.search import space
 def check_executor(config: Mapping[str, Any]) -> dict[str, Any] | None:
     """The executor's own checks, before anything is stored or submitted; returns the SLURM profile they
     validated and tried on the cluster (`sbatch --test-only`), None for other executors."""
-    return EXECUTORS[config["executor"]["name"]].check(config)
+    cfg = typed(config)
+    return EXECUTORS[cfg.executor.name].check(config)
 
 
 def preflight(config: Mapping[str, Any], profile: Mapping[str, Any] | None = None) -> None:
     """Check what a trial would fail on at once, before anything is stored or submitted: the dataset's metadata,
     the headers of every file the search decodes (the test fold's files only for presence and size), the
     pretrained weights, and a CUDA device asked for where the workers run on this machine."""
+    cfg = typed(config)
 
     problems, warnings, everywhere = [], [], []
     try:
-        index = data.DATASETS[config["data"]["dataset"]].index(config)
+        index = data.DATASETS[cfg.data.dataset].index(config)
     except data.DataError as exc:
         problems.append(str(exc))
     else:
         problems += empty_splits(index, config, ("train", "val"))
         bad, warnings = data.check_files(config, *search_files(index, config))
         problems += bad
-    names = {config["model"]["name"]}
+    names = {cfg.model.name}
     for param in space.parse(config["search_space"], config):
         if param.path == "model.name":
             names.update(param.distribution.choices)
@@ -59,8 +62,9 @@ def preflight(config: Mapping[str, Any], profile: Mapping[str, Any] | None = Non
 
 def search_files(index: Any, config: Mapping[str, Any]) -> tuple[dict[str, list], dict[str, list]]:
     """The items a search decodes (train, val) and those it must never open (test), by split."""
+    cfg = typed(config)
 
-    folds, seed = config["data"]["folds"], config["data"]["split_seed"]
+    folds, seed = cfg.data.folds, cfg.data.split_seed
     decoded = {f"split {split}": split_items(index.items, folds, split, seed) for split in ("train", "val")}
     return decoded, {"split test": split_items(index.items, folds, "test", seed)}
 
@@ -78,8 +82,9 @@ def own_caches(profile: Mapping[str, Any]) -> bool:
 def cuda_missing(config: Mapping[str, Any]) -> list[str]:
     """A problem line if `train.device` (or a value the search picks for it) is cuda and this machine, where
     debug and local workers run, has no CUDA device."""
+    cfg = typed(config)
 
-    devices = {config["train"]["device"]}
+    devices = {cfg.train.device}
     for param in space.parse(config["search_space"], config):
         if param.path == "train.device":
             devices.update(param.distribution.choices)
@@ -97,17 +102,19 @@ def cuda_missing(config: Mapping[str, Any]) -> list[str]:
 
 def runs_here(config: Mapping[str, Any]) -> bool:
     """Whether the config's workers run on this machine, so what is checked here is what they will find."""
-    return EXECUTORS[config["executor"]["name"]].runs_here
+    cfg = typed(config)
+    return EXECUTORS[cfg.executor.name].runs_here
 
 
 def empty_splits(index: Any, config: Mapping[str, Any], splits: tuple[str, ...], run: str = "") -> list[str]:
     """A problem line for each split of the config that holds no clip of the dataset's index."""
+    cfg = typed(config)
 
-    folds, present = config["data"]["folds"], sorted({it.fold for it in index.items})
+    folds, present = cfg.data.folds, sorted({it.fold for it in index.items})
     return [
         f"{run}{': ' if run else ''}data.folds.{split} {folds[split]} holds no clips (the dataset's folds: {present})"
         for split in splits
-        if not split_items(index.items, folds, split, config["data"]["split_seed"])
+        if not split_items(index.items, folds, split, cfg.data.split_seed)
     ]
 
 

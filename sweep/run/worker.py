@@ -29,6 +29,7 @@ import optuna
 import submitit
 
 from sweep.config.resolve import resolve
+from sweep.config.typed import typed
 from sweep.config.yamlfile import dump_yaml
 from sweep.look.hparams import write_summary
 from sweep.look.status import best_epoch, maximizes
@@ -96,19 +97,21 @@ def default_threads(config: Mapping[str, Any], profile: Mapping[str, Any] | None
     Called once, where a study is created or a final run starts, and stored in the config: CPU arithmetic
     changes with the thread count, so a run must not take it from how many runs happen to share its machine.
     """
-    given = EXECUTORS[config["executor"]["name"]].threads(profile)
+    cfg = typed(config)
+    given = EXECUTORS[cfg.executor.name].threads(profile)
     if given is not None:
         return given
-    if config["executor"]["cpus_per_worker"]:
-        return config["executor"]["cpus_per_worker"]
-    return max(1, (os.cpu_count() or 1) // config["executor"]["workers"])
+    if cfg.executor.cpus_per_worker:
+        return cfg.executor.cpus_per_worker
+    return max(1, (os.cpu_count() or 1) // cfg.executor.workers)
 
 
 def shared_cores(config: Mapping[str, Any], concurrent: int) -> str | None:
     """A note when `concurrent` local runs of `train.threads` threads each ask for more threads than this machine
     has cores: they then share cores, slower but with the same numbers (the count is not lowered to fit)."""
-    wanted, cores = concurrent * config["train"]["threads"], os.cpu_count() or 1
-    if not EXECUTORS[config["executor"]["name"]].processes_here or wanted <= cores:
+    cfg = typed(config)
+    wanted, cores = concurrent * cfg.train.threads, os.cpu_count() or 1
+    if not EXECUTORS[cfg.executor.name].processes_here or wanted <= cores:
         return None
     return (f"note: {concurrent} runs × train.threads {config['train']['threads']} = {wanted} threads on {cores} "
             "cores: they share cores (slower, same numbers); a smaller train.threads trains faster here")
@@ -202,6 +205,7 @@ def run_worker(
     `trainer` replaces `train_trial` (same signature): benchmarks/storage_overhead.py times everything
     a worker does around training with one that only reports to the pruner.
     """
+    cfg = typed(config)
 
     local = _stop_on_sigterm()
     started, host = time.time(), socket.gethostname()
@@ -211,25 +215,25 @@ def run_worker(
         print("the launch that started this worker has stopped: no trial claimed", flush=True)
         return WorkerReport(index, host, {}, 0.0)
     remove_template_folder(Path(study_dir) / "logs")
-    ex = config["executor"]
+    ex = cfg.executor
     study = open_study(config, open_storage(storage_url, wait_s=300), worker_index=index)
     params = space.parse(config["search_space"], config)
     done: dict[int, str] = {}
     errors, trial, checked = 0, None, float("-inf")
     job = job or Worker()
-    job.max_retries = ex["max_retries"]
-    deadline = started + config["study"]["timeout"] if config["study"]["timeout"] else None
-    heartbeat = Heartbeat(study, ex["heartbeat_seconds"])
+    job.max_retries = ex.max_retries
+    deadline = started + cfg.study.timeout if cfg.study.timeout else None
+    heartbeat = Heartbeat(study, ex.heartbeat_seconds)
     try:
         while deadline is None or time.time() < deadline:
-            if time.monotonic() - checked >= ex["heartbeat_seconds"]:  # no heartbeat changes faster than this
-                recover_stale(study, ex["stale_after_seconds"], ex["max_retries"])
+            if time.monotonic() - checked >= ex.heartbeat_seconds:  # no heartbeat changes faster than this
+                recover_stale(study, ex.stale_after_seconds, ex.max_retries)
                 checked = time.monotonic()
             trial = pop_trial(study, lambda number: _claim_attrs(Path(study_dir), number, index, host, context), index)
             if trial is None:
                 if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
                     break
-                time.sleep(min(ex["heartbeat_seconds"], 2.0))  # a running trial may yet need a retry: stay
+                time.sleep(min(ex.heartbeat_seconds, 2.0))  # a running trial may yet need a retry: stay
                 continue
             with heartbeat.beating(trial):
                 outcome = run_trial(study, trial, config, params, Path(study_dir), index, host, context, trainer)
@@ -347,9 +351,10 @@ def train_trial(config: Mapping[str, Any], out_dir: Path, trial: optuna.Trial | 
 
     A checkpoint in `out_dir` is resumed from, so a trial restarted after its worker died continues where it
     stopped; the epochs it had run are reported again, so the retried trial carries the whole curve."""
+    cfg = typed(config)
 
-    metric, epochs = config["study"]["metric"], config["train"]["epochs"]
-    better = max if config["study"]["direction"] == "maximize" else min
+    metric, epochs = cfg.study.metric, cfg.train.epochs
+    better = max if cfg.study.direction == "maximize" else min
     run = setup(config, out_dir, ("train",), "val")
     for row in run.history if trial is not None else ():
         trial.report(row[metric], int(row["epoch"]))
@@ -433,12 +438,13 @@ def _record(
     context: Mapping[str, Any],
 ) -> dict[str, Any]:
     """The trial's config.yaml and run.json; returns its attributes for the end of the trial (seed, config)."""
+    cfg = typed(config)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(dump_yaml(config))
     run = {
         "trial": trial.number,
         "params": dict(drawn),
-        "seed": config["train"]["seed"],
+        "seed": cfg.train.seed,
         "host": host,
         "worker": worker,
         "pid": os.getpid(),
@@ -446,4 +452,4 @@ def _record(
         **context,
     }
     (out_dir / "run.json").write_text(json.dumps(run) + "\n")  # C encoder: `indent` takes the Python one
-    return {"seed": config["train"]["seed"], "config": json.loads(json.dumps(config))}
+    return {"seed": cfg.train.seed, "config": json.loads(json.dumps(config))}
