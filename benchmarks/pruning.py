@@ -74,7 +74,7 @@ EPOCHS_GOAL = 0.5  # the pruned study trains at most half the epochs of the unpr
 ACC_GOAL = -1.0  # and loses at most one accuracy point of its best trial
 
 ORDER = ("median", "none", "hyperband")  # the three studies of one repetition
-# Each pruner at sweep's defaults (`sweep.search.study.PRUNERS`: what a study gets when its config names only the
+# Each pruner at sweep's defaults (`sweep.search.pruners.PRUNERS`: what a study gets when its config names only the
 # pruner), so the benchmark measures what sweep does; the output prints the settings.
 PRUNERS: dict[str, dict[str, Any]] = {name: {"name": name} for name in ORDER}
 

@@ -139,9 +139,10 @@ def test_pruning_repeats_each_study_per_seed_with_one_config() -> None:
         assert config["sampler"]["seed"] == seed and config["pruner"]["name"] == p
         same = {k: v for k, v in config.items() if k not in ("pruner", "sampler")}
         assert same == {k: v for k, v in configs["none", 0].items() if k not in ("pruner", "sampler")}
-    from sweep.search.study import PRUNERS  # the pruners at sweep's defaults, whatever they are
+    from sweep.search.pruners import PRUNERS  # the pruners at sweep's defaults, whatever they are
     for p in ("median", "hyperband"):
-        assert {k: configs[p, 0]["pruner"][k] for k in PRUNERS[p]} == {k: f.default for k, f in PRUNERS[p].items()}
+        params = PRUNERS.params(p)
+        assert {k: configs[p, 0]["pruner"][k] for k in params} == {k: f.default for k, f in params.items()}
     assert bench.make_pruner(configs["hyperband", 0])._max_resource == 12  # max_resource: the trial's epochs
 
 

@@ -12,7 +12,9 @@ from test_storage import _commits, _url_for, mysql, pg  # noqa: F401  (the datab
 from sweep.config.resolve import resolve
 from sweep.schema import ConfigError
 from sweep.search import space
-from sweep.search.study import PRUNERS, SAMPLERS, VOID, make_pruner, make_sampler, pop_trial, top_up
+from sweep.search.pruners import PRUNERS
+from sweep.search.samplers import SAMPLERS
+from sweep.search.study import VOID, make_pruner, make_sampler, pop_trial, top_up
 from sweep.storage import open_storage, resolve_storage
 
 SPACE = {
