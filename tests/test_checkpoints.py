@@ -14,9 +14,9 @@ import torch
 from conftest import TINY, sweep_cli
 from optuna.trial import TrialState
 
+from sweep.checkpoint import CheckpointError, load_checkpoint
 from sweep.config.resolve import resolve
 from sweep.config.yamlfile import dump_yaml
-from sweep.train.checkpoint import CheckpointError, load_checkpoint
 
 
 class Hostile:

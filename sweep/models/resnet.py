@@ -16,9 +16,9 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from sweep.checkpoint import load_weights
 from sweep.models.registry import MODELS, ModelSpec, WeightsMissing, torch_cache
 from sweep.schema import Field
-from sweep.train.checkpoint import load_weights
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from sweep.checkpoint import load_checkpoint
 from sweep.config.typed import typed
 from sweep.config.yamlfile import parse_yaml
 from sweep.data import Clips, DataError, Item, crop
@@ -19,7 +20,6 @@ from sweep.data.audio import UnreadableAudio, read_files
 from sweep.data.features import build_features
 from sweep.models import build_model
 from sweep.schema import ConfigError
-from sweep.train.checkpoint import load_checkpoint
 
 
 def predict(checkpoint: Path, files: Sequence[Path], top_k: int = 5) -> list[list[tuple[str, float]]]:

@@ -28,6 +28,7 @@ from typing import Any
 import optuna
 import submitit
 
+from sweep.checkpoint import CHECKPOINT, CheckpointError, resume_source
 from sweep.config.resolve import resolve
 from sweep.config.typed import typed
 from sweep.config.yamlfile import dump_yaml
@@ -42,7 +43,6 @@ from sweep.search import space
 from sweep.search.study import open_study, pop_trial, recover_stale, retry
 from sweep.storage import flush_trial, is_disk_full, open_storage, tell_with
 from sweep.storage.optuna_private import cached_frozen_trial, storage_of, trial_id_of
-from sweep.train.checkpoint import CHECKPOINT, CheckpointError, resume_source
 from sweep.train.loop import NonFiniteLoss, Result, fit, save, validate
 from sweep.train.setup import Run, setup
 

@@ -1,3 +1,2 @@
-"""The common trainer every trial and final run goes through: what a run is made of (`setup`), its epoch loop
-(`loop`), and the checkpoints it writes and resumes from (`checkpoint`). This face imports nothing: the model
-families load weights through `checkpoint`."""
+"""The common trainer every trial and final run goes through: what a run is made of (`setup`) and its epoch loop
+(`loop`); the checkpoints it writes are read back through `sweep.checkpoint`, weights only."""

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from sweep.checkpoint import CHECKPOINT
 from sweep.config.typed import typed
 from sweep.data.inputs import Inputs
 from sweep.progress import Progress
-from sweep.train.checkpoint import CHECKPOINT
 from sweep.train.setup import Run, make_scheduler
 
 

@@ -18,13 +18,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from sweep.checkpoint import CHECKPOINT, load_checkpoint
 from sweep.config.typed import Section, typed
 from sweep.data import Clips, load_split
 from sweep.data.augment import Augment
 from sweep.data.features import build_features
 from sweep.data.inputs import Inputs
 from sweep.models import build_model
-from sweep.train.checkpoint import CHECKPOINT, load_checkpoint
 
 
 @dataclass
