@@ -4,8 +4,8 @@
                                  [--jobs J] [--threads T]
 
 One repetition runs the same study three times, each an in-memory Optuna study (`storage=None`) with sweep's
-sampler (TPE, `sweep.search.study.make_sampler`, the same sampler seed for the three) and sweep's pruner at sweep's
-defaults (`sweep.search.study.make_pruner` on a config that names only the pruner; the first output line prints the
+sampler (TPE, `sweep.search.strategy.make_sampler`, the same sampler seed for the three) and sweep's pruner at sweep's
+defaults (`sweep.search.strategy.make_pruner` on a config that names only the pruner; the first output line prints the
 settings): MedianPruner (n_startup_trials 5, interval_steps 1, n_warmup_steps 1 when this was written), no
 pruner (NopPruner: the baseline) and Hyperband (min_resource 1, reduction_factor 3, max_resource = the epochs
 of a trial). `--warmup W` gives the median pruner n_warmup_steps W instead. The repetition is made
@@ -67,7 +67,7 @@ from _bench import bench_line
 from sweep.config.resolve import resolve
 from sweep.run.worker import train_trial
 from sweep.search import space
-from sweep.search.study import make_pruner, make_sampler
+from sweep.search.strategy import make_pruner, make_sampler
 from sweep.train.loop import NonFiniteLoss
 
 EPOCHS_GOAL = 0.5  # the pruned study trains at most half the epochs of the unpruned one

@@ -22,11 +22,12 @@ DASHBOARD_PORT, TENSORBOARD_PORT = 8080, 6006  # the tools' own defaults
 
 def _study_arg(args: argparse.Namespace) -> tuple[str, str]:
     """STUDY may be a name or the study's YAML file; returns (name, storage URL) resolved as launch does."""
-    from sweep.config.resolve import load
     from sweep.storage import resolve_storage
 
     target = Path(args.study)
     if target.suffix in (".yaml", ".yml") and target.is_file():
+        from sweep.config.resolve import load  # the registries, torch included: only for a file
+
         config = load(target)
         name = typed(config).study.name
         return name, resolve_storage(name, args.storage, config)

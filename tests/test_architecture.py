@@ -9,6 +9,8 @@ own package's face: that face imports the submodule, so the name it wants may no
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "sweep"
@@ -209,3 +211,11 @@ def test_typed_sections_are_the_schemas() -> None:
 
     walk(schema(), "")
     assert set(SECTIONS) == nested
+
+
+def test_status_and_the_command_line_start_without_torch() -> None:
+    """`sweep --help`, `sweep status NAME` and `sweep cancel NAME` import no registry: torch alone is ~2 s."""
+    imports = "import sys, sweep.cli, sweep.look.status, sweep.run.jobs"
+    code = imports + "; print(sorted({'torch', 'sweep.models'} & {*sys.modules}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT.parent)
+    assert out.stdout.strip() == "[]", out.stdout

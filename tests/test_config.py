@@ -21,7 +21,7 @@ from sweep.config.resolve import load, resolve
 from sweep.config.sections import schema
 from sweep.config.yamlfile import dump_yaml, parse_yaml
 from sweep.schema import ConfigError, Field
-from sweep.search.study import make_pruner
+from sweep.search.strategy import make_pruner
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "search_spaces" / "demo.yaml"

@@ -14,7 +14,8 @@ from sweep.schema import ConfigError
 from sweep.search import space
 from sweep.search.pruners import PRUNERS
 from sweep.search.samplers import SAMPLERS
-from sweep.search.study import VOID, make_pruner, make_sampler, pop_trial, top_up
+from sweep.search.strategy import make_pruner, make_sampler
+from sweep.search.study import VOID, pop_trial, top_up
 from sweep.storage import open_storage, resolve_storage
 
 SPACE = {

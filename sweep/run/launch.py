@@ -31,7 +31,8 @@ from sweep.run.signals import interruptible, signal_of, signals_deferred, signal
 from sweep.run.waiting import job_error, outcomes, stop_workers, wait_stopped, watch
 from sweep.run.worker import Worker, default_threads, run_context, shared_cores
 from sweep.schema import ConfigError
-from sweep.search.study import CONFIG_ATTR, check_budget, counts, make_pruner, make_sampler, retry, top_up
+from sweep.search.strategy import make_pruner, make_sampler
+from sweep.search.study import CONFIG_ATTR, check_budget, counts, retry, top_up
 from sweep.storage import mask, open_storage, study_dir
 from sweep.storage.urls import for_workers
 

@@ -40,7 +40,8 @@ from sweep.run.executors import EXECUTORS, running_in
 from sweep.run.fence import enter as enter_fence
 from sweep.run.jobs import remove_template_folder
 from sweep.search import space
-from sweep.search.study import open_study, pop_trial, recover_stale, retry
+from sweep.search.strategy import open_study
+from sweep.search.study import pop_trial, recover_stale, retry
 from sweep.storage import flush_trial, is_disk_full, open_storage, tell_with
 from sweep.storage.optuna_private import cached_frozen_trial, storage_of, trial_id_of
 from sweep.train.loop import NonFiniteLoss, Result, fit, save, validate

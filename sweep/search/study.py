@@ -1,4 +1,4 @@
-"""Where a study lives and how it searches: storage URL → storage, sampler, pruner, and the trial budget.
+"""A study's trial budget and its bookkeeping: enqueued, popped, voided, retried.
 
 The budget is global and exact: `launch` enqueues one empty WAITING trial per trial still owed, and
 workers only ever pop WAITING trials. Popping is atomic (one locking transaction on the SQL storages,
@@ -18,10 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweep.config.typed import typed
 from sweep.schema import ConfigError
-from sweep.search import space
-from sweep.search.pruners import PRUNERS
-from sweep.search.samplers import SAMPLERS
-from sweep.storage import enqueue_waiting, last_outage_end, mask, pop_waiting_trial_id, worker_cache
+from sweep.storage import enqueue_waiting, last_outage_end, mask, pop_waiting_trial_id
 from sweep.storage.optuna_private import reset_trial_cache, storage_of, trial_id_of
 
 # A trial carrying this user attribute does not count toward the budget (interrupted, voided, retried);
@@ -29,33 +26,7 @@ from sweep.storage.optuna_private import reset_trial_cache, storage_of, trial_id
 VOID = "sweep_void"
 CONFIG_ATTR = "sweep_config"
 
-# ---- sampler and pruner ------------------------------------------------------------------------------
-
-
-def make_sampler(config: Mapping[str, Any], worker_index: int = 0) -> optuna.samplers.BaseSampler:
-    """Each worker gets seed + worker_index, so parallel workers do not draw the same random trials."""
-    cfg = typed(config)
-    seed = None if cfg.sampler.seed is None else cfg.sampler.seed + worker_index
-    return SAMPLERS[cfg.sampler.name].build(cfg.sampler, seed, space.parse(config["search_space"], config))
-
-
-def make_pruner(config: Mapping[str, Any]) -> optuna.pruners.BasePruner:
-    cfg = typed(config)
-    return PRUNERS[cfg.pruner.name].build(cfg.pruner, cfg)
-
-
 # ---- the study ---------------------------------------------------------------------------------------
-
-
-def open_study(config: Mapping[str, Any], storage: optuna.storages.BaseStorage, worker_index: int = 0) -> optuna.Study:
-    """The study as a worker runs it: its sampler and pruner, and a SQL storage behind `WorkerCache`."""
-    cfg = typed(config)
-    return optuna.load_study(
-        study_name=cfg.study.name,
-        storage=worker_cache(storage),
-        sampler=make_sampler(config, worker_index),
-        pruner=make_pruner(config),
-    )
 
 
 def load_existing(name: str, storage: optuna.storages.BaseStorage, url: str) -> optuna.Study:
