@@ -32,12 +32,16 @@ class Executor:
     params: Mapping[str, Field] = {}  # the `executor.<key>`s it takes beside the section's own
     doc = ""
     cluster = ""  # submitit's name for it: AutoExecutor(cluster=…), and $SUBMITIT_EXECUTOR in its jobs
-    job_name = ""  # submitit's class of the jobs it returns: submitit.<job_name>
     runs_here = True  # its workers run on this machine: a CUDA device asked for must be here, and data problems
     # found here stop the launch (they are only warnings where the workers may see other paths)
     in_process = False  # it runs its one worker in this process, when its result is asked for: no --detach
     processes_here = False  # its workers are processes on this machine, side by side: a launch fences them and
     # logs their controllers, stops them with SIGTERM (which they obey as Ctrl-C), and notes shared cores
+
+    @property
+    def job_name(self) -> str:
+        """submitit's class of the jobs it returns, named after the executor: DebugJob, LocalJob, SlurmJob."""
+        return f"{self.cluster.title()}Job"
 
     # checked
     def check(self, config: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -89,7 +93,6 @@ class Executor:
 class Debug(Executor):
     doc = "in the launcher's own process, one trial after another (pdb works)"
     cluster = "debug"
-    job_name = "DebugJob"
     in_process = True
 
     def has_result(self, job: Any) -> bool:
@@ -99,7 +102,6 @@ class Debug(Executor):
 class Local(Executor):
     doc = "worker processes on this machine"
     cluster = "local"
-    job_name = "LocalJob"
     processes_here = True
 
     def stop(self, job: Any) -> None:
@@ -130,7 +132,6 @@ def _alive(entry: dict[str, Any]) -> bool:
 class Slurm(Executor):
     doc = "a SLURM array job, one task per worker"
     cluster = "slurm"
-    job_name = "SlurmJob"
     runs_here = False
 
     def check(self, config: Mapping[str, Any]) -> dict[str, Any] | None:
