@@ -55,7 +55,7 @@ def _freeze(value: Any) -> Any:
     return value
 
 
-# the schema's nested sections (tests/test_config.py checks this against it); everything else is a value
+# the schema's nested sections (tests/test_architecture.py checks this against it); everything else is a value
 SECTIONS = frozenset(
     {"study", "sampler", "pruner", "data", "data.folds", "features", "augment", "model", "train", "executor"}
 )
