@@ -3,6 +3,7 @@ PostgreSQL, MariaDB or a journal file, finishing exactly its budget."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 import uuid
@@ -72,6 +73,10 @@ def test_two_slurm_workers_finish_the_exact_budget(
         (job,) = study.user_attrs["sweep_jobs"][:1]
         array_id = job["id"].split("_")[0]
         assert {t.user_attrs["slurm_job_id"] for t in trials} <= {f"{array_id}_0", f"{array_id}_1"}
+        nodes = set(subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True).stdout.split())
+        assert nodes and {t.user_attrs["slurm_node"] for t in trials} <= nodes  # SLURM's name of the node it ran on
+        run_json = json.loads((Path(trials[0].user_attrs["trial_dir"]) / "run.json").read_text())
+        assert run_json["slurm_node"] == trials[0].user_attrs["slurm_node"]
         states = _sacct(array_id)
         assert states == {f"{array_id}_0": "COMPLETED", f"{array_id}_1": "COMPLETED"}, states
         assert list((home / "studies" / name / "logs").glob(f"{array_id}_*/*_log.out"))

@@ -84,6 +84,13 @@ def run_context(workers: int) -> dict[str, Any]:
     return {"git_commit": commit, "versions": versions, "workers": workers}
 
 
+def slurm_place() -> dict[str, str | None]:
+    """Which SLURM job and node run this worker (None outside SLURM): a node that fails its trials shows here,
+    and `SLURMD_NODENAME` is the node's SLURM name, which on a cluster with several nodes per host is not the
+    host's."""
+    return {"slurm_job_id": slurm_job_id(), "slurm_node": os.environ.get("SLURMD_NODENAME")}
+
+
 def slurm_job_id() -> str | None:
     """ARRAYJOB_TASK for an array task (what squeue/sacct show), else the plain job id."""
     if os.environ.get("SLURM_ARRAY_JOB_ID"):
@@ -381,8 +388,8 @@ def train_trial(config: Mapping[str, Any], out_dir: Path, trial: optuna.Trial | 
 def _claim_attrs(study_dir: Path, number: int, worker: int, host: str, context: Mapping[str, Any]) -> dict[str, Any]:
     """Written with the claim of trial `number`, so a trial is never RUNNING without them: which launch and
     worker run it (a launcher hands back its own trials) and where its checkpoint is (a retry resumes there)."""
-    run = {"host": host, "worker": worker, "pid": os.getpid(), "slurm_job_id": slurm_job_id(), **context}
-    keys = ("host", "worker", "pid", "launch", "slurm_job_id", "git_commit", "versions")
+    run = {"host": host, "worker": worker, "pid": os.getpid(), **slurm_place(), **context}
+    keys = ("host", "worker", "pid", "launch", "slurm_job_id", "slurm_node", "git_commit", "versions")
     attrs = {k: run[k] for k in keys if run.get(k) is not None}
     return {**attrs, "trial_dir": str(study_dir / "trials" / str(number))}
 
@@ -454,7 +461,7 @@ def _record(
         "host": host,
         "worker": worker,
         "pid": os.getpid(),
-        "slurm_job_id": slurm_job_id(),
+        **slurm_place(),
         **context,
     }
     (out_dir / "run.json").write_text(json.dumps(run) + "\n")  # C encoder: `indent` takes the Python one
