@@ -24,7 +24,7 @@ die() {
 fail() {
     echo "cluster: error: $*" >&2
     local f
-    for f in "$DIR/log/slurmdbd.log" "$DIR/log/slurmctld.log" "$DIR/log/slurmd.log" /var/log/munge/munged.log; do
+    for f in "$DIR/log/slurmdbd.log" "$DIR/log/slurmctld.log" "$DIR/log/slurmd.log" "$DIR/log"/slurmd-*.log /var/log/munge/munged.log; do
         [ -s "$f" ] || continue
         echo "----- last lines of $f" >&2
         tail -n 40 "$f" >&2
@@ -67,12 +67,21 @@ clear_stale_pid() {
 
 munge_ok() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
 
-all_daemons_alive() {
-    munge_ok && pid_alive "$DIR/run/slurmdbd.pid" slurmdbd && pid_alive "$DIR/run/slurmctld.pid" slurmctld \
-        && pid_alive "$DIR/run/slurmd.pid" slurmd
+# slurmd_pidfiles: the pid file of each node's slurmd, as the running configuration names them (one slurmd.pid
+# on the single-node cluster; slurmd-NODE.pid per node of a cluster started with --nodes N).
+slurmd_pidfiles() {
+    local f
+    for f in "$DIR/run/slurmd.pid" "$DIR/run"/slurmd-*.pid; do
+        [ -e "$f" ] && echo "$f"
+    done
+    return 0
 }
 
 any_daemon_alive() {
-    pid_alive "$DIR/run/slurmdbd.pid" slurmdbd || pid_alive "$DIR/run/slurmctld.pid" slurmctld \
-        || pid_alive "$DIR/run/slurmd.pid" slurmd
+    pid_alive "$DIR/run/slurmdbd.pid" slurmdbd || pid_alive "$DIR/run/slurmctld.pid" slurmctld && return 0
+    local f
+    for f in $(slurmd_pidfiles); do
+        pid_alive "$f" slurmd && return 0
+    done
+    return 1
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stop the single-node SLURM cluster started by start.sh: slurmd, slurmctld, slurmdbd, then munged
+# Stop the SLURM cluster started by start.sh: every node's slurmd, slurmctld, slurmdbd, then munged
 # (only a munged that start.sh started). MariaDB is left running. Idempotent.
 # Jobs still running keep running under their slurmstepd and are picked up again by the next start.sh;
 # pass --cancel to cancel all jobs first.
@@ -60,7 +60,9 @@ proc_alive_all_gone() {
 }
 
 # slurmd and slurmctld first (slurmctld saves its state), then what they talk to.
-stop_daemons "$DIR/run/slurmd.pid" slurmd "$DIR/run/slurmctld.pid" slurmctld
+slurmds=()
+for f in $(slurmd_pidfiles); do slurmds+=("$f" slurmd); done
+stop_daemons "${slurmds[@]}" "$DIR/run/slurmctld.pid" slurmctld
 if [ -e "$DIR/run/munged.ours" ]; then
     stop_daemons "$DIR/run/slurmdbd.pid" slurmdbd /run/munge/munged.pid munged
     rm -f "$DIR/run/munged.ours" /run/munge/munge.socket.2.lock

@@ -220,3 +220,39 @@ def test_outcomes_tell_a_result_an_error_and_a_cancelled_job_apart_without_waiti
     assert not _squeue(array_id)  # ended means gone: no worker process left
     assert [o.kind for o in got] == ["ok", "failed", "lost"]
     assert got[0].value == 42 and "ZeroDivisionError" in waiting.job_error(got[1].value)
+
+
+# ---- several nodes --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def three_nodes(slurm_cluster: str) -> str:
+    """cluster/start.sh --nodes 3: node1..node3, each its own slurmd; the single-node cluster comes back after."""
+    start = [str(ROOT / "cluster" / "start.sh")]
+    run = subprocess.run(["bash", *start, "--nodes", "3"], capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stdout + run.stderr
+    try:
+        yield slurm_cluster
+    finally:
+        back = subprocess.run(["bash", *start], capture_output=True, text=True, timeout=240)
+        assert back.returncode == 0, back.stdout + back.stderr
+
+
+def test_a_study_on_three_nodes_records_the_node_of_each_trial(three_nodes: str, home: Path, tiny_file: Path) -> None:
+    nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True).stdout.split("\n")
+    assert sorted(line.split()[0] for line in nodes if line) == ["node1", "node2", "node3"], nodes
+    profile = home / "whole-node.yaml"  # a task takes a node's two CPUs, so three running tasks need three nodes
+    profile.write_text((ROOT / "cluster" / "local.yaml").read_text().replace("cpus_per_task: 1", "cpus_per_task: 2"))
+    name, url = f"nodes-{uuid.uuid4().hex[:8]}", URLS["postgresql"]
+    run = sweep_cli("launch", str(tiny_file), "--executor", "slurm", "--cluster", str(profile), "--workers", "3",
+                    "--trials", "6", "--study", name, "--storage", url, cwd=home)
+    assert run.returncode == 0, run.stdout + run.stderr
+    trials = optuna.load_study(study_name=name, storage=open_storage(url)).get_trials()
+    assert len(trials) == 6 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    ran_on = {t.user_attrs["slurm_node"] for t in trials}
+    assert ran_on <= {"node1", "node2", "node3"} and len(ran_on) >= 2, ran_on  # the array spread over the nodes
+    (job,) = optuna.load_study(study_name=name, storage=open_storage(url)).user_attrs["sweep_jobs"][:1]
+    array_id = job["id"].split("_")[0]
+    out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,NodeList", "-j", array_id],
+                         capture_output=True, text=True).stdout
+    assert len({line.split("|")[1] for line in out.splitlines() if "|" in line}) >= 2, out
