@@ -3,8 +3,12 @@ PostgreSQL, MariaDB or a journal file, finishing exactly its budget."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -256,3 +260,74 @@ def test_a_study_on_three_nodes_records_the_node_of_each_trial(three_nodes: str,
     out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,NodeList", "-j", array_id],
                          capture_output=True, text=True).stdout
     assert len({line.split("|")[1] for line in out.splitlines() if "|" in line}) >= 2, out
+
+
+def _kill_node(node: str) -> list[int]:
+    """SIGKILL, at once, a node's slurmd, its job steps' slurmstepd and every process its jobs started: the node
+    is gone as if it lost power, and SLURM learns it only when the node stops answering (SlurmdTimeout)."""
+    run_dir = Path(os.environ.get("SWEEP_SLURM_DIR", "/var/lib/sweep-slurm")) / "run"
+    pids = {int((run_dir / f"slurmd-{node}.pid").read_text())}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"SLURMD_NODENAME={node}".encode() in environ or (b"slurmstepd" in cmdline and _stepd_on(proc, node)):
+            pids.add(int(proc.name))
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return sorted(pids)
+
+
+def _stepd_on(proc: Path, node: str) -> bool:
+    """Whether a slurmstepd serves a job on `node` (its job id is the node's in squeue)."""
+    jobs = subprocess.run(["squeue", "-h", "-w", node, "-o", "%A"], capture_output=True, text=True).stdout.split()
+    title = (proc / "cmdline").read_bytes().decode(errors="replace")
+    return any(f"[{job}." in title for job in jobs)
+
+
+def test_a_node_lost_mid_trial_loses_no_trial(three_nodes: str, home: Path, tiny_file: Path) -> None:
+    """node2 dies with a trial half trained: SLURM requeues its task on a live node, the trial is retried from its
+    last checkpoint, and the budget comes out exact."""
+    profile = home / "whole-node.yaml"
+    profile.write_text((ROOT / "cluster" / "local.yaml").read_text().replace("cpus_per_task: 1", "cpus_per_task: 2"))
+    name, url = f"lost-{uuid.uuid4().hex[:8]}", URLS["postgresql"]
+    slow = ["data.clips_per_class=80", "train.epochs=30", "pruner.n_warmup_steps=100",  # seconds a trial, no pruning
+            "executor.heartbeat_seconds=2", "executor.stale_after_seconds=15"]
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "sweep", "launch", str(tiny_file), "--executor", "slurm", "--cluster", str(profile),
+         "--workers", "3", "--trials", "6", "--study", name, "--storage", url, *[f"--set={s}" for s in slow]],
+        cwd=home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline, victim = time.time() + 240, None
+        while victim is None and time.time() < deadline and launcher.poll() is None:
+            time.sleep(0.5)
+            with contextlib.suppress(KeyError):  # the study exists once the launcher has created it
+                for t in optuna.load_study(study_name=name, storage=open_storage(url)).get_trials():
+                    if t.state == TrialState.RUNNING and t.user_attrs.get("slurm_node") == "node2" \
+                            and len(t.intermediate_values) >= 2:
+                        victim = t
+        assert victim is not None, "no trial reached epoch 2 on node2"
+        _kill_node("node2")
+        out, _ = launcher.communicate(timeout=420)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 0, out
+    trials = optuna.load_study(study_name=name, storage=open_storage(url)).get_trials()
+    counted = [t for t in trials if "sweep_void" not in t.user_attrs]
+    assert len(counted) == 6 and all(t.state == TrialState.COMPLETE for t in counted), out
+    lost = next(t for t in trials if t.number == victim.number)
+    assert lost.state == TrialState.FAIL and "sweep_void" in lost.user_attrs  # handed on, not counted
+    (retry,) = [t for t in trials if t.user_attrs.get("sweep_retry_of") == victim.number]
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["slurm_node"] != "node2"
+    assert sorted(retry.intermediate_values) == list(range(1, 31))  # the whole curve, the resumed epochs included
+    reported, resumed = max(lost.intermediate_values), retry.user_attrs["sweep_resumed_at_epoch"]
+    print(f"node2 lost at epoch {reported} (+ the one in progress); the retry resumed after epoch {resumed}: "
+          f"{reported - resumed} finished epoch(s) trained twice")
+    assert resumed == reported  # every epoch reported had been checkpointed first: none is trained again

@@ -369,6 +369,8 @@ def train_trial(config: Mapping[str, Any], out_dir: Path, trial: optuna.Trial | 
     metric, epochs = cfg.study.metric, cfg.train.epochs
     better = max if cfg.study.direction == "maximize" else min
     run = setup(config, out_dir, ("train",), "val")
+    if trial is not None and run.history:  # where a retry picked up: the epochs before it are not trained again
+        trial.set_user_attr("sweep_resumed_at_epoch", len(run.history))
     for row in run.history if trial is not None else ():
         trial.report(row[metric], int(row["epoch"]))
 
