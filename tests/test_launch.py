@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import optuna
@@ -12,6 +13,7 @@ from conftest import sweep_cli
 from optuna.trial import TrialState
 
 from sweep.config.resolve import load
+from sweep.search.study import RETRIED, VOID
 
 
 def _study(home: Path, name: str = "tiny") -> optuna.Study:
@@ -467,15 +469,51 @@ def test_a_full_disk_stops_the_launch_cleanly(home: Path, tiny_file: Path, small
     assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     db.close()
     trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{small_disk}/tiny/study.db").get_trials()
-    assert not [t for t in trials if t.state == TrialState.RUNNING]
-    assert len([t for t in trials if "sweep_void" not in t.user_attrs]) == 6  # the budget, exactly
+    # The budget, exactly, counting the retries owed: a worker that hands its trial back once the disk is full
+    # may be refused the retry's write (whatever filled the disk took the reserve it freed); the next launch
+    # stores it.
+    assert len(_counted(trials)) + len(_owed_retries(trials)) == 6, [(t.number, t.state, t.user_attrs) for t in trials]
     assert not list(small_disk.rglob(".sweep-reserve"))
 
     resumed = sweep_cli("launch", str(tiny_file), "--trials", "6", cwd=home)
     assert resumed.returncode == 0, resumed.stderr
     trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{small_disk}/tiny/study.db").get_trials()
-    counted = [t for t in trials if "sweep_void" not in t.user_attrs]
+    counted = _counted(trials)
     assert len(counted) == 6 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in counted)
+    assert not _owed_retries(trials)  # every trial handed back was resumed from its checkpoint by its retry
+
+
+def _counted(trials: list) -> list:
+    return [t for t in trials if VOID not in t.user_attrs]
+
+
+def _owed_retries(trials: list) -> list[int]:
+    """Trials voided for a retry that no trial of the study is the retry of."""
+    retried = {t.user_attrs.get("sweep_retry_of") for t in trials}
+    return [t.number for t in trials if str(t.user_attrs.get(VOID, "")).endswith(RETRIED) and t.number not in retried]
+
+
+def test_a_retry_lost_between_its_two_writes_is_restored_by_the_next_launch(home: Path, tiny_file: Path) -> None:
+    """`retry` fails the trial, then enqueues its retry: a worker killed between the two (or refused the second by
+    a full disk) left the budget a trial short, and that trial's checkpoint unused. The next launch stores the
+    retry, which resumes from the checkpoint, and the budget is exact."""
+    done = sweep_cli("launch", str(tiny_file), "--trials", "2", cwd=home)
+    assert done.returncode == 0, done.stderr
+    url = f"sqlite:///{home / 'studies' / 'tiny' / 'study.db'}"
+    study = optuna.load_study(study_name="tiny", storage=url)
+    lost = study.ask()  # a trial a worker ran, then voided without writing its retry
+    study._storage.set_trial_user_attr(lost._trial_id, VOID, "interrupted" + RETRIED)
+    study._storage.set_trial_user_attr(lost._trial_id, "sweep_retries", 0)
+    study._storage.set_trial_state_values(lost._trial_id, TrialState.FAIL)
+    time.sleep(6)  # past the settling time: no job of the study runs, so no one can be writing it now
+
+    again = sweep_cli("launch", str(tiny_file), "--trials", "3", cwd=home)
+    assert again.returncode == 0, again.stderr
+    assert f"trial {lost.number} was handed back but its retry was never stored" in again.stdout, again.stdout
+    trials = optuna.load_study(study_name="tiny", storage=url).get_trials()
+    retries = [t for t in trials if t.user_attrs.get("sweep_retry_of") == lost.number]
+    assert len(retries) == 1 and retries[0].user_attrs["sweep_retries"] == 1
+    assert len(_counted(trials)) == 3 and all(t.state.is_finished() for t in trials)
 
 
 def test_a_full_disk_under_sqlite_is_not_retried(small_disk: Path) -> None:

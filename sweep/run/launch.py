@@ -25,14 +25,16 @@ from sweep.look import status
 from sweep.run.diskspace import DiskFull, Reserves
 from sweep.run.executors import EXECUTORS, make_executor
 from sweep.run.fence import Fence
+from sweep.run.jobs import ENDED
 from sweep.run.jobs import record as jobs_record
+from sweep.run.jobs import states as job_states
 from sweep.run.preflight import check_executor, preflight
 from sweep.run.signals import interruptible, signal_of, signals_deferred, signals_ignored
 from sweep.run.waiting import job_error, outcomes, stop_workers, wait_stopped, watch
 from sweep.run.worker import Worker, default_threads, run_context, shared_cores
 from sweep.schema import ConfigError
 from sweep.search.strategy import make_pruner, make_sampler
-from sweep.search.study import CONFIG_ATTR, check_budget, counts, retry, top_up
+from sweep.search.study import CONFIG_ATTR, check_budget, counts, restore_retries, retry, top_up
 from sweep.storage import mask, open_storage, study_dir
 from sweep.storage.urls import for_workers
 
@@ -125,6 +127,7 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
     check_budget(config)
     storage = open_storage(url)
     study = create_or_resume(config, storage, url, profile)
+    _restore_retries(study)
     waiting = top_up(study, cfg.study.n_trials, _report_enqueued)
     home = study_dir(name)
     print(f"study {name!r} in {mask(url)}: budget {config['study']['n_trials']} trials, {waiting} to run", flush=True)
@@ -264,4 +267,27 @@ def _hand_back_running(study: optuna.Study, launch_id: str, since: datetime.date
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         orphan = "launch" not in t.user_attrs and t.datetime_start is not None and t.datetime_start >= since
         if t.user_attrs.get("launch") == launch_id or orphan:
-            retry(study, t, "its worker stopped without finishing it", max_retries)
+            try:
+                retry(study, t, "its worker stopped without finishing it", max_retries)
+            except Exception as exc:  # noqa: BLE001  (a full disk refused it: the next ones may still fit)
+                print(f"trial {t.number} could not be handed back ({type(exc).__name__}: {exc}); the next launch "
+                      "retries it once its heartbeat is stale", file=sys.stderr, flush=True)
+
+
+# A voided trial whose retry is missing is restored by the next launch once no job of the study is active and
+# this long has passed (a launcher's hand-back writes the retry right after the void), or after `RESTORE_AFTER`
+# whatever runs (a SLURM job the launcher cannot see may still be writing it).
+SETTLE_S, RESTORE_AFTER_S = 5.0, 600.0
+
+
+def _restore_retries(study: optuna.Study) -> None:
+    active = [e for e in job_states(study) if e["state"].split()[0] not in ENDED]
+    now = datetime.datetime.now()
+
+    def settled(t: optuna.trial.FrozenTrial) -> bool:
+        age = (now - t.datetime_complete).total_seconds() if t.datetime_complete else 0.0
+        return age > RESTORE_AFTER_S or (not active and age > SETTLE_S)
+
+    for number in restore_retries(study, settled):
+        print(f"trial {number} was handed back but its retry was never stored (its worker stopped, or the disk "
+              "was full): enqueued it now, to resume from its checkpoint", flush=True)

@@ -25,6 +25,7 @@ from sweep.storage.optuna_private import reset_trial_cache, storage_of, trial_id
 # its value says why.
 VOID = "sweep_void"
 CONFIG_ATTR = "sweep_config"
+RETRIED = "; retried with the same params"  # the end of a VOID written by `retry`: a retry is owed for it
 
 # ---- the study ---------------------------------------------------------------------------------------
 
@@ -112,7 +113,7 @@ def retry(study: optuna.Study, trial: FrozenTrial, reason: str, max_retries: int
     retries = trial.user_attrs.get("sweep_retries", 0)
     try:
         if retries < max_retries:
-            storage.set_trial_user_attr(trial_id_of(trial), VOID, f"{reason}; retried with the same params")
+            storage.set_trial_user_attr(trial_id_of(trial), VOID, reason + RETRIED)
         else:
             storage.set_trial_user_attr(trial_id_of(trial), "fail_reason", f"{reason}; no retries left ({max_retries})")
         storage.set_trial_state_values(trial_id_of(trial), TrialState.FAIL)
@@ -120,16 +121,39 @@ def retry(study: optuna.Study, trial: FrozenTrial, reason: str, max_retries: int
         return None  # another worker got there first (or the trial did finish)
     if retries >= max_retries:
         return None
+    _enqueue_retry(study, trial)
+    return trial.number
+
+
+def _enqueue_retry(study: optuna.Study, trial: FrozenTrial) -> None:
     study.enqueue_trial(
         trial.params,
         skip_if_exists=False,
         user_attrs={
             "sweep_retry_of": trial.number,
-            "sweep_retries": retries + 1,
+            "sweep_retries": trial.user_attrs.get("sweep_retries", 0) + 1,
             "sweep_resume_from": trial.user_attrs.get("trial_dir"),
         },
     )
-    return trial.number
+
+
+def restore_retries(study: optuna.Study, settled: Callable[[FrozenTrial], bool]) -> list[int]:
+    """Enqueue the retry owed for each trial `retry` voided but whose retry was never written.
+
+    `retry` is two writes, the trial's FAIL and then its retry's enqueue: a process killed between them, or
+    refused the second by a disk that filled up again, leaves the budget one trial short and a checkpoint no one
+    resumes. `settled(trial)`: whether the process that voided it can no longer be about to write the retry
+    (its launch has stopped, or long enough has passed); only those are restored, so none is restored twice.
+    """
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("sweep_retry_of") for t in trials}
+    restored = []
+    for t in trials:
+        owed = t.state == TrialState.FAIL and str(t.user_attrs.get(VOID, "")).endswith(RETRIED)
+        if owed and t.number not in retried and settled(t):
+            _enqueue_retry(study, t)
+            restored.append(t.number)
+    return restored
 
 
 def recover_stale(study: optuna.Study, stale_after: float, max_retries: int) -> list[int]:
