@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import sqlalchemy
+from conftest import sweep_cli
 from optuna.trial import FrozenTrial, TrialState
 
 FAST = [
@@ -44,10 +45,10 @@ def _wait_for_trial_in_epoch(home: Path, launcher: subprocess.Popen, epoch: int,
     raise AssertionError(f"no trial reached epoch {epoch}: {launcher.communicate()[0] if launcher.poll() else ''}")
 
 
-def _assert_resumed(home: Path, lost: FrozenTrial, reason: str) -> FrozenTrial:
+def _assert_resumed(home: Path, lost: FrozenTrial, *reasons: str) -> FrozenTrial:
     trials = _trials(home)
     lost = next(t for t in trials if t.number == lost.number)
-    assert lost.state == TrialState.FAIL and reason in lost.user_attrs["sweep_void"]
+    assert lost.state == TrialState.FAIL and any(r in lost.user_attrs["sweep_void"] for r in reasons), lost.user_attrs
     (again,) = [t for t in trials if t.user_attrs.get("sweep_retry_of") == lost.number]
     assert again.state == TrialState.COMPLETE and again.params == lost.params
     assert len(again.intermediate_values) == 30
@@ -62,7 +63,9 @@ def _assert_resumed(home: Path, lost: FrozenTrial, reason: str) -> FrozenTrial:
     return again
 
 
-def _signal_a_running_trial(home: Path, tiny_file: Path, sig: signal.Signals, *args: str) -> tuple[FrozenTrial, str]:
+def _signal_a_running_trial(
+    home: Path, tiny_file: Path, sig: signal.Signals, *args: str, code: int = 0
+) -> tuple[FrozenTrial, str]:
     """Launch, send `sig` to the worker of the first trial to reach epoch 2, and wait for the launch to end."""
     launcher = subprocess.Popen(
         [sys.executable, "-m", "sweep", "launch", str(tiny_file), *args, *FAST],
@@ -74,16 +77,46 @@ def _signal_a_running_trial(home: Path, tiny_file: Path, sig: signal.Signals, *a
     victim = _wait_for_trial_in_epoch(home, launcher, 2)
     os.kill(victim.user_attrs["pid"], sig)
     out, _ = launcher.communicate(timeout=240)
-    assert launcher.returncode == 0, out
+    assert launcher.returncode == code, out
     return victim, out
 
 
 def test_sigkilled_worker_trial_resumes_from_checkpoint(home: Path, tiny_file: Path) -> None:
     victim, out = _signal_a_running_trial(home, tiny_file, signal.SIGKILL, "--trials", "4")
     assert "ended without finishing" in out  # the killed worker is reported, the study still finished
-    _assert_resumed(home, victim, "no heartbeat")
+    # Handed back by the launcher, which saw its job end, or by the other worker, which saw its heartbeat stop.
+    _assert_resumed(home, victim, "no heartbeat", "ended: ")
     counted = [t for t in _trials(home) if "sweep_void" not in t.user_attrs]
     assert len(counted) == 4 and all(t.state == TrialState.COMPLETE for t in counted)
+
+
+def test_a_lone_worker_killed_is_replaced_and_the_study_finishes(home: Path, tiny_file: Path) -> None:
+    """With no other worker to take its trial over, the launcher hands the trial back and starts a new worker,
+    which resumes it from its checkpoint: the launch ends with the budget met, not with "launch again"."""
+    victim, out = _signal_a_running_trial(home, tiny_file, signal.SIGKILL, "--trials", "3", "--workers", "1")
+    assert "worker 0 (job" in out and "started worker 1 (job" in out and "(1 of at most 1 replacements)" in out, out
+    assert "(worker 1 took its place)" in out and "launch again" not in out, out
+    again = _assert_resumed(home, victim, "ended: ")
+    assert again.user_attrs["worker"] == 1 and again.user_attrs["pid"] != victim.user_attrs["pid"]
+    counted = [t for t in _trials(home) if "sweep_void" not in t.user_attrs]
+    assert len(counted) == 3 and all(t.state == TrialState.COMPLETE for t in counted)
+
+
+def test_replacements_are_bounded(home: Path, tiny_file: Path) -> None:
+    """`executor.max_replacements: 0`: the dead worker's trial is handed back, nothing replaces it, and the
+    launch says what is left and how to run it."""
+    victim, out = _signal_a_running_trial(
+        home, tiny_file, signal.SIGKILL, "--trials", "3", "--workers", "1", "--set", "executor.max_replacements=0",
+        code=1,
+    )
+    assert "not replaced: this launch has replaced 0 worker(s) already (executor.max_replacements)" in out, out
+    assert "launch again to run them" in out, out
+    trials = _trials(home)
+    lost = next(t for t in trials if t.number == victim.number)
+    assert lost.state == TrialState.FAIL and "ended: " in lost.user_attrs["sweep_void"]
+    assert len([t for t in trials if "sweep_void" not in t.user_attrs]) == 3  # the retry waits for the next launch
+    status = sweep_cli("status", "tiny", cwd=home)
+    assert "no worker is left to run the 3 trial(s) owed (3 waiting, 0 running" in status.stdout, status.stdout
 
 
 def test_timeout_signal_hands_the_trial_back_and_requeues(home: Path, tiny_file: Path) -> None:

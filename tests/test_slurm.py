@@ -331,3 +331,38 @@ def test_a_node_lost_mid_trial_loses_no_trial(three_nodes: str, home: Path, tiny
     print(f"node2 lost at epoch {reported} (+ the one in progress); the retry resumed after epoch {resumed}: "
           f"{reported - resumed} finished epoch(s) trained twice")
     assert resumed == reported  # every epoch reported had been checkpointed first: none is trained again
+
+
+def test_a_lone_slurm_worker_killed_is_replaced(slurm_cluster: str, home: Path, tiny_file: Path) -> None:
+    """The one worker's process is killed (as the OOM killer would): its job ends FAILED, SLURM does not requeue
+    it, and the attached launcher hands its trial back and submits a new worker, which resumes the trial from
+    its checkpoint; the launch ends with the budget met instead of "launch again"."""
+    name, url = f"replace-{uuid.uuid4().hex[:8]}", URLS["postgresql"]
+    slow = ["train.epochs=30", "pruner.n_warmup_steps=100", "executor.heartbeat_seconds=2"]
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "sweep", "launch", str(tiny_file), *ON_CLUSTER, "--workers", "1", "--trials", "2",
+         "--study", name, "--storage", url, *[f"--set={s}" for s in slow]],
+        cwd=home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline, victim = time.time() + 240, None
+        while victim is None and time.time() < deadline and launcher.poll() is None:
+            time.sleep(0.5)
+            with contextlib.suppress(KeyError):  # the study exists once the launcher has created it
+                for t in optuna.load_study(study_name=name, storage=open_storage(url)).get_trials():
+                    if t.state == TrialState.RUNNING and len(t.intermediate_values) >= 2 and "pid" in t.user_attrs:
+                        victim = t
+        assert victim is not None, "no trial reached epoch 2"
+        os.kill(victim.user_attrs["pid"], signal.SIGKILL)
+        out, _ = launcher.communicate(timeout=300)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 0, out
+    assert "started worker 1 (job" in out and "(worker 1 took its place)" in out, out
+    trials = optuna.load_study(study_name=name, storage=open_storage(url)).get_trials()
+    counted = [t for t in trials if "sweep_void" not in t.user_attrs]
+    assert len(counted) == 2 and all(t.state == TrialState.COMPLETE for t in counted), out
+    (retry,) = [t for t in trials if t.user_attrs.get("sweep_retry_of") == victim.number]
+    assert retry.user_attrs["slurm_job_id"] != victim.user_attrs["slurm_job_id"] and retry.user_attrs["worker"] == 1
+    assert retry.user_attrs["sweep_resumed_at_epoch"] >= 2

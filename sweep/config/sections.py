@@ -113,6 +113,7 @@ def _schema() -> dict[str, Any]:
             "heartbeat_seconds": Field(float, 30.0, low=0.1),
             "stale_after_seconds": Field(float, 180.0, low=0.5),
             "max_retries": Field(int, 2, low=0),
+            "max_replacements": Field(int, None, low=0, nullable=True),  # null: as many as `workers`
             "_variants": EXECUTORS.variants("name"),
         },
     }

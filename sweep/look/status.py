@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import IO, Any
@@ -130,9 +131,28 @@ def show(study: optuna.Study, out: IO[str], jobs: list[dict[str, Any]] | None = 
         _table(
             ["job", "executor", "state", "host"], [[j["id"], j["executor"], j["state"], j["host"]] for j in active], out
         )
+    if jobs is not None and not active and not _beating(running, study):
+        _no_worker_left(n["waiting"], len(running), out)
     failed = [t for t in trials if t.state == TrialState.FAIL and counts(t)]
     for t in failed:
         print(f"trial {t.number} failed: {t.user_attrs.get('fail_reason', 'no reason recorded')}", file=out)
+
+
+def _beating(running: Sequence[FrozenTrial], study: optuna.Study) -> bool:
+    """Whether a running trial's worker has stamped its heartbeat lately: a worker no recorded job accounts
+    for (the debug executor's, one on another host) is still at work."""
+    stale_after = study.user_attrs.get(CONFIG_ATTR, {}).get("executor", {}).get("stale_after_seconds", 180.0)
+    now = time.time()
+    return any(now - t.user_attrs.get("heartbeat", 0.0) < stale_after for t in running)
+
+
+def _no_worker_left(waiting: int, running: int, out: IO[str]) -> None:
+    """Trials owed with no job left to run them: a detached launch's workers all ended (killed, cancelled, out of
+    time) without SLURM requeueing them. Nothing runs them until someone launches again."""
+    if waiting + running:
+        print(f"no worker is left to run the {waiting + running} trial(s) owed ({waiting} waiting, {running} running "
+              "with no live worker): launch again with the study's file to run them, the interrupted ones resumed "
+              "from their checkpoints", file=out)
 
 
 def value_text(t: FrozenTrial, maximize: bool) -> str:

@@ -29,6 +29,7 @@ from sweep.run.jobs import ENDED
 from sweep.run.jobs import record as jobs_record
 from sweep.run.jobs import states as job_states
 from sweep.run.preflight import check_executor, preflight
+from sweep.run.replace import Replacements
 from sweep.run.signals import interruptible, signal_of, signals_deferred, signals_ignored
 from sweep.run.waiting import job_error, outcomes, stop_workers, wait_stopped, watch
 from sweep.run.worker import Worker, default_threads, run_context, shared_cores
@@ -164,10 +165,23 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
             )
             return 0
         print(f"started {workers} {config['executor']['name']} worker(s); logs in {home / 'logs'}", flush=True)
-        watch(study, jobs, check=reserves and reserves.check)
+
+        def start(index: int) -> Any:
+            with signals_deferred(), _controller_output(home / "logs" / "controllers.log" if local else None, detach):
+                job = executor.submit(Worker(), worker_config, worker_url, str(home), index, context)
+            jobs_record(study, [job], cfg.executor.name)
+            return job
+
+        limit = workers if cfg.executor.max_replacements is None else cfg.executor.max_replacements
+        replace = None if spec.in_process else Replacements(study, launch_id, start, workers, limit,
+                                                            cfg.executor.max_retries)
+        watch(study, jobs, check=reserves and reserves.check, replace=replace)
         for index, (job, (kind, value)) in enumerate(zip(jobs, outcomes(jobs))):
             if kind == "lost":  # killed, node lost, preempted for good: its trial was retried
-                lost.append(f"worker {index} (job {job.job_id}) ended without finishing; log: {job.paths.stderr}")
+                instead = replace.replaced.get(index) if replace else None
+                lost.append(f"worker {index} (job {job.job_id}) ended without finishing"
+                            + (f" (worker {instead} took its place)" if instead is not None else "")
+                            + f"; log: {job.paths.stderr}")
             elif kind == "failed":  # FailedJobError (or, in debug, the exception itself): the worker raised
                 failed.append(f"worker {index} (job {job.job_id}) failed: {job_error(value)}")
                 failed.append(f"  log: {job.paths.stderr}")

@@ -121,16 +121,20 @@ def watch(
     every: float = 2.0,
     quiet: float = QUIET_LINE_EVERY,
     check: Callable[[], None] | None = None,
+    replace: Callable[[list], bool] | None = None,
 ) -> None:
     """Print progress until every job has ended: on a terminal one line rewritten every `every` s; elsewhere a
     line whenever the study's state changes, and at least one every `quiet` s while it does not. `check` is
-    called at every poll (`Reserves.check`: it raises when the disk is full)."""
+    called at every poll (`Reserves.check`: it raises when the disk is full); so is `replace` (`Replacements`:
+    it may append new jobs to `jobs`, which are then waited for too)."""
     tty, started, ended = sys.stdout.isatty(), time.time(), JobsEnded(jobs)
     last, written = "", float("-inf")
     while True:
         done = ended()
         if check is not None:  # after `ended`: a worker frees a reserve before it exits, so this sees it
             check()
+        if replace is not None and replace(jobs):
+            done = False
         state, now = status.progress_state(study), time.time()
         line = f"{status.clock(now - started)}  {state}"
         if tty:
