@@ -366,3 +366,33 @@ def test_a_lone_slurm_worker_killed_is_replaced(slurm_cluster: str, home: Path, 
     (retry,) = [t for t in trials if t.user_attrs.get("sweep_retry_of") == victim.number]
     assert retry.user_attrs["slurm_job_id"] != victim.user_attrs["slurm_job_id"] and retry.user_attrs["worker"] == 1
     assert retry.user_attrs["sweep_resumed_at_epoch"] >= 2
+
+
+def test_several_trials_share_one_array_task(slurm_cluster: str, home: Path, tiny_file: Path) -> None:
+    """`executor.trials_per_gpu: 2`: each array task runs 2 workers (srun tasks) sharing its GPU, its 2 CPUs
+    divided between them; every trial records its job and slot, and the budget is exact."""
+    profile = home / "two-cpus.yaml"
+    profile.write_text((ROOT / "cluster" / "local.yaml").read_text().replace("cpus_per_task: 1", "cpus_per_task: 2"))
+    name, url = f"packed-{uuid.uuid4().hex[:8]}", URLS["postgresql"]
+    run = sweep_cli(
+        "launch", str(tiny_file), "--executor", "slurm", "--cluster", str(profile), "--workers", "2", "--trials", "6",
+        "--study", name, "--storage", url, "--set", "executor.trials_per_gpu=2", "--set", "train.epochs=3", cwd=home,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "started 2 slurm worker(s), 2 to each of 1 jobs" in run.stdout, run.stdout
+    trials = optuna.load_study(study_name=name, storage=open_storage(url)).get_trials()
+    counted = [t for t in trials if "sweep_void" not in t.user_attrs]
+    assert len(counted) == 6 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in counted)
+    assert {t.user_attrs["slurm_job_id"] for t in counted} == {counted[0].user_attrs["slurm_job_id"]}  # one task
+    by_slot = {t.user_attrs["slurm_slot"]: t.user_attrs["worker"] for t in counted}
+    assert by_slot == {0: 0, 1: 1}, by_slot  # both slots ran trials, worker = entry × 2 + slot
+    assert all(t.user_attrs["config"]["train"]["threads"] == 1 for t in counted)  # 2 CPUs shared by 2 workers
+
+
+def test_more_trials_per_gpu_than_cpus_is_refused(home: Path, tiny_file: Path) -> None:
+    run = sweep_cli("launch", str(tiny_file), *ON_CLUSTER, "--set", "executor.trials_per_gpu=2", cwd=home)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "executor.trials_per_gpu" in run.stderr and "cpus_per_task: 1" in run.stderr, run.stderr
+    assert not (home / "studies" / "tiny" / "study.db").exists()
+    local = sweep_cli("launch", str(tiny_file), "--set", "executor.trials_per_gpu=2", cwd=home)
+    assert local.returncode == 2 and "trials_per_gpu" in local.stderr, local.stderr  # a SLURM key only

@@ -52,9 +52,25 @@ class Executor:
         """The CPUs one worker is given, where the executor decides (else the config and this machine do)."""
         return None
 
+    def per_job(self, config: Mapping[str, Any], profile: Mapping[str, Any] | None) -> int:
+        """Workers each of a launch's jobs runs side by side (`executor.trials_per_gpu` on SLURM): the launch
+        submits workers / per_job jobs and waits on each worker (`workers_of`); `sweep final` runs one per job."""
+        return 1
+
+    def workers_of(self, job: Any) -> list:
+        """The job's workers as jobs of their own: each has its own result, log and outcome."""
+        return [job]
+
+    def slot(self) -> tuple[int, int]:
+        """In one of its jobs: (this worker's slot in the job, the job's workers)."""
+        return 0, 1
+
     # made
-    def make(self, config: Mapping[str, Any], folder: str, workers: int, profile: Mapping[str, Any] | None) -> Any:
-        """The submitit executor that starts `workers` jobs, their logs in `folder` (a JOB_FOLDER template)."""
+    def make(
+        self, config: Mapping[str, Any], folder: str, workers: int, profile: Mapping[str, Any] | None, per_job: int = 1
+    ) -> Any:
+        """The submitit executor that starts `workers` workers, `per_job` to a job, their logs in `folder` (a
+        JOB_FOLDER template)."""
         cfg = typed(config)
         executor = _submitit().AutoExecutor(folder=folder, cluster=self.cluster)
         executor.update_parameters(timeout_min=int(cfg.executor.timeout_min), name=cfg.study.name)
@@ -130,9 +146,12 @@ def _alive(entry: dict[str, Any]) -> bool:
 
 
 class Slurm(Executor):
-    doc = "a SLURM array job, one task per worker"
+    doc = "a SLURM array job, one task per worker (or executor.trials_per_gpu workers per task)"
     cluster = "slurm"
     runs_here = False
+    # Small models leave most of a GPU idle: K workers in one array task share its GPU(s) (and MIG slice), its
+    # CPUs divided among them.
+    params = {"trials_per_gpu": Field(int, 1, low=1, high=64)}
 
     def check(self, config: Mapping[str, Any]) -> dict[str, Any] | None:
         """The SLURM profile, validated and tried on the cluster (`sbatch --test-only`)."""
@@ -145,16 +164,40 @@ class Slurm(Executor):
             raise ConfigError(
                 "sbatch is not on PATH: launch SLURM studies from a login node of the cluster", key="executor.name"
             )
-        check_with_cluster(profile, ex.cluster, ex.workers, cfg.study.name, self.cluster)
+        per_job = self.per_job(config, profile)
+        if per_job > profile["cpus_per_task"]:
+            raise ConfigError(
+                f"{per_job} workers per job need a CPU each, and the profile {ex.cluster} gives a job "
+                f"cpus_per_task: {profile['cpus_per_task']}: raise cpus_per_task there (the job's CPUs are divided "
+                f"among its workers) or lower executor.trials_per_gpu", key="executor.trials_per_gpu",
+            )
+        check_with_cluster(profile, ex.cluster, ex.workers, cfg.study.name, self.cluster, per_job)
         return profile
 
     def threads(self, profile: Mapping[str, Any] | None) -> int | None:
         return None if profile is None else int(profile["cpus_per_task"])
 
-    def make(self, config: Mapping[str, Any], folder: str, workers: int, profile: Mapping[str, Any] | None) -> Any:
+    def per_job(self, config: Mapping[str, Any], profile: Mapping[str, Any] | None) -> int:
+        """trials_per_gpu on each of the job's GPUs (`gpus_per_node`); on its one MIG slice or CPU share (`gres`,
+        or no GPU), trials_per_gpu."""
+        gpus = 0 if profile is None else int(profile["gpus_per_node"])
+        return typed(config).executor.trials_per_gpu * max(1, gpus)
+
+    def workers_of(self, job: Any) -> list:
+        return [job.task(k) for k in range(job.num_tasks)] if job.num_tasks > 1 else [job]
+
+    def slot(self) -> tuple[int, int]:
+        try:  # srun starts a job's tasks with these; submitit's own JobEnvironment reads the same
+            return int(os.environ.get("SLURM_PROCID", 0)), max(1, int(os.environ.get("SLURM_NTASKS", 1)))
+        except ValueError:
+            return 0, 1
+
+    def make(
+        self, config: Mapping[str, Any], folder: str, workers: int, profile: Mapping[str, Any] | None, per_job: int = 1
+    ) -> Any:
         cfg = typed(config)
         executor = _submitit().AutoExecutor(folder=folder, cluster=self.cluster)
-        executor.update_parameters(**submitit_parameters(profile, workers, cfg.study.name))
+        executor.update_parameters(**submitit_parameters(profile, workers, cfg.study.name, per_job))
         return executor
 
     def held(self, jobs: list) -> bool:
@@ -183,12 +226,14 @@ def _submitit() -> Any:
     return submitit
 
 
-def make_executor(config: Mapping[str, Any], logs: Path, workers: int, profile: Mapping[str, Any] | None) -> Any:
-    """The config's submitit executor for `workers` jobs, their logs under `logs`."""
+def make_executor(
+    config: Mapping[str, Any], logs: Path, workers: int, profile: Mapping[str, Any] | None, per_job: int = 1
+) -> Any:
+    """The config's submitit executor for `workers` workers, `per_job` to a job, their logs under `logs`."""
     cfg = typed(config)
     logs.mkdir(parents=True, exist_ok=True)
     logs.chmod(0o700)  # submitit's pickles hold each job's arguments, its logs whatever a run prints: owner only
-    return EXECUTORS[cfg.executor.name].make(config, str(logs / JOB_FOLDER), workers, profile)
+    return EXECUTORS[cfg.executor.name].make(config, str(logs / JOB_FOLDER), workers, profile, per_job)
 
 
 def of_job(job: Any) -> Executor | None:

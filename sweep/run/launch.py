@@ -57,7 +57,8 @@ def create_or_resume(
     name = config["study"]["name"]
     threads_given = config["train"]["threads"] is not None
     if not threads_given:
-        config["train"]["threads"] = default_threads(config, profile)
+        per_job = EXECUTORS[config["executor"]["name"]].per_job(config, profile)
+        config["train"]["threads"] = default_threads(config, profile, per_job)
     stored = copy.deepcopy(config)
     stored["storage"] = None  # it may carry credentials
     try:
@@ -146,31 +147,36 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
     context = dict(run_context(workers), launch=launch_id, fence=fence and str(fence.path),
                    reserves=[str(p) for p in reserves.paths] if reserves else [])
     since = datetime.datetime.now()  # as Optuna stamps datetime_start: local, naive
-    executor = make_executor(config, home / "logs", workers, profile)
+    per_job = spec.per_job(config, profile)
+    entries = -(-workers // per_job)  # jobs of `per_job` workers each (the last one full too)
+    executor = make_executor(config, home / "logs", workers, profile, per_job)
     worker_config, worker_url = dict(config, storage=None), for_workers(url, home)  # no password in the pickles
     failed: list[str] = []
     lost: list[str] = []
     jobs: list = []
     try:
         with signals_deferred(), _controller_output(home / "logs" / "controllers.log" if local else None, detach):
-            jobs = executor.map_array(
-                Worker(), [worker_config] * workers, [worker_url] * workers, [str(home)] * workers, range(workers),
-                [context] * workers,
+            array = executor.map_array(
+                Worker(), [worker_config] * entries, [worker_url] * entries, [str(home)] * entries, range(entries),
+                [context] * entries,
             )
-        jobs_record(study, jobs, cfg.executor.name)
+        jobs = [worker for job in array for worker in spec.workers_of(job)]  # entry i runs workers i*K … i*K+K-1
+        jobs_record(study, array, cfg.executor.name)
         if detach:
             print(
-                f"jobs {' '.join(str(j.job_id) for j in jobs)} run on their own; follow them with "
+                f"jobs {' '.join(str(j.job_id) for j in array)} run on their own; follow them with "
                 f"`sweep status {name}`, stop them with `sweep cancel {name}`"
             )
             return 0
-        print(f"started {workers} {config['executor']['name']} worker(s); logs in {home / 'logs'}", flush=True)
+        print(f"started {len(jobs)} {config['executor']['name']} worker(s)"
+              + (f", {per_job} to each of {len(array)} jobs" if per_job > 1 else "")
+              + f"; logs in {home / 'logs'}", flush=True)
 
-        def start(index: int) -> Any:
+        def start(first: int) -> list:  # one more job: its workers are numbered from `first`, a multiple of K
             with signals_deferred(), _controller_output(home / "logs" / "controllers.log" if local else None, detach):
-                job = executor.submit(Worker(), worker_config, worker_url, str(home), index, context)
+                job = executor.submit(Worker(), worker_config, worker_url, str(home), first // per_job, context)
             jobs_record(study, [job], cfg.executor.name)
-            return job
+            return spec.workers_of(job)
 
         limit = workers if cfg.executor.max_replacements is None else cfg.executor.max_replacements
         replace = None if spec.in_process else Replacements(study, launch_id, start, workers, limit,

@@ -71,18 +71,26 @@ def load_profile(path: str | Path) -> dict[str, Any]:
     return profile
 
 
-def submitit_parameters(profile: Mapping[str, Any], workers: int, name: str) -> dict[str, Any]:
-    """The profile as AutoExecutor parameters: one array job, `workers` tasks, `%` = array_parallelism."""
+def array_size(workers: int, per_job: int) -> int:
+    """Array tasks for `workers` workers, `per_job` to a task (the last one full too: workers round up)."""
+    return -(-workers // per_job)
+
+
+def submitit_parameters(profile: Mapping[str, Any], workers: int, name: str, per_job: int = 1) -> dict[str, Any]:
+    """The profile as AutoExecutor parameters: one array job of `workers` workers, `per_job` tasks (srun) to an
+    array task sharing its GPUs and dividing its CPUs, `%` = array_parallelism."""
     params: dict[str, Any] = {
         "name": name,
         "timeout_min": profile["time_min"],
-        "cpus_per_task": profile["cpus_per_task"],
+        "cpus_per_task": max(1, profile["cpus_per_task"] // per_job),
         "gpus_per_node": profile["gpus_per_node"],
-        "slurm_array_parallelism": profile["array_parallelism"] or workers,
+        "slurm_array_parallelism": profile["array_parallelism"] or array_size(workers, per_job),
         "slurm_signal_delay_s": profile["signal_delay_s"],
         "slurm_setup": list(profile["setup"]),
         "slurm_additional_parameters": {str(k).replace("_", "-"): v for k, v in profile["sbatch"].items()},
     }
+    if per_job > 1:
+        params.update(nodes=1, tasks_per_node=per_job)
     for key in ("partition", "account", "qos", "constraint", "exclude", "gres"):
         if profile[key]:
             params[f"slurm_{key}"] = profile[key]
@@ -94,7 +102,9 @@ def submitit_parameters(profile: Mapping[str, Any], workers: int, name: str) -> 
 TEST_TIMEOUT = 60.0  # seconds for sbatch --test-only or sinfo to answer; a controller that is up takes well under 1
 
 
-def check_with_cluster(profile: Mapping[str, Any], source: str, workers: int, name: str, cluster: str) -> None:
+def check_with_cluster(
+    profile: Mapping[str, Any], source: str, workers: int, name: str, cluster: str, per_job: int = 1
+) -> None:
     """Ask SLURM whether it takes the profile's array job, before any study is created or topped up.
 
     `sbatch --test-only` reads the very script submitit would submit (same flags, same array) and answers
@@ -108,8 +118,8 @@ def check_with_cluster(profile: Mapping[str, Any], source: str, workers: int, na
 
     with tempfile.TemporaryDirectory(prefix="sweep-test-only-") as tmp:
         executor = submitit.AutoExecutor(folder=str(Path(tmp) / "%j"), cluster=cluster)
-        executor.update_parameters(**submitit_parameters(profile, workers, name))
-        params = dict(executor._executor.parameters, map_count=workers)
+        executor.update_parameters(**submitit_parameters(profile, workers, name, per_job))
+        params = dict(executor._executor.parameters, map_count=array_size(workers, per_job))
         script = Path(tmp) / "job.sh"
         script.write_text(_make_sbatch_string(command="true", folder=executor.folder, **params))
         try:

@@ -30,11 +30,12 @@ DIED = ("CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT
 class Replacements:
     """Called with the launch's jobs at every poll; appends the replacements it starts to that list.
 
-    `start(index)` submits one new worker with that index; `workers` is how many the launch asked for.
+    `start(first)` submits one new job and returns its workers, numbered from `first`; `workers` is how many
+    the launch asked for.
     """
 
     def __init__(
-        self, study: optuna.Study, launch_id: str, start: Callable[[int], Any], workers: int, limit: int,
+        self, study: optuna.Study, launch_id: str, start: Callable[[int], list], workers: int, limit: int,
         max_retries: int,
     ) -> None:
         self.study, self.launch_id, self.start = study, launch_id, start
@@ -82,7 +83,7 @@ class Replacements:
                   "(executor.max_replacements)", flush=True)
             return
         new = len(jobs)
-        jobs.append(self.start(new))
+        jobs.extend(self.start(new))
         self.replaced[index] = new
-        print(f"{dead}; started worker {new} (job {jobs[-1].job_id}) in its place "
+        print(f"{dead}; started worker {new} (job {jobs[new].job_id}) in its place "
               f"({len(self.replaced)} of at most {self.limit} replacements)", flush=True)

@@ -84,11 +84,28 @@ def run_context(workers: int) -> dict[str, Any]:
     return {"git_commit": commit, "versions": versions, "workers": workers}
 
 
-def slurm_place() -> dict[str, str | None]:
-    """Which SLURM job and node run this worker (None outside SLURM): a node that fails its trials shows here,
-    and `SLURMD_NODENAME` is the node's SLURM name, which on a cluster with several nodes per host is not the
-    host's."""
-    return {"slurm_job_id": slurm_job_id(), "slurm_node": os.environ.get("SLURMD_NODENAME")}
+def slurm_place() -> dict[str, Any]:
+    """Which SLURM job, node and slot run this worker (None outside SLURM): a node that fails its trials shows
+    here, and `SLURMD_NODENAME` is the node's SLURM name, which on a cluster with several nodes per host is not
+    the host's. The slot is the worker's task within its job when a job runs several (`trials_per_gpu`)."""
+    slot, slots = slurm_slot()
+    return {"slurm_job_id": slurm_job_id(), "slurm_node": os.environ.get("SLURMD_NODENAME"),
+            "slurm_slot": slot if slots > 1 else None}
+
+
+def slurm_slot() -> tuple[int, int]:
+    """(this worker's slot in its job, the job's workers): (0, 1) outside a job that runs several."""
+    spec = running_in()
+    return (0, 1) if spec is None else spec.slot()
+
+
+def share_gpus(slot: int, slots: int) -> None:
+    """Several workers of one job (`trials_per_gpu`) share its GPUs: with more than one GPU visible, slot k
+    takes GPU k mod G alone, so the job's trials spread over its GPUs instead of all landing on the first. Set
+    before torch first touches CUDA; MIG slices (UUIDs in the list) are picked the same way."""
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if slots > 1 and len(visible) > 1:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible[slot % len(visible)]
 
 
 def slurm_job_id() -> str | None:
@@ -98,10 +115,10 @@ def slurm_job_id() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
-def default_threads(config: Mapping[str, Any], profile: Mapping[str, Any] | None = None) -> int:
+def default_threads(config: Mapping[str, Any], profile: Mapping[str, Any] | None = None, per_job: int = 1) -> int:
     """The torch threads a run computes with when `train.threads` is null: the CPUs one worker is given (the
-    SLURM profile's cpus_per_task, else executor.cpus_per_worker, else an equal share of this machine among
-    executor.workers).
+    SLURM profile's cpus_per_task, shared by the `per_job` workers of a job, else executor.cpus_per_worker, else
+    an equal share of this machine among executor.workers).
 
     Called once, where a study is created or a final run starts, and stored in the config: CPU arithmetic
     changes with the thread count, so a run must not take it from how many runs happen to share its machine.
@@ -109,7 +126,7 @@ def default_threads(config: Mapping[str, Any], profile: Mapping[str, Any] | None
     cfg = typed(config)
     given = EXECUTORS[cfg.executor.name].threads(profile)
     if given is not None:
-        return given
+        return max(1, given // per_job)
     if cfg.executor.cpus_per_worker:
         return cfg.executor.cpus_per_worker
     return max(1, (os.cpu_count() or 1) // cfg.executor.workers)
@@ -199,6 +216,13 @@ class Worker:
         print("preempted or near the time limit: requeueing this worker", flush=True)
         return submitit.helpers.DelayedSubmission(Worker(), *args, **kwargs)
 
+    def hand_over(self, signum: int, frame: Any) -> None:
+        """The time-limit signal in a job's second or later task, which submitit leaves alone: unwind so that
+        `run_worker` hands the trial back; the first task requeues the whole job, this one with it."""
+        self.preempted = True
+        print(f"{signal.Signals(signum).name}: near the time limit: handing the trial back", flush=True)
+        raise SystemExit(0)
+
 
 def run_worker(
     config: dict[str, Any],
@@ -221,6 +245,13 @@ def run_worker(
     gc.freeze()
 
     local = _stop_on_sigterm()
+    job = job or Worker()
+    slot, slots = slurm_slot()
+    index = index * slots + slot  # the launch's array entry `index` runs workers index*K … index*K + K-1
+    share_gpus(slot, slots)
+    if slot and threading.current_thread() is threading.main_thread():
+        # submitit checkpoints and requeues a job from its first task only: the others hand their trial back here
+        signal.signal(signal.SIGUSR2, job.hand_over)
     started, host = time.time(), socket.gethostname()
     context = dict(context)
     fence, reserves = context.pop("fence", None), context.pop("reserves", ())
@@ -233,7 +264,6 @@ def run_worker(
     params = space.parse(config["search_space"], config)
     done: dict[int, str] = {}
     errors, trial, checked = 0, None, float("-inf")
-    job = job or Worker()
     job.max_retries = ex.max_retries
     deadline = started + cfg.study.timeout if cfg.study.timeout else None
     heartbeat = Heartbeat(study, ex.heartbeat_seconds)
@@ -391,7 +421,7 @@ def _claim_attrs(study_dir: Path, number: int, worker: int, host: str, context: 
     """Written with the claim of trial `number`, so a trial is never RUNNING without them: which launch and
     worker run it (a launcher hands back its own trials) and where its checkpoint is (a retry resumes there)."""
     run = {"host": host, "worker": worker, "pid": os.getpid(), **slurm_place(), **context}
-    keys = ("host", "worker", "pid", "launch", "slurm_job_id", "slurm_node", "git_commit", "versions")
+    keys = ("host", "worker", "pid", "launch", "slurm_job_id", "slurm_node", "slurm_slot", "git_commit", "versions")
     attrs = {k: run[k] for k in keys if run.get(k) is not None}
     return {**attrs, "trial_dir": str(study_dir / "trials" / str(number))}
 
