@@ -396,3 +396,32 @@ def test_more_trials_per_gpu_than_cpus_is_refused(home: Path, tiny_file: Path) -
     assert not (home / "studies" / "tiny" / "study.db").exists()
     local = sweep_cli("launch", str(tiny_file), "--set", "executor.trials_per_gpu=2", cwd=home)
     assert local.returncode == 2 and "trials_per_gpu" in local.stderr, local.stderr  # a SLURM key only
+
+
+def test_the_time_limit_signal_hands_back_every_slots_trial(slurm_cluster: str, home: Path, tiny_file: Path) -> None:
+    """SLURM's time-limit signal reaches both workers of a packed array task: submitit checkpoints the first and
+    requeues the task, sweep's own handler hands the second's trial back; both resume from their checkpoints."""
+    profile = home / "two-cpus.yaml"
+    profile.write_text((ROOT / "cluster" / "local.yaml").read_text().replace("cpus_per_task: 1", "cpus_per_task: 2"))
+    launcher = _launch_in_background(home, tiny_file, "--cluster", str(profile), "--workers", "2", "--trials", "3",
+                                     "--set", "executor.trials_per_gpu=2")
+    deadline, victims = time.time() + 180, []
+    while len(victims) < 2 and time.time() < deadline and launcher.poll() is None:
+        time.sleep(0.2)
+        with contextlib.suppress(Exception):  # the study is still being created
+            trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{home}/studies/tiny/study.db").trials
+            victims = [t for t in trials if t.state == TrialState.RUNNING and len(t.intermediate_values) >= 2]
+    assert len(victims) == 2, launcher.communicate()[0] if launcher.poll() is not None else "not both slots running"
+    job = victims[0].user_attrs["slurm_job_id"]
+    assert {v.user_attrs["slurm_slot"] for v in victims} == {0, 1}
+    assert subprocess.run(["scancel", "--signal=USR2", job], capture_output=True).returncode == 0
+    out, _ = launcher.communicate(timeout=300)
+    assert launcher.returncode == 0, out
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{home}/studies/tiny/study.db").trials
+    for victim in victims:
+        lost = next(t for t in trials if t.number == victim.number)
+        assert lost.state == TrialState.FAIL and "preempted or timed out" in lost.user_attrs["sweep_void"], lost
+        (again,) = [t for t in trials if t.user_attrs.get("sweep_retry_of") == victim.number]
+        assert again.state == TrialState.COMPLETE and again.user_attrs["sweep_resumed_at_epoch"] >= 2
+    counted = [t for t in trials if "sweep_void" not in t.user_attrs]
+    assert len(counted) == 3 and all(t.state == TrialState.COMPLETE for t in counted)
