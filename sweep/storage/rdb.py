@@ -164,6 +164,21 @@ class RetryingRDBStorage(RDBStorage):
 
         return call_with_retry(attempt, "get_trial", self.retry_s, self.url)
 
+    def study_id_of_trial(self, trial_id: int) -> int:
+        """The id of the study a trial belongs to (KeyError, as Optuna's, if there is no such trial): what a trial
+        cache needs to read a trial it has not seen (`WorkerCache.set_trial_param`)."""
+        t = models.TrialModel.__table__
+
+        def attempt(n: int) -> int:
+            with session_scope(self) as session:
+                query = t.select().with_only_columns(t.c.study_id).where(t.c.trial_id == trial_id)
+                found = session.execute(query).scalar_one_or_none()
+            if found is None:
+                raise KeyError(models.NOT_FOUND_MSG)
+            return found
+
+        return call_with_retry(attempt, "study_id_of_trial", self.retry_s, self.url)
+
     def set_trial_user_attrs(self, trial_id: int, attrs: Mapping[str, Any]) -> None:
         """Several user attributes of one trial in one transaction (upserts: a retry rewrites the same values)."""
 
