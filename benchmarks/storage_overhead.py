@@ -265,11 +265,13 @@ def server_database(admin_url: str) -> Iterator[str]:
 
 
 @contextmanager
-def storage_proxy(url: str, threads: int | None = None) -> Iterator[str]:
-    """`sweep storage-proxy URL --port 0` in its own process, as a user runs it; yields the grpc:// URL it prints.
-    Stopped with SIGTERM (as a cluster's job ends) on exit; its exit code must be 0."""
+def storage_proxy(url: str, threads: int | None = None, cwd: Path = ROOT) -> Iterator[str]:
+    """`sweep storage-proxy URL --port 0` (URL: or a study name) in its own process, as a user runs it, from `cwd`;
+    yields the grpc:// URL it prints. Stopped with SIGTERM (as a cluster's job ends) on exit; its exit code must
+    be 0."""
     command = [sys.executable, "-m", "sweep.cli", "storage-proxy", url, "--port", "0"]
-    proc = subprocess.Popen(command + (["--threads", str(threads)] if threads else []), cwd=ROOT,
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.Popen(command + (["--threads", str(threads)] if threads else []), cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         lines = []

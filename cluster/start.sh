@@ -19,6 +19,13 @@ if [ "$(id -u)" -ne 0 ]; then
     exec sudo --preserve-env=SWEEP_SLURM_DIR,SWEEP_SLURM_CLUSTER,SWEEP_SLURM_PARTITION,SWEEP_SLURM_DB_HOST,SWEEP_SLURM_DB_PORT,SWEEP_SLURM_DB_USER,SWEEP_SLURM_DB_PASS,SWEEP_SLURM_DB_NAME,SWEEP_SLURM_TIMEOUT,SWEEP_SLURM_NODES "$0" "$@"
 fi
 
+# The daemons started below must not inherit the caller's open files (a pipe it reads to the end, a lock it
+# holds while this script runs): they would hold them open for as long as they run. 255: bash's own script.
+for fd in /proc/$$/fd/*; do
+    fd="${fd##*/}"
+    if [ "$fd" -gt 2 ] && [ "$fd" -ne 255 ]; then eval "exec $fd>&-"; fi
+done 2>/dev/null || true
+
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=common.sh source-path=SCRIPTDIR
 source "$HERE/common.sh"

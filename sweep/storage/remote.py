@@ -236,19 +236,24 @@ for _name in _RETRIED:
     setattr(RetryingGrpcProxy, _name, _retrying(_name))
 
 
-def _why_not_ready(host: str, port: int, timeout: float) -> str:
-    """Why no proxy answered: nothing listening, or something that does not speak gRPC (a database's port)."""
+def _listening(host: str, port: int) -> str | None:
+    """None if something accepts TCP connections at host:port, else why not (refused, no such host, timed out)."""
     try:
         with socket.create_connection((host, port), timeout=2.0):
-            listening = True
+            return None
     except OSError as exc:
-        listening, reason = False, exc.strerror or type(exc).__name__
-    if listening:
+        return exc.strerror or type(exc).__name__
+
+
+def _why_not_ready(host: str, port: int, timeout: float) -> str:
+    """Why no proxy answered: nothing listening, or something that does not speak gRPC (a database's port)."""
+    reason = _listening(host, port)
+    if reason is None:
         return (f"something listens at {host}:{port}, but it is not a gRPC storage proxy (no gRPC answer within "
                 f"{timeout:.0f} s; a database's own port?); give the grpc:// address `sweep storage-proxy` printed")
-    return (f"no storage proxy answered at {host}:{port} within {timeout:.0f} s ({reason}); is `sweep storage-proxy` "
-            f"running there (it prints the grpc:// address to use), is {host} reachable from this machine, and is "
-            f"port {port} open between them?")
+    return (f"no storage proxy answers at {host}:{port} ({reason}); is `sweep storage-proxy` running there (it "
+            f"prints the grpc:// address to use), is {host} reachable from this machine, and is port {port} open "
+            "between them?")
 
 
 def open_proxy(url: str, *, retry_s: float = RETRY_S, wait_s: float = 0.0) -> RetryingGrpcProxy:
@@ -256,8 +261,10 @@ def open_proxy(url: str, *, retry_s: float = RETRY_S, wait_s: float = 0.0) -> Re
     longer, for a worker starting while the proxy restarts); nothing listening, or something else listening,
     is a ConfigError naming the address and what to check."""
     host, port = parse(url)
-    storage = RetryingGrpcProxy(host=host, port=port, retry_s=retry_s)
     timeout = max(wait_s, CONNECT_TIMEOUT_S)
+    if wait_s <= 0 and _listening(host, port) is not None:  # refused, or no such host: no need to wait to say so
+        raise ConfigError(f"cannot open storage {url}: {_why_not_ready(host, port, 0)}", key="storage")
+    storage = RetryingGrpcProxy(host=host, port=port, retry_s=retry_s)
     try:
         storage.wait_server_ready(timeout=timeout)
     except ConnectionError:
