@@ -31,7 +31,7 @@ from sweep.storage.cache import worker_cache
 from sweep.storage.opening import open_storage
 from sweep.storage.optuna_private import proxy_server, uncached
 from sweep.storage.rdb import RetryingRDBStorage
-from sweep.storage.remote import DEFAULT_PORT, EXTRAS, SCHEME
+from sweep.storage.remote import DEFAULT_PORT, EXTRAS, SCHEME, trial_to_json
 from sweep.storage.urls import mask
 
 THREADS = 8  # calls served at once, and database connections held: a handful, whatever the number of workers
@@ -70,7 +70,15 @@ def extras(backend: RetryingRDBStorage) -> grpc.GenericRpcHandler:
         finally:
             backend.stage_closing_attrs(trial_id, None)
 
+    def read_finished(request: dict[str, Any]) -> dict[str, Any]:
+        # the ids still unfinished first, then the finished trials: a trial finishing in between is sent now and
+        # asked about again next time (read twice, stored once), never missed
+        last, unfinished = backend.unfinished_trial_ids(request["study_id"])
+        trials = backend.read_finished(request["study_id"], request["unfinished"], request["last"], ())
+        return {"trials": [trial_to_json(t) for t in trials], "last": last, "unfinished": unfinished}
+
     calls: dict[str, Callable[[dict[str, Any]], Any]] = {
+        "ReadFinished": read_finished,
         "Ping": lambda request: True,
         "Pop": pop,
         "SetTrialUserAttrs": lambda r: backend.set_trial_user_attrs(r["trial_id"], r["attrs"]),

@@ -16,7 +16,9 @@ What holds through the proxy, and where:
 
 sweep's proxy also answers a few calls of its own (`EXTRAS`, JSON over the same port) that batch a trial's
 writes as sweep's SQL storage does: the pop in one transaction, a trial's attributes in one write, the finish with
-its closing attributes, the budget's WAITING trials in one insert. Optuna's protocol takes one call (and one
+its closing attributes, the budget's WAITING trials in one insert; and a listing of finished trials (a pruner's,
+every epoch) that reads only the trials finished since the last one, where Optuna's client re-reads every
+unfinished trial of the study, the whole WAITING budget included. Optuna's protocol takes one call (and one
 transaction) per attribute: 27 calls per trial instead of ~12. A proxy that lacks them (Optuna's own
 `run_grpc_proxy_server`) is used through Optuna's calls alone.
 
@@ -26,19 +28,24 @@ database. Bind it to an address only the cluster reaches.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import re
 import socket
+import threading
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import optuna
+from optuna.distributions import distribution_to_json, json_to_distribution
 from optuna.storages import GrpcStorageProxy
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from sweep.schema import ConfigError
+from sweep.storage.optuna_private import trial_id_of
 from sweep.storage.rdb import _already_written
 from sweep.storage.retry import RETRY_S, _first_line, call_with_retry
 
@@ -48,7 +55,7 @@ SCHEME = "grpc://"
 DEFAULT_PORT = 13000  # Optuna's run_grpc_proxy_server default
 CONNECT_TIMEOUT_S = 5.0  # how long opening waits for the proxy to answer before saying what to check
 EXTRAS = "sweep.StorageProxyExtras"  # the service sweep's proxy adds beside Optuna's StorageService
-EXTRA_CALLS = ("Ping", "Pop", "SetTrialUserAttrs", "Finish", "CreateWaitingTrials")
+EXTRA_CALLS = ("Ping", "Pop", "SetTrialUserAttrs", "Finish", "CreateWaitingTrials", "ReadFinished")
 _HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})/?$")
 
 # Every storage call of GrpcStorageProxy (one RPC each, or the client cache's GetTrials): retried while the proxy
@@ -104,6 +111,8 @@ class RetryingGrpcProxy(GrpcStorageProxy):
         self.url = SCHEME + self.address  # what retry messages name
         self.extras = False  # whether the proxy answers `EXTRAS` (set by `open_proxy`)
         self._closing: dict[int, dict[str, Any]] = {}  # trial id → attributes written when it finishes
+        self._finished: dict[int, dict[str, Any]] = {}  # study id → the finished trials read so far (`ReadFinished`)
+        self._finished_lock = threading.Lock()
         with warnings.catch_warnings():  # the proxy is "experimental" in Optuna 5.1: said once, in the README
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             super().__init__(host=host, port=port)
@@ -124,11 +133,13 @@ class RetryingGrpcProxy(GrpcStorageProxy):
         state = super().__getstate__()
         state.pop("_extras_channel", None)
         state.pop("_extra", None)
-        state["_closing"] = {}
+        state.pop("_finished_lock", None)
+        state["_closing"], state["_finished"] = {}, {}
         return state
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
         super().__setstate__(state)
+        self._finished_lock = threading.Lock()
         self._extras_setup()
 
     def close(self) -> None:
@@ -190,6 +201,25 @@ class RetryingGrpcProxy(GrpcStorageProxy):
         else:
             self._closing[trial_id] = dict(attrs)
 
+    def get_all_trials(
+        self, study_id: int, deepcopy: bool = True, states: Container[TrialState] | None = None
+    ) -> list[FrozenTrial]:
+        """Optuna's, except a listing of finished trials only (a pruner's): the proxy sends the trials finished
+        since this client's last such listing, and the ids still unfinished then, to ask about next time."""
+        wanted = tuple(states) if isinstance(states, Iterable) else None
+        if not self.extras or not wanted or not all(TrialState(s).is_finished() for s in wanted):
+            return self._retried_get_all_trials(study_id, deepcopy, states)
+        with self._finished_lock:
+            seen = self._finished.setdefault(study_id, {"last": -1, "unfinished": [], "trials": {}})
+            answer = self._call("ReadFinished", {"study_id": study_id, "last": seen["last"],
+                                                 "unfinished": seen["unfinished"]})
+            for encoded in answer["trials"]:
+                trial = trial_from_json(encoded)
+                seen["trials"][trial.number] = trial
+            seen["last"], seen["unfinished"] = answer["last"], answer["unfinished"]
+            trials = sorted((t for t in seen["trials"].values() if t.state in wanted), key=lambda t: t.number)
+        return copy.deepcopy(trials) if deepcopy else trials
+
     def create_waiting_trials(
         self, study_id: int, count: int, user_attrs: Mapping[str, Any], system_attrs: Mapping[str, Any]
     ) -> None:
@@ -233,7 +263,31 @@ def _retrying(name: str) -> Callable[..., Any]:
 
 
 for _name in _RETRIED:
-    setattr(RetryingGrpcProxy, _name, _retrying(_name))
+    setattr(RetryingGrpcProxy, "_retried_get_all_trials" if _name == "get_all_trials" else _name, _retrying(_name))
+
+
+def trial_to_json(trial: FrozenTrial) -> dict[str, Any]:
+    """A FrozenTrial as JSON (for `ReadFinished`): params in their internal repr, with their distributions."""
+    return {
+        "id": trial_id_of(trial), "number": trial.number, "state": trial.state.name, "values": trial.values,
+        "start": trial.datetime_start and trial.datetime_start.isoformat(),
+        "end": trial.datetime_complete and trial.datetime_complete.isoformat(),
+        "params": {k: [d.to_internal_repr(trial.params[k]), distribution_to_json(d)]
+                   for k, d in trial.distributions.items()},
+        "user": trial.user_attrs, "system": trial.system_attrs, "steps": list(trial.intermediate_values.items()),
+    }
+
+
+def trial_from_json(encoded: Mapping[str, Any]) -> FrozenTrial:
+    dists = {k: json_to_distribution(d) for k, (_, d) in encoded["params"].items()}
+    return FrozenTrial(
+        number=encoded["number"], state=TrialState[encoded["state"]], value=None, values=encoded["values"],
+        datetime_start=encoded["start"] and datetime.fromisoformat(encoded["start"]),
+        datetime_complete=encoded["end"] and datetime.fromisoformat(encoded["end"]),
+        params={k: dists[k].to_external_repr(v) for k, (v, _) in encoded["params"].items()}, distributions=dists,
+        user_attrs=encoded["user"], system_attrs=encoded["system"],
+        intermediate_values={int(step): value for step, value in encoded["steps"]}, trial_id=encoded["id"],
+    )
 
 
 def _listening(host: str, port: int) -> str | None:
