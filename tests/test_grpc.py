@@ -132,7 +132,7 @@ def test_96_workers_share_one_budget_through_the_proxy_on_a_server_of_40_connect
     server serves 96 concurrent workers: budget exact, no error, a handful of server connections."""
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["storage_overhead", *storage_overhead.PRELOAD[1:]])
-    name, budget = f"many_{uuid.uuid4().hex[:6]}", 192
+    name, budget = f"many_{uuid.uuid4().hex[:6]}", 96
     peak, stop = [0], threading.Event()
 
     def watch() -> None:
