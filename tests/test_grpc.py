@@ -133,14 +133,16 @@ def test_96_workers_share_one_budget_through_the_proxy_on_a_server_of_40_connect
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["storage_overhead", *storage_overhead.PRELOAD[1:]])
     name, budget = f"many_{uuid.uuid4().hex[:6]}", 96
+    server = Server(small_pg.admin_url, f"sweep_g_{uuid.uuid4().hex[:8]}")  # its own database: only the proxy in it
+    server.sql(f"CREATE DATABASE {server.database}")
     peak, stop = [0], threading.Event()
 
     def watch() -> None:
         while not stop.wait(0.2):
-            peak[0] = max(peak[0], small_pg.connections())
+            peak[0] = max(peak[0], server.connections())
 
     watcher = threading.Thread(target=watch, daemon=True)
-    with storage_overhead.storage_proxy(small_pg.url()) as url:
+    with storage_overhead.storage_proxy(server.url()) as url:
         watcher.start()
         try:
             ms = storage_overhead.run("sweep", url, 96, budget, ctx, name=name)  # raises on any worker's error

@@ -19,8 +19,8 @@ writes as sweep's SQL storage does: the pop in one transaction, a trial's attrib
 its closing attributes, the budget's WAITING trials in one insert; and a listing of finished trials (a pruner's,
 every epoch) that reads only the trials finished since the last one, where Optuna's client re-reads every
 unfinished trial of the study, the whole WAITING budget included. Optuna's protocol takes one call (and one
-transaction) per attribute: 27 calls per trial instead of ~12. A proxy that lacks them (Optuna's own
-`run_grpc_proxy_server`) is used through Optuna's calls alone.
+transaction) per attribute: 27 calls per trial instead of ~14 (benchmarks/RESULTS.md, issue 21 item 5). A proxy
+that lacks them (Optuna's own `run_grpc_proxy_server`) is used through Optuna's calls alone.
 
 The proxy has no authentication and no TLS: anyone who can reach its port can read and change every study in its
 database. Bind it to an address only the cluster reaches.
