@@ -1,6 +1,6 @@
 """Per-trial storage overhead of sweep's worker against plain Optuna, on every storage backend.
 
-    python benchmarks/storage_overhead.py [--quick | --smoke] [--backends sqlite,postgresql,mariadb,journal]
+    python benchmarks/storage_overhead.py [--quick | --smoke] [--backends sqlite,postgresql,mariadb,journal,grpc]
                                           [--workers 1,8,32] [--space two|demo] [--dir PATH]
 
 sweep: `sweep.run.worker.run_worker`, the function every sweep worker runs, with a trainer that trains nothing: it
@@ -29,6 +29,13 @@ journal file and the trials' folders on the file system mounted there: a cluster
 journal where it is meant to run. PostgreSQL and MariaDB are the servers at SWEEP_TEST_POSTGRES /
 SWEEP_TEST_MYSQL (default: 127.0.0.1), each run in a fresh database, dropped afterwards. Each point ends with
 `BENCH storage_<backend>_<n>[_demo] sweep=<ms> baseline=<ms> ratio=<r> goal=<=1.0 pass|fail`.
+
+`--backends grpc` (not in the default list) compares sweep with sweep: its workers through `sweep storage-proxy`
+(its own process, 8 threads, in front of PostgreSQL) against its workers on the same PostgreSQL directly, in the
+same run, at 1, 8, 32 and 96 workers by default: `BENCH storage_grpc_<n> sweep=<proxy ms> baseline=<direct ms>`.
+Direct PostgreSQL with 96 workers needs ~100–300 connections (1 held per worker, up to 3 at peaks), more than a
+default server's 100: when the server at SWEEP_TEST_POSTGRES allows fewer than 400, a PostgreSQL of the
+benchmark's own is started (benchmarks/_postgres.py, max_connections 400) and removed afterwards.
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +56,7 @@ from typing import Any
 
 import optuna
 from _bench import bench_line
+from _postgres import own_postgres
 
 from sweep.config.resolve import resolve
 from sweep.config.yamlfile import parse_yaml
@@ -59,7 +69,9 @@ from sweep.train.loop import Result
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("SWEEP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 MY_ADMIN = os.environ.get("SWEEP_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test")
-BACKENDS = ("sqlite", "postgresql", "mariadb", "journal")
+BACKENDS = ("sqlite", "postgresql", "mariadb", "journal")  # the default; also: grpc (proxy vs direct PostgreSQL)
+GRPC_WORKERS = "1,8,32,96"
+GRPC_CONNECTIONS = 400  # direct PostgreSQL at 96 workers: 1 held per worker, up to 3 at peaks, and the admin's
 STEPS = 5
 PRUNER = {"n_startup_trials": 5, "n_warmup_steps": 1}
 # The space drawn per trial: two params by default; --space demo draws the six of search_spaces/demo.yaml (the
@@ -171,10 +183,12 @@ def process(target: Any, args: tuple[Any, ...], ready: Any, go: Any, results: An
 
 
 def run(
-    mode: str, url: str, n_workers: int, n_trials: int, ctx: Any, space_name: str = "two", where: str | None = None
+    mode: str, url: str, n_workers: int, n_trials: int, ctx: Any, space_name: str = "two", where: str | None = None,
+    name: str | None = None,
 ) -> float:
-    """Per-trial time of one worker in ms: workers × (go → last tell) / trials."""
-    name = f"{mode}-{uuid.uuid4().hex[:6]}"
+    """Per-trial time of one worker in ms: workers × (go → last tell) / trials. Raises if a worker failed or the
+    study did not finish exactly `n_trials` trials."""
+    name = name or f"{mode}-{uuid.uuid4().hex[:6]}"
     optuna.create_study(study_name=name, storage=open_storage(url), direction="maximize")
     with tempfile.TemporaryDirectory(dir=where, ignore_cleanup_errors=True) as study_dir:
         config = resolve(sweep_config(name, n_trials, n_workers, SPACES[space_name]), "storage_overhead.py")
@@ -250,6 +264,60 @@ def server_database(admin_url: str) -> Iterator[str]:
         engine.dispose()
 
 
+@contextmanager
+def storage_proxy(url: str, threads: int | None = None, cwd: Path = ROOT) -> Iterator[str]:
+    """`sweep storage-proxy URL --port 0` (URL: or a study name) in its own process, as a user runs it, from `cwd`;
+    yields the grpc:// URL it prints. Stopped with SIGTERM (as a cluster's job ends) on exit; its exit code must
+    be 0."""
+    command = [sys.executable, "-m", "sweep.cli", "storage-proxy", url, "--port", "0"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.Popen(command + (["--threads", str(threads)] if threads else []), cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            found = re.search(r"--storage (grpc://\S+)", line)
+            if found:
+                break
+        else:
+            raise RuntimeError(f"sweep storage-proxy ended ({proc.wait()}) without serving:\n{''.join(lines)}")
+        yield found.group(1)
+    finally:
+        proc.terminate()
+        rest, _ = proc.communicate(timeout=60)
+        if proc.returncode != 0:
+            raise RuntimeError(f"sweep storage-proxy exited with {proc.returncode}:\n{rest}")
+
+
+@contextmanager
+def postgres_for(n_workers: int) -> Iterator[str]:
+    """The admin URL of a PostgreSQL that takes `n_workers` direct workers at their peaks: SWEEP_TEST_POSTGRES's
+    server if its limit allows, else one of the benchmark's own (said on stderr)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(plain_storage(PG_ADMIN))
+    with engine.connect() as conn:
+        limit = int(conn.execute(text("SHOW max_connections")).scalar_one())
+    engine.dispose()
+    if limit >= min(GRPC_CONNECTIONS, 3 * n_workers + 10):
+        yield PG_ADMIN
+        return
+    print(f"the PostgreSQL at {PG_ADMIN} allows {limit} connections: starting one with {GRPC_CONNECTIONS}",
+          file=sys.stderr, flush=True)
+    with own_postgres(GRPC_CONNECTIONS) as admin:
+        yield admin
+
+
+def grpc_point(admin: str, n: int, n_trials: int, ctx: Any, space_name: str, where: str | None) -> tuple[float, float]:
+    """(proxy ms, direct ms) per trial: sweep's workers through the proxy, then directly, each on a fresh database."""
+    with server_database(admin) as url, storage_proxy(url) as proxied:
+        proxy_ms = run("sweep", proxied, n, n_trials, ctx, space_name, where)
+    with server_database(admin) as url:
+        direct_ms = run("sweep", url, n, n_trials, ctx, space_name, where)
+    return proxy_ms, direct_ms
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     size = p.add_mutually_exclusive_group()
@@ -269,6 +337,17 @@ def main(argv: list[str] | None = None) -> int:
     ctx = mp.get_context("forkserver")  # forked from a process that imported everything and never connected
     ctx.set_forkserver_preload(PRELOAD)
     for name in backends.split(","):
+        if name == "grpc":
+            counts = [int(n) for n in (args.workers or GRPC_WORKERS).split(",")]
+            with postgres_for(max(counts)) as admin:
+                for n in counts:
+                    n_trials = trials_for(n, args.quick)
+                    proxy_ms, direct_ms = grpc_point(admin, n, n_trials, ctx, args.space, args.dir)
+                    print(f"{name:10s} {n:2d} workers, {n_trials:3d} trials: proxy {proxy_ms:7.1f} ms/trial, "
+                          f"direct PostgreSQL {direct_ms:7.1f} ms/trial", flush=True)
+                    point = f"storage_grpc_{n}" + ("" if args.space == "two" else f"_{args.space}")
+                    print(bench_line(point, proxy_ms, direct_ms, proxy_ms / direct_ms, "<=1.0"), flush=True)
+            continue
         for n in workers:
             n_trials = 3 if args.smoke else trials_for(n, args.quick)
             with backend(name, args.dir) as url:

@@ -1,4 +1,4 @@
-"""The `sweep` command: launch, status, best, cancel, report, final, predict, dashboard, tensorboard.
+"""The `sweep` command: launch, status, best, cancel, report, final, predict, dashboard, tensorboard, storage-proxy.
 
 Each command imports what it runs inside its own function: the config's registries import torch (~2 s), the
 storages Optuna and SQLAlchemy, and `sweep --help` or `sweep status NAME` should not wait for what they never use.
@@ -17,7 +17,7 @@ from sweep.config.typed import typed
 from sweep.run.executors import EXECUTORS
 from sweep.schema import ConfigError, check_study_name
 
-DASHBOARD_PORT, TENSORBOARD_PORT = 8080, 6006  # the tools' own defaults
+DASHBOARD_PORT, TENSORBOARD_PORT, PROXY_PORT = 8080, 6006, 13000  # the tools' own defaults
 
 
 def _study_arg(args: argparse.Namespace) -> tuple[str, str]:
@@ -176,6 +176,17 @@ def cmd_tensorboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_storage_proxy(args: argparse.Namespace) -> int:
+    """STUDY (a name, its YAML file) names the storage as every command resolves it; a URL names it directly."""
+    from sweep.storage.proxy import serve
+
+    url = args.study if "://" in args.study else _study_arg(args)[1]
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+    serve(url, args.host, args.port, **({"threads": args.threads} if args.threads else {}))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sweep", description=__doc__)
     p.add_argument("--version", action="version", version=f"sweep {__version__}")
@@ -234,6 +245,26 @@ def parser() -> argparse.ArgumentParser:
     guess.add_argument("files", nargs="+", help="audio files (wav, flac, ogg)")
     guess.add_argument("--top-k", type=int, default=5, help="classes shown per file (default 5)")
     guess.set_defaults(run=cmd_predict)
+
+    proxy = sub.add_parser(
+        "storage-proxy",
+        help="serve a study's database to many workers through a handful of connections (Optuna's gRPC proxy)",
+        description="Run Optuna's gRPC storage proxy in front of the study's SQL storage until Ctrl-C or SIGTERM, "
+        "and print the grpc://HOST:PORT URL to give the workers (--storage, SWEEP_STORAGE or the file's storage:). "
+        "Every worker then talks to the proxy, and the proxy holds --threads database connections whatever the "
+        "number of workers: for studies with more workers than the database server takes connections. A database "
+        "restart is retried by the proxy, a proxy restart by the workers. PostgreSQL and MySQL/MariaDB, or SQLite "
+        "on the proxy's own disk; not the journal (Optuna's journal ties a trial to the thread that claimed it). "
+        "No authentication: anyone who reaches the port can read and change the database's studies.",
+    )
+    proxy.add_argument("study", help="study name or its YAML file (the storage it resolves to), or a storage URL")
+    proxy.add_argument("--storage", help="storage URL (else $SWEEP_STORAGE, the file's storage:, or SQLite)")
+    proxy.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                       "only; 0.0.0.0 or the node's cluster-network address for workers on other nodes)")
+    proxy.add_argument("--port", type=int, default=PROXY_PORT,
+                       help=f"port to listen on (default {PROXY_PORT}; 0: any free port)")
+    proxy.add_argument("--threads", type=int, help="calls served at once = database connections held (default 8)")
+    proxy.set_defaults(run=cmd_storage_proxy)
 
     board = sub.add_parser("tensorboard", help="serve TensorBoard on studies/STUDY/trials until Ctrl-C")
     board.add_argument("study", help="study name, or the study's YAML file")

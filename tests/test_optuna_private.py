@@ -59,6 +59,8 @@ CALLED = [
     ("optuna.storages._cached_storage._CachedStorage._read_trials_from_remote_storage", ["self", "study_id"]),
     ("optuna.storages.journal._storage.JournalStorage._sync_with_backend", ["self"]),
     ("optuna._imports._LazyImport.__init__", ["self", "name"]),
+    ("optuna.storages._grpc.servicer.OptunaStorageProxyService.__init__", ["self", "storage"]),
+    ("optuna.storages._grpc.auto_generated.api_pb2_grpc.add_StorageServiceServicer_to_server", ["servicer", "server"]),
 ]
 
 
@@ -225,6 +227,21 @@ def test_rdb_models_have_what_sweeps_core_reads(tmp_path: Path) -> None:
     unique = {c.name for u in m.TrialUserAttributeModel.__table__.constraints if hasattr(u, "columns")
               for c in u.columns if len(u.columns) == 2}
     assert unique == {"trial_id", "key"}, _changed("TrialUserAttributeModel", "a unique (trial_id, key) to upsert on")
+
+
+def test_the_proxy_server_serves_optunas_own_client(tmp_path: Path) -> None:
+    server, port = seam.proxy_server(optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'p.db'}"), "127.0.0.1", 0, 2)
+    assert port > 0, _changed("grpc.Server.add_insecure_port", "it returning the port bound")
+    server.start()
+    try:
+        client = optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=port)
+        study = optuna.create_study(study_name="p", storage=client)
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+        assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2, _changed(
+            "optuna.storages._grpc.servicer.OptunaStorageProxyService", "it serving GrpcStorageProxy")
+        client.close()
+    finally:
+        server.stop(None)
 
 
 def _journal_file(path: Path) -> Any:

@@ -28,7 +28,7 @@ from sweep.run.fence import Fence
 from sweep.run.jobs import ENDED
 from sweep.run.jobs import record as jobs_record
 from sweep.run.jobs import states as job_states
-from sweep.run.preflight import check_executor, preflight
+from sweep.run.preflight import check_connections, check_executor, preflight
 from sweep.run.replace import Replacements
 from sweep.run.signals import interruptible, signal_of, signals_deferred, signals_ignored
 from sweep.run.waiting import job_error, outcomes, stop_workers, wait_stopped, watch
@@ -128,6 +128,7 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
         raise ConfigError(f"--detach needs workers that outlive this process: use --executor {outliving}")
     check_budget(config)
     storage = open_storage(url)
+    check_connections(config, url, storage)
     study = create_or_resume(config, storage, url, profile)
     _restore_retries(study)
     waiting = top_up(study, cfg.study.n_trials, _report_enqueued)

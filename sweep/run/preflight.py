@@ -1,9 +1,12 @@
 """What a launch or a final run would fail on, checked before anything is stored or submitted: the executor's
-own checks (the SLURM profile tried on the cluster), the dataset's files, the pretrained weights, a CUDA device."""
+own checks (the SLURM profile tried on the cluster), the dataset's files, the pretrained weights, a CUDA device,
+and the database server's free connections for the workers."""
 
 from __future__ import annotations
 
 import re
+import shlex
+import socket
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -17,6 +20,9 @@ from sweep.data import split_items
 from sweep.run.executors import EXECUTORS
 from sweep.schema import ConfigError
 from sweep.search import space
+from sweep.storage import mask
+from sweep.storage.limits import server_connections
+from sweep.storage.remote import DEFAULT_PORT
 
 
 def check_executor(config: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -24,6 +30,38 @@ def check_executor(config: Mapping[str, Any]) -> dict[str, Any] | None:
     validated and tried on the cluster (`sbatch --test-only`), None for other executors."""
     cfg = typed(config)
     return EXECUTORS[cfg.executor.name].check(config)
+
+
+# Connections one worker holds: its pool keeps 1 for the whole study (engine_options: pool_size 1), and opens up to
+# 2 more only while its heartbeat thread writes during another call, closing them after. Counting 3 would refuse
+# 32 workers on PostgreSQL's default 100, which hold ~33 (tests/test_storage.py measures the peak); and an extra
+# connection the server refuses at a peak is retried ("too many clients" is transient), while a worker that cannot
+# hold its one connection cannot run at all. So 1 each, and the launcher's own, which the server counts in use.
+CONNECTIONS_PER_WORKER = 1
+
+
+def check_connections(config: Mapping[str, Any], url: str, storage: Any) -> None:
+    """Refuse, before the study is created or changed, a launch whose workers would need more connections than the
+    PostgreSQL or MySQL/MariaDB server has free, with the arithmetic and the proxy command that serves any number
+    of workers through a handful. Nothing to check on SQLite, the journal or a grpc:// proxy."""
+    cfg = typed(config)
+    found = server_connections(storage)
+    if found is None:
+        return
+    spec = EXECUTORS[cfg.executor.name]
+    workers = 1 if spec.in_process else min(cfg.executor.workers, cfg.study.n_trials)
+    needed = workers * CONNECTIONS_PER_WORKER
+    if needed <= found.free:
+        return
+    proxy = f"sweep storage-proxy {shlex.quote(mask(url))} --host 0.0.0.0 --port {DEFAULT_PORT}"
+    raise ConfigError(
+        f"{workers} workers need {needed} connections to the database (one each, held for the whole study), but "
+        f"{found.arithmetic()}. Serve the database through the storage proxy, which holds a handful of connections "
+        f"for any number of workers: on a machine the workers reach, run `{proxy}`, then launch with "
+        f"--storage grpc://{socket.gethostname()}:{DEFAULT_PORT}. Or lower executor.workers to {max(found.free, 0)}, "
+        f"or raise the server's max_connections",
+        key="executor.workers",
+    )
 
 
 def preflight(config: Mapping[str, Any], profile: Mapping[str, Any] | None = None) -> None:

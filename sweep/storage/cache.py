@@ -12,8 +12,10 @@ from optuna.trial import FrozenTrial, TrialState
 from sweep.storage.optuna_private import (
     CachedStorage,
     add_to_cache,
+    cache_knows_trial,
     cache_lock,
     cached_study,
+    refresh_cache,
     trial_id_of,
     uncached,
 )
@@ -39,6 +41,16 @@ class WorkerCache(CachedStorage):
     def __setstate__(self, state: dict[Any, Any]) -> None:
         super().__setstate__(state)
         self._finished_ahead = {}
+
+    def set_trial_param(
+        self, trial_id: int, param_name: str, param_value_internal: float,
+        distribution: optuna.distributions.BaseDistribution,
+    ) -> None:
+        """Optuna's, which fails with KeyError on a trial the cache has not read: a trial a storage proxy's client
+        popped before the proxy restarted (or from another proxy). The cache reads the trial's study first."""
+        if not cache_knows_trial(self, trial_id):
+            refresh_cache(self, uncached(self).study_id_of_trial(trial_id))
+        super().set_trial_param(trial_id, param_name, param_value_internal, distribution)
 
     def get_all_trials(
         self, study_id: int, deepcopy: bool = True, states: Container[TrialState] | None = None

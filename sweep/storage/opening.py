@@ -21,6 +21,7 @@ from sweep.storage.filesystems import check_sqlite_location
 from sweep.storage.journal import SweepJournalStorage
 from sweep.storage.optuna_private import engine_of
 from sweep.storage.rdb import RetryingRDBStorage
+from sweep.storage.remote import SCHEME, open_proxy
 from sweep.storage.retry import RETRY_S, _first_line, _mysql_code, is_transient
 from sweep.storage.urls import _SERVERS, PASSWORD_ENV, check_not_in_memory, expand_url, mask, scrub
 
@@ -49,10 +50,11 @@ _UNREACHABLE_TEXT = (
 )
 
 
-def engine_options(url: str) -> dict[str, Any]:
+def engine_options(url: str, connections: int = 1) -> dict[str, Any]:
     """SQLAlchemy engine options for the (expanded) URL: sized for many worker processes, robust to drops.
 
-    One connection per process (each worker is its own single-threaded process) with two on demand; pre-ping
+    One connection per process (each worker is its own single-threaded process) with two on demand (a storage
+    proxy serving many workers from its threads asks for `connections`, one per thread, and none on demand); pre-ping
     catches a connection the server closed while the worker trained; recycle beats idle timeouts of servers
     and proxies; connect/TCP keepalive timeouts turn a dead host into an error instead of a hang. Options the
     URL's query already sets win.
@@ -73,8 +75,8 @@ def engine_options(url: str) -> dict[str, Any]:
     else:
         defaults = {"connect_timeout": 10, "read_timeout": 300, "write_timeout": 300}
     return {
-        "pool_size": 1,
-        "max_overflow": 2,
+        "pool_size": connections,
+        "max_overflow": 2 if connections == 1 else 0,
         "pool_timeout": 60,
         "pool_pre_ping": True,
         "pool_recycle": 1800,
@@ -88,19 +90,24 @@ def _engine_url(url: str) -> str:
     return _DRIVERS[scheme] + url[len(scheme) :] if scheme in _DRIVERS else url
 
 
-def open_storage(url: str, *, retry_s: float = RETRY_S, wait_s: float = 0.0) -> optuna.storages.BaseStorage:
+def open_storage(
+    url: str, *, retry_s: float = RETRY_S, wait_s: float = 0.0, connections: int = 1
+) -> optuna.storages.BaseStorage:
     """One storage object per process, from the unexpanded URL; every failure to open is a clear ConfigError.
 
-    SQL storages retry each later call on a dropped connection for up to `retry_s` seconds. `wait_s` > 0
-    also retries opening while the server is unreachable (a worker starting during a database restart); a
-    refused login or a missing database fails at once. The launcher keeps `wait_s=0`, so a bad URL or password
-    is reported before any job is submitted.
+    SQL storages retry each later call on a dropped connection for up to `retry_s` seconds, a grpc:// proxy
+    each call while the proxy is unreachable. `wait_s` > 0 also retries opening while the server (or proxy) is
+    unreachable (a worker starting during a restart); a refused login or a missing database fails at once. The
+    launcher keeps `wait_s=0`, so a bad URL or password is reported before any job is submitted.
+    `connections`: the SQL pool's size, for a process that calls from several threads at once (the proxy).
     """
     expanded = expand_url(url)
+    if expanded.startswith(SCHEME):  # the proxy waits for itself: it answers, or says so within seconds
+        return open_proxy(expanded, retry_s=retry_s, wait_s=wait_s)
     deadline = time.monotonic() + wait_s
     for attempt in itertools.count():
         try:
-            return _open(expanded, retry_s)
+            return _open(expanded, retry_s, connections)
         except ConfigError:
             raise
         except Exception as exc:  # connection refused, bad credentials, unreadable file, missing driver, …
@@ -137,7 +144,7 @@ def _create_sqlite(path: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
-def _open(url: str, retry_s: float) -> optuna.storages.BaseStorage:
+def _open(url: str, retry_s: float, connections: int = 1) -> optuna.storages.BaseStorage:
     check_not_in_memory(url)
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///") :])
@@ -148,14 +155,15 @@ def _open(url: str, retry_s: float) -> optuna.storages.BaseStorage:
         return RetryingRDBStorage(url, engine_kwargs=engine_options(url), retry_s=retry_s)
     if url.startswith(_SERVERS):
         engine_url = _engine_url(url)
-        return RetryingRDBStorage(engine_url, engine_kwargs=engine_options(engine_url), retry_s=retry_s)
+        options = engine_options(engine_url, connections)
+        return RetryingRDBStorage(engine_url, engine_kwargs=options, retry_s=retry_s)
     if url.startswith("journal:///"):
         path = Path(url[len("journal:///") :])
         path.parent.mkdir(parents=True, exist_ok=True)
         return SweepJournalStorage(JournalFileBackend(str(path)))
     raise ConfigError(
         f"unknown storage URL {mask(url)}; accepted: sqlite:///PATH, postgresql://…, mysql+pymysql://…, "
-        "journal:///PATH",
+        "journal:///PATH, grpc://HOST:PORT",
         key="storage",
     )
 

@@ -32,6 +32,10 @@ What each piece relies on (Optuna 5.1.0):
   end, rolls back and raises StorageInternalError on a failure).
 - `models`: `optuna.storages._rdb.models`, Optuna's SQLAlchemy ORM models (tables, columns, value encodings),
   loaded on first use through `optuna._imports._LazyImport` (~15 MB).
+- `proxy_server`: `optuna.storages._grpc.servicer.OptunaStorageProxyService(storage)` (the servicer
+  `run_grpc_proxy_server` serves) and `optuna.storages._grpc.auto_generated.api_pb2_grpc
+  .add_StorageServiceServicer_to_server(servicer, server)`: `run_grpc_proxy_server` itself blocks until the
+  process dies, cannot report the port it bound (``--port 0``) and cannot be stopped letting calls finish.
 - `JournalOperation` and the `journal_*` accessors: `optuna.storages.journal._storage.JournalOperation` (the
   op codes of the journal's records), and JournalStorage's `_backend` (the log storage), `_thread_lock`,
   `_sync_with_backend()` (replay the logs appended since) and `_replay_result.worker_id` (this process's id in
@@ -83,6 +87,7 @@ __all__ = [
     "journal_replay",
     "journal_worker_id",
     "models",
+    "proxy_server",
     "refresh_cache",
     "reset_trial_cache",
     "session_scope",
@@ -168,6 +173,23 @@ def engine_of(storage: optuna.storages.RDBStorage) -> Any:
 def session_scope(storage: optuna.storages.RDBStorage) -> AbstractContextManager[Any]:
     """Optuna's session scope: commits at the end, rolls back and raises StorageInternalError on a failure."""
     return _create_scoped_session(storage.scoped_session)
+
+
+# ---- the gRPC storage proxy ---------------------------------------------------------------------------------
+
+
+def proxy_server(storage: optuna.storages.BaseStorage, host: str, port: int, threads: int) -> tuple[Any, int]:
+    """Optuna's gRPC storage proxy for `storage`, as `run_grpc_proxy_server` builds it, bound to host:port but not
+    started: (the `grpc.Server`, the port bound; `port` 0 picks a free one, 0 back means it could not bind)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc  # ~0.3 s, and protobuf: only the proxy needs them (the client imports them through Optuna)
+    from optuna.storages._grpc.auto_generated import api_pb2_grpc
+    from optuna.storages._grpc.servicer import OptunaStorageProxyService
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sweep-proxy"))
+    api_pb2_grpc.add_StorageServiceServicer_to_server(OptunaStorageProxyService(storage), server)
+    return server, server.add_insecure_port(f"{host}:{port}")
 
 
 # ---- JournalStorage -----------------------------------------------------------------------------------------

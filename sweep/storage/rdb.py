@@ -164,6 +164,38 @@ class RetryingRDBStorage(RDBStorage):
 
         return call_with_retry(attempt, "get_trial", self.retry_s, self.url)
 
+    def unfinished_trial_ids(self, study_id: int) -> tuple[int, list[int]]:
+        """(the study's highest trial id, -1 without trials; the ids of its WAITING and RUNNING trials): where a
+        reader of newly finished trials (`read_finished`) resumes next time (the storage proxy's clients)."""
+        t = models.TrialModel.__table__
+
+        def attempt(n: int) -> tuple[int, list[int]]:
+            with session_scope(self) as session:
+                last = session.execute(sqlalchemy.select(sqlalchemy.func.max(t.c.trial_id))
+                                       .where(t.c.study_id == study_id)).scalar_one()
+                unfinished = session.execute(
+                    t.select().with_only_columns(t.c.trial_id)
+                    .where(t.c.study_id == study_id, t.c.state.in_([TrialState.WAITING, TrialState.RUNNING]))
+                ).scalars().all()
+            return -1 if last is None else last, list(unfinished)
+
+        return call_with_retry(attempt, "unfinished_trial_ids", self.retry_s, self.url)
+
+    def study_id_of_trial(self, trial_id: int) -> int:
+        """The id of the study a trial belongs to (KeyError, as Optuna's, if there is no such trial): what a trial
+        cache needs to read a trial it has not seen (`WorkerCache.set_trial_param`)."""
+        t = models.TrialModel.__table__
+
+        def attempt(n: int) -> int:
+            with session_scope(self) as session:
+                query = t.select().with_only_columns(t.c.study_id).where(t.c.trial_id == trial_id)
+                found = session.execute(query).scalar_one_or_none()
+            if found is None:
+                raise KeyError(models.NOT_FOUND_MSG)
+            return found
+
+        return call_with_retry(attempt, "study_id_of_trial", self.retry_s, self.url)
+
     def set_trial_user_attrs(self, trial_id: int, attrs: Mapping[str, Any]) -> None:
         """Several user attributes of one trial in one transaction (upserts: a retry rewrites the same values)."""
 

@@ -62,9 +62,20 @@ _TRANSIENT_TEXT = (
 
 
 def _first_line(exc: BaseException) -> str:
+    code = _grpc_code(exc)
+    if code is not None:  # a gRPC error's str() is a multi-line repr: its code and details say it all
+        return f"gRPC {code}: {exc.details() or 'no details'}".splitlines()[0]  # type: ignore[attr-defined]
     orig = getattr(exc, "orig", None) or exc.__cause__ or exc
     text = str(orig).strip() or type(orig).__name__
     return text.splitlines()[0]
+
+
+def _grpc_code(exc: BaseException) -> str | None:
+    """The status code's name of a failed gRPC call (a grpc:// storage's), None for any other error."""
+    code = getattr(exc, "code", None)
+    if not callable(code) or not type(exc).__module__.startswith("grpc"):
+        return None
+    return getattr(code(), "name", None)
 
 
 def _db_error(exc: BaseException) -> BaseException | None:
@@ -110,8 +121,11 @@ def is_disk_full(exc: BaseException) -> bool:
 
 def is_transient(exc: BaseException) -> bool:
     """Whether a storage error may go away by itself: a dropped or refused connection, a server restarting,
-    a deadlock, serialization failure or lock wait timeout, a busy SQLite file. Only these are retried.
+    a deadlock, serialization failure or lock wait timeout, a busy SQLite file, a gRPC storage proxy unreachable
+    (UNAVAILABLE: restarting, or its connection dropped). Only these are retried.
     """
+    if _grpc_code(exc) is not None:  # whatever the proxy's database did, the proxy retried it already
+        return _grpc_code(exc) == "UNAVAILABLE"
     err = _db_error(exc)
     if err is None or is_disk_full(err):
         return False

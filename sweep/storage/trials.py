@@ -23,18 +23,20 @@ from sweep.storage.optuna_private import (
     uncached,
 )
 from sweep.storage.rdb import RetryingRDBStorage
+from sweep.storage.remote import RetryingGrpcProxy
 
 
 def pop_waiting_trial_id(
     study: optuna.Study, attrs: Callable[[int], Mapping[str, Any]] | None = None, start: int = 0
 ) -> int | None:
     """Claim the study's next WAITING trial for this worker: `Study._pop_waiting_trial_id`, in one transaction
-    on a sweep SQL storage (see `RetryingRDBStorage.pop_waiting_trial_id`), a compare-and-set per waiting trial on
-    the others, from the `start`-th on (`_pop_from`; a worker passes its index).
+    on a sweep SQL storage (see `RetryingRDBStorage.pop_waiting_trial_id`) and through sweep's storage proxy, a
+    compare-and-set per waiting trial on the others (through Optuna's own proxy: the compare-and-set runs on the
+    proxy's database), from the `start`-th on (`_pop_from`; a worker passes its index).
     `attrs(number)`: user attributes for the claimed trial, written with the claim where the storage can (SQL),
     else with its params (the journal: `flush_trial`)."""
     backend = _sweep_storage(storage_of(study))
-    if not isinstance(backend, RetryingRDBStorage):
+    if not isinstance(backend, (RetryingRDBStorage, RetryingGrpcProxy)):
         trial_id = _pop_from(study, start)
         if trial_id is not None and attrs is not None:
             given = attrs(storage_of(study).get_trial(trial_id).number)
@@ -87,15 +89,21 @@ def flush_trial(study: optuna.Study, trial: optuna.Trial) -> None:
         backend.flush(trial_id_of(trial))
 
 
-def _sweep_storage(storage: optuna.storages.BaseStorage) -> RetryingRDBStorage | SweepJournalStorage | None:
-    """The sweep storage under Optuna's cache, if it is one (they batch a trial's writes)."""
+def _sweep_storage(
+    storage: optuna.storages.BaseStorage,
+) -> RetryingRDBStorage | SweepJournalStorage | RetryingGrpcProxy | None:
+    """The sweep storage under Optuna's cache, if it is one (they batch a trial's writes): sweep's SQL storage,
+    its journal, or a proxy that answers sweep's own calls (`sweep storage-proxy`)."""
     backend = uncached(storage)
+    if isinstance(backend, RetryingGrpcProxy):
+        return backend if backend.extras else None
     return backend if isinstance(backend, (RetryingRDBStorage, SweepJournalStorage)) else None
 
 
 def set_trial_user_attrs(storage: optuna.storages.BaseStorage, trial_id: int, attrs: Mapping[str, Any]) -> None:
     """A trial's bookkeeping in one write instead of one per attribute: one transaction on a sweep SQL storage
-    (one commit), one fsynced append on sweep's journal, one call per attribute on any other storage."""
+    (one commit, also through sweep's proxy), one fsynced append on sweep's journal, one call per attribute on any
+    other storage."""
     batched = _sweep_storage(storage)
     if batched is not None:
         batched.set_trial_user_attrs(trial_id, attrs)
