@@ -15,7 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import ROOT, sweep_cli
+from conftest import ROOT, cluster_of, sweep_cli
 from optuna.trial import TrialState
 
 from sweep.storage import open_storage
@@ -232,14 +232,8 @@ def test_outcomes_tell_a_result_an_error_and_a_cancelled_job_apart_without_waiti
 @pytest.fixture
 def three_nodes(slurm_cluster: str) -> str:
     """cluster/start.sh --nodes 3: node1..node3, each its own slurmd; the single-node cluster comes back after."""
-    start = [str(ROOT / "cluster" / "start.sh")]
-    run = subprocess.run(["bash", *start, "--nodes", "3"], capture_output=True, text=True, timeout=240)
-    assert run.returncode == 0, run.stdout + run.stderr
-    try:
+    with cluster_of(3):
         yield slurm_cluster
-    finally:
-        back = subprocess.run(["bash", *start], capture_output=True, text=True, timeout=240)
-        assert back.returncode == 0, back.stdout + back.stderr
 
 
 def test_a_study_on_three_nodes_records_the_node_of_each_trial(three_nodes: str, home: Path, tiny_file: Path) -> None:
