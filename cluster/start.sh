@@ -333,7 +333,7 @@ while ! cluster_ready; do
         state="$(node_state "$name" || true)"
         case "$state" in drain* | drng | down) scontrol update nodename="$name" state=resume 2>/dev/null || true ;; esac
     done
-    [ "$(date +%s)" -lt "$deadline" ] || fail "nodes not all idle after ${TIMEOUT}s: $(sinfo -h -N -o '%N=%t' | tr '\n' ' ')"
+    [ "$(date +%s)" -lt "$deadline" ] || fail "nodes not all idle after ${TIMEOUT}s: $(sinfo -h -N -p "$PARTITION" -o '%N=%t' | tr '\n' ' ')"
     sleep 0.5
 done
 log "cluster up in $(awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')s:" \
