@@ -167,7 +167,7 @@ EOF
 {
     echo "$MARKER"
     # The same on every node. gres/gpu counts only the GPUs that have a File; these are empty files standing for
-    # device nodes (nothing is enforced without cgroups), so jobs get CUDA_VISIBLE_DEVICES as on a GPU node.
+    # device nodes (nothing is enforced without cgroups). Jobs get SLURM_GPUS_ON_NODE, not CUDA_VISIBLE_DEVICES.
     [ "$GPUS" -eq 0 ] || echo "Name=gpu File=$DIR/dev/gpu[0-$((GPUS - 1))]"
 } >"$gen/gres.conf"
 
