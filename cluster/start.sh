@@ -9,14 +9,16 @@
 # Environment (all optional):
 #   SWEEP_SLURM_DIR        state, spool, pid and log directory   [/var/lib/sweep-slurm]
 #   SWEEP_SLURM_CLUSTER    ClusterName                           [sweep]
-#   SWEEP_SLURM_PARTITION  the one (default) partition           [debug]
+#   SWEEP_SLURM_PARTITION  the default partition                 [debug]
+#   SWEEP_SLURM_URGENT     a higher-priority partition on the same nodes that preempts it [urgent]
+#   SWEEP_SLURM_GPUS       count-only GPUs per node (GRES gpu, no devices) [2]
 #   SWEEP_SLURM_DB_HOST/PORT/USER/PASS/NAME  MariaDB for slurmdbd [127.0.0.1/3306/root//slurm_acct_db]
 #   SWEEP_SLURM_TIMEOUT    seconds to wait for the cluster       [90]
 #   SWEEP_SLURM_NODES      compute nodes (--nodes N overrides)   [1]
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then
-    exec sudo --preserve-env=SWEEP_SLURM_DIR,SWEEP_SLURM_CLUSTER,SWEEP_SLURM_PARTITION,SWEEP_SLURM_DB_HOST,SWEEP_SLURM_DB_PORT,SWEEP_SLURM_DB_USER,SWEEP_SLURM_DB_PASS,SWEEP_SLURM_DB_NAME,SWEEP_SLURM_TIMEOUT,SWEEP_SLURM_NODES "$0" "$@"
+    exec sudo --preserve-env=SWEEP_SLURM_DIR,SWEEP_SLURM_CLUSTER,SWEEP_SLURM_PARTITION,SWEEP_SLURM_URGENT,SWEEP_SLURM_GPUS,SWEEP_SLURM_DB_HOST,SWEEP_SLURM_DB_PORT,SWEEP_SLURM_DB_USER,SWEEP_SLURM_DB_PASS,SWEEP_SLURM_DB_NAME,SWEEP_SLURM_TIMEOUT,SWEEP_SLURM_NODES "$0" "$@"
 fi
 
 # The daemons started below must not inherit the caller's open files (a pipe it reads to the end, a lock it
@@ -35,6 +37,8 @@ for tool in slurmctld slurmd slurmdbd sacctmgr sinfo sacct munged munge mariadb;
 done
 
 PARTITION="${SWEEP_SLURM_PARTITION:-debug}"
+URGENT="${SWEEP_SLURM_URGENT:-urgent}"
+GPUS="${SWEEP_SLURM_GPUS:-2}"
 DB_HOST="${SWEEP_SLURM_DB_HOST:-127.0.0.1}"
 DB_PORT="${SWEEP_SLURM_DB_PORT:-3306}"
 DB_USER="${SWEEP_SLURM_DB_USER:-root}"
@@ -51,6 +55,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 [[ "$NODES" =~ ^[1-9][0-9]?$ ]] || die "--nodes (SWEEP_SLURM_NODES) must be a number from 1 to 99, got '$NODES'"
+[[ "$GPUS" =~ ^[0-9]$ ]] || die "SWEEP_SLURM_GPUS must be a number from 0 to 9, got '$GPUS'"
+[ "$URGENT" != "$PARTITION" ] || die "SWEEP_SLURM_URGENT and SWEEP_SLURM_PARTITION must differ, both are '$URGENT'"
 FIRST_PORT=17001 # nodes of a multi-node cluster listen on 17001, 17002, …; the single node on SLURM's 6818
 if [ "$NODES" -eq 1 ]; then
     NODE_NAMES=("$NODE")
@@ -107,6 +113,13 @@ TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=30
 
+# Preemption as on a shared GPU cluster: a job of the higher-priority partition $URGENT (same nodes) requeues
+# the jobs of $PARTITION it needs room from. Their tasks get their --signal at once (preempt_send_user_signal:
+# submitit's USR2, so a worker checkpoints, hands its trial back and exits), SIGKILL after GraceTime if not.
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
+SlurmctldParameters=preempt_send_user_signal
+
 SchedulerType=sched/backfill
 # Frequent passes so a requeued job (eligible again after cred_expire) restarts within seconds.
 SchedulerParameters=sched_interval=2,bf_interval=2
@@ -127,20 +140,36 @@ Waittime=0
 
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
-# No AccountingStorageEnforce: any local user may submit; start.sh still adds an account and users.
+# A job's account and QOS must exist (sbatch: "Invalid qos specification"), as on a real site; start.sh
+# registers root and the sudo caller in account $CLUSTER, whose QOS is SLURM's default, normal.
+AccountingStorageEnforce=associations,qos
 JobCompType=jobcomp/none
-
 EOF
+gres="" # GPUs counted, not real: no File= in gres.conf, so a job gets a count and no device
+if [ "$GPUS" -gt 0 ]; then
+    printf 'GresTypes=gpu\n' >>"$gen/slurm.conf"
+    gres=" Gres=gpu:$GPUS"
+fi
+echo >>"$gen/slurm.conf"
 if [ "$NODES" -eq 1 ]; then
-    echo "NodeName=$NODE NodeAddr=127.0.0.1 $topo RealMemory=$real_mem State=UNKNOWN" >>"$gen/slurm.conf"
+    echo "NodeName=$NODE NodeAddr=127.0.0.1 $topo RealMemory=$real_mem$gres State=UNKNOWN" >>"$gen/slurm.conf"
 else # every node has the host's CPUs (oversubscribed: nothing is enforced) and a share of its memory
     for ((i = 1; i <= NODES; i++)); do
         echo "NodeName=node$i NodeHostname=$NODE NodeAddr=127.0.0.1 Port=$((FIRST_PORT + i - 1)) $topo" \
-            "RealMemory=$((real_mem / NODES)) State=UNKNOWN" >>"$gen/slurm.conf"
+            "RealMemory=$((real_mem / NODES))$gres State=UNKNOWN" >>"$gen/slurm.conf"
     done
 fi
 nodelist="$(IFS=,; echo "${NODE_NAMES[*]}")"
-echo "PartitionName=$PARTITION Nodes=$nodelist Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO" >>"$gen/slurm.conf"
+cat >>"$gen/slurm.conf" <<EOF
+PartitionName=$PARTITION Nodes=$nodelist Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO PriorityTier=1 GraceTime=30
+PartitionName=$URGENT Nodes=$nodelist MaxTime=INFINITE State=UP OverSubscribe=NO PriorityTier=2 PreemptMode=OFF
+EOF
+{
+    echo "$MARKER"
+    # The same on every node. gres/gpu counts only the GPUs that have a File; these are empty files standing for
+    # device nodes (nothing is enforced without cgroups). Jobs get SLURM_GPUS_ON_NODE, not CUDA_VISIBLE_DEVICES.
+    [ "$GPUS" -eq 0 ] || echo "Name=gpu File=$DIR/dev/gpu[0-$((GPUS - 1))]"
+} >"$gen/gres.conf"
 
 cat >"$gen/slurmdbd.conf" <<EOF
 $MARKER
@@ -166,7 +195,7 @@ IgnoreSystemd=yes
 EOF
 
 config_changed=0
-for f in slurm.conf slurmdbd.conf cgroup.conf; do
+for f in slurm.conf slurmdbd.conf cgroup.conf gres.conf; do
     cmp -s "$gen/$f" "$CONF_DIR/$f" || config_changed=1
 done
 
@@ -206,9 +235,10 @@ if [ "$config_changed" -eq 1 ] && any_daemon_alive; then
 fi
 
 # ---------------------------------------------------------------- write config
-mkdir -p "$CONF_DIR" "$DIR"/{ctld,run,log}
+mkdir -p "$CONF_DIR" "$DIR"/{ctld,run,log,dev}
+for ((i = 0; i < GPUS; i++)); do touch "$DIR/dev/gpu$i"; done
 for name in "${NODE_NAMES[@]}"; do mkdir -p "$DIR/spool/slurmd-$name"; done
-for f in slurm.conf slurmdbd.conf cgroup.conf; do
+for f in slurm.conf slurmdbd.conf cgroup.conf gres.conf; do
     if [ -e "$CONF_DIR/$f" ] && ! grep -qxF "$MARKER" "$CONF_DIR/$f" && [ ! -e "$CONF_DIR/$f.before-sweep" ]; then
         log "keeping the existing $CONF_DIR/$f as $f.before-sweep"
         cp -p "$CONF_DIR/$f" "$CONF_DIR/$f.before-sweep"
@@ -303,7 +333,7 @@ while ! cluster_ready; do
         state="$(node_state "$name" || true)"
         case "$state" in drain* | drng | down) scontrol update nodename="$name" state=resume 2>/dev/null || true ;; esac
     done
-    [ "$(date +%s)" -lt "$deadline" ] || fail "nodes not all idle after ${TIMEOUT}s: $(sinfo -h -N -o '%N=%t' | tr '\n' ' ')"
+    [ "$(date +%s)" -lt "$deadline" ] || fail "nodes not all idle after ${TIMEOUT}s: $(sinfo -h -N -p "$PARTITION" -o '%N=%t' | tr '\n' ' ')"
     sleep 0.5
 done
 log "cluster up in $(awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')s:" \

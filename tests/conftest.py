@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,19 @@ def slurm_cluster() -> str:
     if run.returncode != 0:
         pytest.fail(f"cluster/start.sh failed ({run.returncode}):\n{run.stdout}\n{run.stderr}")
     return os.environ.get("SWEEP_SLURM_PARTITION", "debug")
+
+
+@contextlib.contextmanager
+def cluster_of(nodes: int) -> Iterator[None]:
+    """cluster/start.sh --nodes N (node1..nodeN, each its own slurmd) for the block; the single-node cluster after."""
+    start = ["bash", str(ROOT / "cluster" / "start.sh")]
+    run = subprocess.run([*start, "--nodes", str(nodes)], capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stdout + run.stderr
+    try:
+        yield
+    finally:
+        back = subprocess.run(start, capture_output=True, text=True, timeout=240)
+        assert back.returncode == 0, back.stdout + back.stderr
 
 
 @pytest.fixture(autouse=True, scope="session")

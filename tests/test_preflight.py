@@ -8,6 +8,7 @@ cluster/ for the profile checks.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -15,7 +16,7 @@ import pytest
 import soundfile
 import torch
 import yaml
-from conftest import TINY, sweep_cli, undecodable
+from conftest import TINY, cluster_of, sweep_cli, undecodable
 
 from sweep.data.layouts import write_esc50, write_folder
 
@@ -141,34 +142,48 @@ def profile(home: Path, partition: str, **keys: object) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def three_nodes(slurm_cluster: str) -> Iterator[str]:
+    """The multi-node test cluster (node1..node3, gpu:2 each, partitions debug and urgent, QOS enforced), once for
+    the module's profile checks."""
+    with cluster_of(3):
+        yield slurm_cluster
+
+
 @pytest.mark.parametrize(
     ("keys", "message"),
     [
         ({"partition": "gpu"}, "`partition`: sbatch refused: invalid partition specified: gpu (sinfo lists the "
-                               "partitions: "),
-        ({"gres": "gpu:1"}, "`gres`: sbatch refused: Invalid generic resource (gres) specification (the nodes' "
-                            "GRES, by sinfo: none)"),
-        ({"gpus_per_node": 1}, "`gpus_per_node`: sbatch refused: Invalid generic resource (gres) specification"),
+                               "partitions: debug*, urgent)"),
+        ({"gres": "tpu:1"}, "`gres`: sbatch refused: Invalid generic resource (gres) specification (the nodes' "
+                            "GRES, by sinfo: gpu:2)"),
+        ({"gres": "gpu:3"}, "`gres`: sbatch refused: Requested node configuration is not available (the nodes' "
+                            "GRES, by sinfo: gpu:2)"),
+        ({"gpus_per_node": 3}, "`gpus_per_node`: sbatch refused: Requested node configuration is not available "
+                               "(the nodes' GRES, by sinfo: gpu:2)"),
+        ({"qos": "nope"}, "`qos`: sbatch refused: Invalid qos specification (sacctmgr lists the QOS: normal"),
         ({"cpus_per_task": 4096}, "`cpus_per_task`: sbatch refused: Requested node configuration is not available "
                                   "(the largest node: "),
     ],
 )
-def test_a_profile_the_cluster_refuses_stops_the_launch_before_the_study_changes(
-    slurm_cluster: str, home: Path, keys: dict, message: str
+def test_a_profile_the_cluster_refuses_stops_the_launch_before_a_study_is_created_or_changed(
+    three_nodes: str, home: Path, keys: dict, message: str
 ) -> None:
     path = study_file(home, {"dataset": "synthetic", "n_classes": 4, "clips_per_class": 10})
     first = sweep_cli("launch", str(path), "--trials", "1", cwd=home)  # a study with one trial, run here
     assert first.returncode == 0, first.stderr
     logs = sorted((home / "studies" / "pre" / "logs").iterdir())
-    site = profile(home, **{"partition": slurm_cluster, **keys})
-    run = sweep_cli("launch", str(path), "--trials", "3", "--executor", "slurm", "--cluster", str(site), cwd=home)
-    assert run.returncode == 2, run.stdout + run.stderr
-    assert run.stderr.startswith(f"sweep: error: {site}: {message}"), run.stderr
-    assert "Traceback" not in run.stderr
-    assert len(run.stderr.splitlines()) == 1
+    site = profile(home, **{"partition": three_nodes, **keys})
+    for args in (["--trials", "3"], ["--study", "fresh"]):  # topping up a study, creating one
+        run = sweep_cli("launch", str(path), *args, "--executor", "slurm", "--cluster", str(site), cwd=home)
+        assert run.returncode == 2, run.stdout + run.stderr
+        assert run.stderr.startswith(f"sweep: error: {site}: {message}"), run.stderr
+        assert "Traceback" not in run.stderr
+        assert len(run.stderr.splitlines()) == 1
     study = optuna.load_study(study_name="pre", storage=f"sqlite:///{home}/studies/pre/study.db")
     assert len(study.trials) == 1  # not topped up to 3
     assert sorted((home / "studies" / "pre" / "logs").iterdir()) == logs  # nothing submitted
+    assert not (home / "studies" / "fresh").exists()  # nor created
 
 
 def test_missing_weights_stop_a_slurm_launch_unless_the_profile_moves_the_caches(

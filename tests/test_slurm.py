@@ -4,6 +4,7 @@ PostgreSQL, MariaDB or a journal file, finishing exactly its budget."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import ROOT, sweep_cli
+from conftest import ROOT, cluster_of, sweep_cli
 from optuna.trial import TrialState
 
 from sweep.storage import open_storage
@@ -232,19 +233,13 @@ def test_outcomes_tell_a_result_an_error_and_a_cancelled_job_apart_without_waiti
 @pytest.fixture
 def three_nodes(slurm_cluster: str) -> str:
     """cluster/start.sh --nodes 3: node1..node3, each its own slurmd; the single-node cluster comes back after."""
-    start = [str(ROOT / "cluster" / "start.sh")]
-    run = subprocess.run(["bash", *start, "--nodes", "3"], capture_output=True, text=True, timeout=240)
-    assert run.returncode == 0, run.stdout + run.stderr
-    try:
+    with cluster_of(3):
         yield slurm_cluster
-    finally:
-        back = subprocess.run(["bash", *start], capture_output=True, text=True, timeout=240)
-        assert back.returncode == 0, back.stdout + back.stderr
 
 
 def test_a_study_on_three_nodes_records_the_node_of_each_trial(three_nodes: str, home: Path, tiny_file: Path) -> None:
     nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True).stdout.split("\n")
-    assert sorted(line.split()[0] for line in nodes if line) == ["node1", "node2", "node3"], nodes
+    assert sorted({line.split()[0] for line in nodes if line}) == ["node1", "node2", "node3"], nodes  # per partition
     profile = home / "whole-node.yaml"  # a task takes a node's two CPUs, so three running tasks need three nodes
     profile.write_text((ROOT / "cluster" / "local.yaml").read_text().replace("cpus_per_task: 1", "cpus_per_task: 2"))
     name, url = f"nodes-{uuid.uuid4().hex[:8]}", URLS["postgresql"]
@@ -331,6 +326,113 @@ def test_a_node_lost_mid_trial_loses_no_trial(three_nodes: str, home: Path, tiny
     print(f"node2 lost at epoch {reported} (+ the one in progress); the retry resumed after epoch {resumed}: "
           f"{reported - resumed} finished epoch(s) trained twice")
     assert resumed == reported  # every epoch reported had been checkpointed first: none is trained again
+
+
+def _chain(trials: list, last: optuna.trial.FrozenTrial) -> list:
+    """`last` and the trials it resumed, oldest first (each retry names the trial it continues)."""
+    by_number, chain = {t.number: t for t in trials}, [last]
+    while "sweep_retry_of" in chain[0].user_attrs:
+        chain.insert(0, by_number[chain[0].user_attrs["sweep_retry_of"]])
+    return chain
+
+
+def _trained_twice(chain: list) -> int:
+    """Finished epochs a chain of hand-backs trained again: what each trial reported beyond where its retry
+    resumed (a checkpoint saved just before the stop may put the resume one epoch ahead of the reports)."""
+    return sum(max(0, max(t.intermediate_values, default=0) - nxt.user_attrs.get("sweep_resumed_at_epoch", 0))
+               for t, nxt in itertools.pairwise(chain))
+
+
+def test_a_preempted_worker_hands_its_trial_back_and_it_resumes(three_nodes: str, home: Path, tiny_file: Path) -> None:
+    """A job of the higher-priority partition needs node2, where a worker is mid-trial: SLURM preempts the worker's
+    array task (PreemptMode=REQUEUE; preempt_send_user_signal sends submitit's USR2 at once), the worker checkpoints,
+    hands its trial back and exits, the task is requeued, and the trial resumes from its checkpoint. Budget exact."""
+    profile = home / "whole-node.yaml"  # a task takes a node's two CPUs: the urgent job must preempt to get node2
+    profile.write_text((ROOT / "cluster" / "local.yaml").read_text().replace("cpus_per_task: 1", "cpus_per_task: 2"))
+    name, url = f"preempt-{uuid.uuid4().hex[:8]}", URLS["postgresql"]
+    slow = ["data.clips_per_class=80", "train.epochs=30", "pruner.n_warmup_steps=100",
+            "executor.heartbeat_seconds=2", "executor.stale_after_seconds=300"]  # no heartbeat recovery in time
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "sweep", "launch", str(tiny_file), "--executor", "slurm", "--cluster", str(profile),
+         "--workers", "3", "--trials", "6", "--study", name, "--storage", url, *[f"--set={s}" for s in slow]],
+        cwd=home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    urgent = None
+    try:
+        deadline, victim = time.time() + 240, None
+        while victim is None and time.time() < deadline and launcher.poll() is None:
+            time.sleep(0.5)
+            with contextlib.suppress(KeyError):  # the study exists once the launcher has created it
+                for t in optuna.load_study(study_name=name, storage=open_storage(url)).get_trials():
+                    if t.state == TrialState.RUNNING and t.user_attrs.get("slurm_node") == "node2" \
+                            and len(t.intermediate_values) >= 2:
+                        victim = t
+        assert victim is not None, "no trial reached epoch 2 on node2"
+        submit = subprocess.run(["sbatch", "--parsable", "--partition=urgent", "--nodelist=node2", "--cpus-per-task=2",
+                                 "--time=1", f"--output={home}/urgent.out", "--wrap", "echo $SLURMD_NODENAME; sleep 5"],
+                                capture_output=True, text=True)
+        assert submit.returncode == 0, submit.stderr
+        urgent = submit.stdout.strip()
+        out, _ = launcher.communicate(timeout=420)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        if urgent:
+            subprocess.run(["scancel", urgent], capture_output=True)
+    assert launcher.returncode == 0, out
+    assert _sacct(urgent) == {urgent: "COMPLETED"} and (home / "urgent.out").read_text().split() == ["node2"]
+    task = victim.user_attrs["slurm_job_id"]
+    history = subprocess.run(["sacct", "-n", "-P", "-X", "-D", "-o", "JobID,State", "-j", task],
+                             capture_output=True, text=True).stdout
+    assert "PREEMPTED" in history or "REQUEUED" in history, history  # SLURM put the task back in the queue
+    trials = optuna.load_study(study_name=name, storage=open_storage(url)).get_trials()
+    counted = [t for t in trials if "sweep_void" not in t.user_attrs]
+    assert len(counted) == 6 and all(t.state == TrialState.COMPLETE for t in counted), out
+    lost = next(t for t in trials if t.number == victim.number)
+    assert lost.state == TrialState.FAIL and "preempted or timed out" in lost.user_attrs["sweep_void"]  # the signal's
+    (retry,) = [t for t in trials if t.user_attrs.get("sweep_retry_of") == victim.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == lost.params
+    assert sorted(retry.intermediate_values) == list(range(1, 31))  # the whole curve, the resumed epochs included
+    assert retry.user_attrs.get("sweep_retries", 0) == 0  # it had progressed: a preemption uses up no retry
+    twice = _trained_twice([lost, retry])
+    print(f"preempted at epoch {max(lost.intermediate_values)} (+ the one in progress); the retry resumed after epoch "
+          f"{retry.user_attrs['sweep_resumed_at_epoch']}: {twice} finished epoch(s) trained twice")
+    assert twice == 0  # every epoch reported had been checkpointed first
+
+
+def test_a_worker_at_its_time_limit_requeues_itself_and_resumes_its_trial(
+    slurm_cluster: str, home: Path, tiny_file: Path
+) -> None:
+    """`time_min: 1`: SLURM signals the task (USR2) 30 s before its limit, the worker checkpoints, hands its trial
+    back and requeues its task, which resumes the trial after its last finished epoch; as often as it takes (a
+    trial that progressed uses up no retry). Budget exact. Over a minute by nature: SLURM's shortest limit."""
+    profile = home / "one-minute.yaml"
+    profile.write_text((ROOT / "cluster" / "local.yaml").read_text().replace("time_min: 60", "time_min: 1"))
+    assert "time_min: 1\n" in profile.read_text()
+    name, url = f"limit-{uuid.uuid4().hex[:8]}", URLS["postgresql"]
+    slow = ["data.clips_per_class=80", "train.epochs=200", "pruner.n_warmup_steps=1000",  # over a minute a trial
+            "executor.heartbeat_seconds=2", "executor.stale_after_seconds=300"]
+    run = sweep_cli("launch", str(tiny_file), "--executor", "slurm", "--cluster", str(profile), "--workers", "1",
+                    "--trials", "1", "--study", name, "--storage", url, *[f"--set={s}" for s in slow], cwd=home,
+                    timeout=900)
+    assert run.returncode == 0, run.stdout + run.stderr
+    study = optuna.load_study(study_name=name, storage=open_storage(url))
+    trials = study.get_trials()
+    (done,) = [t for t in trials if "sweep_void" not in t.user_attrs]
+    assert done.state == TrialState.COMPLETE and sorted(done.intermediate_values) == list(range(1, 201))
+    chain = _chain(trials, done)
+    assert chain == sorted(trials, key=lambda t: t.number) and len(chain) >= 2, "the trial never met its time limit"
+    for handed_back in chain[:-1]:
+        assert handed_back.state == TrialState.FAIL and "preempted or timed out" in handed_back.user_attrs["sweep_void"]
+    assert done.user_attrs.get("sweep_retries", 0) == 0  # each stop had progressed: no retry used up
+    (job,) = study.user_attrs["sweep_jobs"][:1]
+    history = subprocess.run(["sacct", "-n", "-P", "-X", "-D", "-o", "JobID,State", "-j", job["id"]],
+                             capture_output=True, text=True).stdout
+    assert history.count("REQUEUED") >= len(chain) - 1, history  # the task requeued itself each time
+    twice = _trained_twice(chain)
+    print(f"{len(chain) - 1} time limit(s) met; the trial resumed after epochs "
+          f"{[t.user_attrs['sweep_resumed_at_epoch'] for t in chain[1:]]}: {twice} finished epoch(s) trained twice")
+    assert twice == 0
 
 
 def test_a_lone_slurm_worker_killed_is_replaced(slurm_cluster: str, home: Path, tiny_file: Path) -> None:

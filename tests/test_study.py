@@ -102,3 +102,25 @@ def test_a_budget_above_the_ceiling_is_refused_unless_raised(home: Path) -> None
     assert "100000000" in huge.stderr and "study.max_trials" in huge.stderr
     assert "--set study.max_trials=100000000" in huge.stderr
     assert not (home / "studies" / "s").exists()  # refused before anything was stored
+
+
+def test_a_preempted_trial_that_progressed_is_retried_without_using_up_a_retry(tmp_path: Path) -> None:
+    """A trial may span any number of time limits or preemptions as long as it trains an epoch in each; stopped
+    before any progress, each stop uses up a retry, so a time limit shorter than an epoch ends, not loops."""
+    from sweep.run.worker import progressed
+    from sweep.search.study import retry
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", study_name="s", direction="maximize")
+    study.enqueue_trial({"x": 1.0}, user_attrs={"sweep_retries": 1, "sweep_resumed_at_epoch": 2})
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 2)})
+    for epoch in (1, 2):  # the epochs it resumed after, reported again
+        trial.report(0.5, epoch)
+    stuck = study._storage.get_trial(trial._trial_id)
+    assert not progressed(stuck)
+    trial.report(0.6, 3)
+    moved = study._storage.get_trial(trial._trial_id)
+    assert progressed(moved)
+    assert retry(study, moved, "preempted", max_retries=3, counted=False) == trial.number
+    (again,) = [t for t in study.get_trials() if t.user_attrs.get("sweep_retry_of") == trial.number]
+    assert again.user_attrs["sweep_retries"] == 1  # unchanged
+    assert VOID in study.get_trials()[trial.number].user_attrs

@@ -145,6 +145,12 @@ def _alive(entry: dict[str, Any]) -> bool:
     return True
 
 
+# How often one array task requeues itself at its time limit. submitit's default, 3, ended a worker (its trial left
+# RUNNING until its heartbeat went stale) at its fourth time limit however much budget was left; what bounds a
+# worker is its budget, and a trial that makes no progress between time limits runs out of retries.
+MAX_REQUEUES = 10_000
+
+
 class Slurm(Executor):
     doc = "a SLURM array job, one task per worker (or executor.trials_per_gpu workers per task)"
     cluster = "slurm"
@@ -196,7 +202,7 @@ class Slurm(Executor):
         self, config: Mapping[str, Any], folder: str, workers: int, profile: Mapping[str, Any] | None, per_job: int = 1
     ) -> Any:
         cfg = typed(config)
-        executor = _submitit().AutoExecutor(folder=folder, cluster=self.cluster)
+        executor = _submitit().AutoExecutor(folder=folder, cluster=self.cluster, slurm_max_num_timeout=MAX_REQUEUES)
         executor.update_parameters(**submitit_parameters(profile, workers, cfg.study.name, per_job))
         return executor
 

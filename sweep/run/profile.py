@@ -111,6 +111,7 @@ def check_with_cluster(
     without queueing anything; a refusal (no such partition, an unknown GRES, more CPUs or memory than any
     node has) is a ConfigError naming the profile file, the key at fault where sbatch's reason names one,
     and sbatch's own words, instead of a FailedJobError traceback after the study holds its waiting trials.
+    An unknown QOS is refused only where the site enforces QOS (AccountingStorageEnforce=qos), as sbatch does.
     `cluster`: submitit's name for SLURM, whose AutoExecutor writes the script.
     """
     import submitit  # ~120 ms, as in executors._submitit: only a SLURM launch checks its profile
@@ -173,6 +174,16 @@ def sinfo() -> list[Node]:
     return nodes
 
 
+def sacctmgr_qos() -> list[str]:
+    """The QOS names the accounting database holds, or [] when sacctmgr does not answer."""
+    try:
+        out = subprocess.run(["sacctmgr", "--noheader", "--parsable2", "show", "qos", "format=name"],
+                             capture_output=True, text=True, timeout=TEST_TIMEOUT).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
 # sbatch's reason → the profile key that set what it refuses (first match wins)
 BLAME = (
     ("partition", "partition"),
@@ -203,7 +214,26 @@ def blame(reason: str, profile: Mapping[str, Any], nodes: list[Node]) -> str | N
             return "cpus_per_task"
         if mine and profile["mem_gb"] and profile["mem_gb"] * 1024 > max(n.mem_mb for n in mine):
             return "mem_gb"
+        most = max((gres_count(n.gres, "gpu") for n in mine), default=0)
+        if mine and profile["gpus_per_node"] > most:
+            return "gpus_per_node"
+        if mine and profile["gres"]:
+            name, _, rest = profile["gres"].partition(":")
+            if gres_count(profile["gres"], name) > max(gres_count(n.gres, name, rest.rpartition(":")[0]) for n in mine):
+                return "gres"
     return None
+
+
+def gres_count(gres: str, name: str, kind: str = "") -> int:
+    """How many of GRES `name` (of type `kind`, when given) a GRES list holds: sinfo's `gpu:a100:4(S:0-1),tmp:1`
+    or a request's `gpu:1g.10gb:2`; a bare name counts one."""
+    total = 0
+    for item in gres.split(","):
+        fields = item.split("(")[0].strip().split(":")
+        if fields[0] != name or (kind and kind not in fields[1:-1]):
+            continue
+        total += int(fields[-1]) if len(fields) > 1 and fields[-1].isdigit() else 1
+    return total
 
 
 def _hint(key: str | None, nodes: list[Node]) -> str:
@@ -215,6 +245,9 @@ def _hint(key: str | None, nodes: list[Node]) -> str:
     if key in ("gres", "gpus_per_node"):
         offered = sorted({n.gres for n in nodes if n.gres not in ("(null)", "")})
         return f" (the nodes' GRES, by sinfo: {', '.join(offered) or 'none'})"
+    if key == "qos":
+        qos = sacctmgr_qos()
+        return f" (sacctmgr lists the QOS: {', '.join(qos)})" if qos else ""
     if key in ("cpus_per_task", "mem_gb"):
         return f" (the largest node: {max(n.cpus for n in nodes)} CPUs, {max(n.mem_mb for n in nodes)} MB)"
     return ""

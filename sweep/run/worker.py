@@ -288,6 +288,9 @@ def run_worker(
                     f"(sweep status {config['study']['name']}) and this worker's log"
                 )
     except Exception as exc:
+        if job.preempted and trial is not None:  # checkpointed, but submitit's requeue failed (scontrol refused)
+            hand_back(study, trial, "its SLURM job was preempted or timed out", job)
+            raise
         if not is_disk_full(exc):
             raise
         release_reserves(reserves)  # room for the hand-back and for these lines in the log
@@ -308,12 +311,25 @@ def run_worker(
         if trial is not None:  # a requeued job, another worker or the next launch resumes it from its last epoch
             reason = ("its SLURM job was preempted or timed out" if job.preempted
                       else "the disk was full" if full else "interrupted")
-            retry(study, storage_of(study).get_trial(trial_id_of(trial)), reason, job.max_retries + 1)
-            print(f"trial {trial.number} handed back to the study ({reason})", flush=True)
+            hand_back(study, trial, reason, job)
         raise
     finally:
         heartbeat.close()
     return WorkerReport(index, host, done, time.time() - started)
+
+
+def hand_back(study: optuna.Study, trial: optuna.Trial, reason: str, job: Worker) -> None:
+    """Give a trial this worker cannot finish back to the study, to be resumed from its last checkpoint."""
+    frozen = storage_of(study).get_trial(trial_id_of(trial))
+    retry(study, frozen, reason, job.max_retries + 1, counted=not (job.preempted and progressed(frozen)))
+    print(f"trial {trial.number} handed back to the study ({reason})", flush=True)
+
+
+def progressed(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether the trial finished an epoch since it started or resumed: then a preemption or time limit that
+    stops it does not use up one of its retries (a trial may span any number of time limits), and one that stops
+    it before any progress does, so a time limit shorter than an epoch ends in a failed trial, not a loop."""
+    return len(trial.intermediate_values) > int(trial.user_attrs.get("sweep_resumed_at_epoch", 0))
 
 
 def _stop_on_sigterm() -> bool:

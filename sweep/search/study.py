@@ -103,11 +103,14 @@ def pop_trial(
     return optuna.Trial(study, trial_id)
 
 
-def retry(study: optuna.Study, trial: FrozenTrial, reason: str, max_retries: int) -> int | None:
+def retry(
+    study: optuna.Study, trial: FrozenTrial, reason: str, max_retries: int, counted: bool = True
+) -> int | None:
     """Fail a trial that cannot finish where it ran, and enqueue the same params to resume from its checkpoint.
 
     Several workers may notice the same dead trial at once; only the one whose RUNNING → FAIL transition
     succeeds enqueues the retry, so a trial is retried once. Returns the retry's queue position, or None.
+    `counted=False`: the retry keeps the trial's count of retries (a preempted trial that got further).
     """
     storage = storage_of(study)
     retries = trial.user_attrs.get("sweep_retries", 0)
@@ -121,17 +124,17 @@ def retry(study: optuna.Study, trial: FrozenTrial, reason: str, max_retries: int
         return None  # another worker got there first (or the trial did finish)
     if retries >= max_retries:
         return None
-    _enqueue_retry(study, trial)
+    _enqueue_retry(study, trial, counted)
     return trial.number
 
 
-def _enqueue_retry(study: optuna.Study, trial: FrozenTrial) -> None:
+def _enqueue_retry(study: optuna.Study, trial: FrozenTrial, counted: bool = True) -> None:
     study.enqueue_trial(
         trial.params,
         skip_if_exists=False,
         user_attrs={
             "sweep_retry_of": trial.number,
-            "sweep_retries": trial.user_attrs.get("sweep_retries", 0) + 1,
+            "sweep_retries": trial.user_attrs.get("sweep_retries", 0) + (1 if counted else 0),
             "sweep_resume_from": trial.user_attrs.get("trial_dir"),
         },
     )
