@@ -91,3 +91,23 @@ def test_no_module_but_the_registry_names_an_executor() -> None:
         if named.search(line)
     ]
     assert not found, found
+
+
+@pytest.mark.parametrize(("per_gpu", "gpus", "workers", "tasks", "entries", "cpus"),
+                         [(1, 1, 5, None, 5, 8), (2, 0, 5, 2, 3, 4), (2, 2, 8, 4, 2, 2), (4, 1, 4, 4, 1, 2)])
+def test_trials_per_gpu_packs_workers_into_array_tasks(
+    per_gpu: int, gpus: int, workers: int, tasks: int | None, entries: int, cpus: int
+) -> None:
+    """K workers per GPU of an array task (K × gpus_per_node, K alone without a GPU), its CPUs divided; the
+    array holds ⌈workers / per job⌉ tasks, the last one full too."""
+    from sweep.run.profile import PROFILE, array_size, submitit_parameters
+    from sweep.run.worker import default_threads
+    from sweep.schema import check_fields
+
+    config = resolve(copy.deepcopy(TINY), "test", [("executor.name", "slurm"), ("executor.trials_per_gpu", per_gpu)])
+    profile = check_fields(PROFILE, {"gpus_per_node": gpus, "cpus_per_task": 8}, "p.yaml", "profile")
+    per_job = EXECUTORS["slurm"].per_job(config, profile)
+    params = submitit_parameters(profile, workers, "s", per_job)
+    assert params.get("tasks_per_node") == tasks and params["cpus_per_task"] == cpus
+    assert array_size(workers, per_job) == entries == params["slurm_array_parallelism"]
+    assert default_threads(config, profile, per_job) == cpus and default_threads(config, profile) == 8  # final's
