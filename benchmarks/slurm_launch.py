@@ -64,7 +64,7 @@ def launch_once(folder: Path, storage: str | None) -> dict[str, float]:
     if acct and "|" in acct[0]:
         submit, start = (dt.datetime.fromisoformat(s).timestamp() for s in acct[0].split("|"))
         steps["slurm_queue"] = start - submit
-    log = next((folder / "studies" / name / "logs").glob(f"{job['id']}/*_log.err"), None)
+    log = next((folder / "studies" / name / "logs").glob(f"{job['id']}/*_log.out"), None)
     found = SUBMITIT_START.search(log.read_text()) if log else None
     if found:
         stamp = dt.datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
