@@ -241,14 +241,16 @@ def counting_shims(folder: Path, log: Path, tools: tuple[str, ...] = ("squeue", 
 def test_watching_a_40_task_array_asks_slurm_per_interval_never_per_job(
     slurm_cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The launcher's watch loop (`JobsEnded`), `sweep status` (`Slurm.states`) and the stop (`stop_workers`)
-    over a 40-task array ask SLURM a number of times that does not grow with the tasks: a forced `done()` per
-    job would run one sacct per task (submitit issue 1759's flood), submitit's `job.cancel` one scancel per task.
-    The tasks are held (`--hold`): pending, never running, so the test takes seconds."""
+    """The launcher's watch loop (`JobsEnded`), `sweep status` (`Slurm.states`), the stop (`stop_workers`) and
+    the replacement check (`Replacements`, when every task has died at once) over a 40-task array ask SLURM a
+    number of times that does not grow with the tasks: a forced `done()` per job would run one sacct per task
+    (submitit issue 1759's flood), submitit's `job.cancel` one scancel per task, a `held` per dead job one squeue
+    each. The tasks are held (`--hold`): pending, never running, so the test takes seconds."""
     import submitit
 
     from sweep.run import waiting
     from sweep.run.executors import EXECUTORS
+    from sweep.run.replace import Replacements
 
     log = tmp_path / "calls.log"
     monkeypatch.setenv("PATH", counting_shims(tmp_path / "bin", log))
@@ -275,6 +277,13 @@ def test_watching_a_40_task_array_asks_slurm_per_interval_never_per_job(
         waiting.stop_workers(jobs, None)  # Ctrl-C in `sweep launch`: cancel, then wait until none is held
         seen = calls()
         assert seen["scancel"] == 1 and seen["squeue"] + seen["sacct"] <= 10, seen
+
+        study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}")  # owes nothing: none replaced
+        replace = Replacements(study, "launch", lambda first: pytest.fail("nothing is owed"), len(jobs), 0, 0)
+        assert not replace(jobs)
+        assert replace.settled == set(range(len(jobs)))  # every task seen dead, SLURM asked once for all
+        seen = calls()
+        assert seen["squeue"] == 1 and seen["sacct"] <= 1 and seen["scancel"] == 0, seen
         assert not EXECUTORS["slurm"].held(jobs)
     finally:
         subprocess.run(["scancel", jobs[0].job_id.split("_")[0]], capture_output=True)

@@ -90,7 +90,11 @@ class Executor:
     def held(self, jobs: list) -> bool:
         """Whether any of these jobs, ended for submitit, still runs somewhere (a cancelled SLURM task until
         KillWait's SIGKILL): it may claim a trial after the launcher has handed the last one back."""
-        return False
+        return bool(self.holding(jobs))
+
+    def holding(self, jobs: list) -> set[str]:
+        """The ids of those of these jobs that still run somewhere (`held`), asked once for all of them."""
+        return set()
 
     def stop(self, jobs: list) -> None:
         """The first step of stopping these jobs of a launch, all made by this executor (local ones are then sent
@@ -202,8 +206,8 @@ class Slurm(Executor):
         executor.update_parameters(**submitit_parameters(profile, workers, cfg.study.name, per_job))
         return executor
 
-    def held(self, jobs: list) -> bool:
-        return bool(squeue.in_queue([str(job.job_id) for job in jobs]))
+    def holding(self, jobs: list) -> set[str]:
+        return squeue.in_queue([str(job.job_id) for job in jobs])
 
     def stop(self, jobs: list) -> None:
         """One scancel per array: submitit's `job.cancel` runs one per task, 500 for a 500-worker launch."""
