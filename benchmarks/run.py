@@ -53,6 +53,11 @@ UNITS = (  # (pattern of BENCH names, what sweep= and baseline= are), the first 
     (r".*_clips_per_s$", "clips per second"),
     (r"launch_header_check$", "s to check every file's header (sweep) or decode every file (baseline)"),
     (r"launch_top_up_trials_per_s$", "trials enqueued per second (baseline extrapolated from fewer)"),
+    (r"orchestration_", "s wall time of the trials (sweep) and their floor, trials × epochs × sleep / workers"),
+    (r"slurm_launch_first_trial_s$", "s from `sweep launch` to the first trial running (median); baseline: the goal"),
+    (r"slurm_launch_over_bare_job$", "s to the first trial running (sweep), to a bare job's torch import (baseline)"),
+    (r"slurm_poll_queries_", "most squeue + sacct calls in a 10 s interval; baseline: one per task"),
+    (r"slurm_poll_seconds_", "s per poll over every task; baseline: one squeue per task (scaled from 50)"),
 )
 
 

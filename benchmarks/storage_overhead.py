@@ -51,6 +51,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,17 +101,34 @@ def value(number: int, step: int) -> float:
 # ---- the two workers -------------------------------------------------------------------------------------
 
 
-def reporting_trainer(config: dict[str, Any], out_dir: Path, trial: optuna.Trial) -> Result:
-    """`sweep.run.worker.train_trial` without the training: what it does with the storage each epoch."""
-    for step in range(STEPS):
-        trial.report(value(trial.number, step), step)
-        if trial.should_prune():
-            raise optuna.TrialPruned(f"pruned after step {step}")
-    return Result(value(trial.number, STEPS - 1), STEPS - 1, [])
+@dataclass(frozen=True)
+class Reporting:
+    """`sweep.run.worker.train_trial` without the training: what it does with the storage each epoch (report,
+    should_prune), `steps` times. `sleep` s before each report stand for an epoch's training
+    (benchmarks/orchestration.py); `spread`: the trials report a spread of curves, so the median pruner prunes
+    some, else they all report one curve and none is pruned (each still asks)."""
+
+    steps: int = STEPS
+    sleep: float = 0.0
+    spread: bool = True
+
+    def __call__(self, config: dict[str, Any], out_dir: Path, trial: optuna.Trial) -> Result:
+        for step in range(self.steps):
+            if self.sleep:
+                time.sleep(self.sleep)
+            trial.report(self.value(trial.number, step), step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after step {step}")
+        return Result(self.value(trial.number, self.steps - 1), self.steps - 1, [])
+
+    def value(self, number: int, step: int) -> float:
+        return value(number, step) if self.spread else (step + 1) / self.steps
 
 
-def sweep_worker(config: dict[str, Any], url: str, study_dir: str, index: int, context: dict[str, Any]) -> None:
-    run_worker(config, url, study_dir, index, context, trainer=reporting_trainer)
+def sweep_worker(
+    config: dict[str, Any], url: str, study_dir: str, index: int, context: dict[str, Any], trainer: Reporting
+) -> None:
+    run_worker(config, url, study_dir, index, context, trainer=trainer)
 
 
 def baseline_worker(url: str, name: str, index: int, share: int, params: list[tuple[str, Any]]) -> None:
@@ -188,14 +206,31 @@ def run(
 ) -> float:
     """Per-trial time of one worker in ms: workers × (go → last tell) / trials. Raises if a worker failed or the
     study did not finish exactly `n_trials` trials."""
+    return 1000 * n_workers * timed(mode, url, n_workers, n_trials, ctx, space_name, where, name=name) / n_trials
+
+
+def timed(
+    mode: str,
+    url: str,
+    n_workers: int,
+    n_trials: int,
+    ctx: Any,
+    space_name: str = "two",
+    where: str | None = None,
+    trainer: Reporting = Reporting(),
+    name: str | None = None,
+) -> float:
+    """Seconds from the go signal to the end of the last `tell` (`trainer`: sweep's only; the baseline reports as
+    `Reporting()` does). Raises if a worker failed or the study did not finish exactly `n_trials` trials."""
     name = name or f"{mode}-{uuid.uuid4().hex[:6]}"
     optuna.create_study(study_name=name, storage=open_storage(url), direction="maximize")
     with tempfile.TemporaryDirectory(dir=where, ignore_cleanup_errors=True) as study_dir:
-        config = resolve(sweep_config(name, n_trials, n_workers, SPACES[space_name]), "storage_overhead.py")
+        config = resolve(sweep_config(name, n_trials, n_workers, SPACES[space_name], trainer.steps),
+                         "storage_overhead.py")
         if mode == "sweep":
             top_up(optuna.load_study(study_name=name, storage=open_storage(url)), n_trials)
             context = dict(run_context(n_workers), launch="bench")
-            jobs = [(sweep_worker, (config, url, study_dir, i, context)) for i in range(n_workers)]
+            jobs = [(sweep_worker, (config, url, study_dir, i, context, trainer)) for i in range(n_workers)]
         else:
             params = [(p.path, p.distribution) for p in space.parse(config["search_space"], config)]
             jobs = [(baseline_worker, (url, name, i, n_trials // n_workers, params)) for i in range(n_workers)]
@@ -217,15 +252,17 @@ def run(
     finished = sum(t.state.is_finished() for t in trials)
     if finished != n_trials:
         raise RuntimeError(f"{mode}: {finished} trials finished, expected {n_trials}")
-    return 1000 * n_workers * (max(t for t, _ in outcomes) - started) / n_trials
+    return max(t for t, _ in outcomes) - started
 
 
-def sweep_config(name: str, n_trials: int, n_workers: int, search_space: dict[str, Any]) -> dict[str, Any]:
+def sweep_config(
+    name: str, n_trials: int, n_workers: int, search_space: dict[str, Any], epochs: int = STEPS
+) -> dict[str, Any]:
     return {
         "study": {"name": name, "metric": "val_acc", "n_trials": n_trials},
         "sampler": {"name": "random", "seed": 0},
         "pruner": {"name": "median", **PRUNER},
-        "train": {"epochs": STEPS},
+        "train": {"epochs": epochs},
         "executor": {"name": "local", "workers": n_workers},
         "search_space": search_space,
     }

@@ -243,3 +243,41 @@ def test_launch_checks_smoke() -> None:
     for m in lines.values():
         assert_ratio_of_printed(m)
     assert lines["launch_header_check"]["op"] == "<=" and lines["launch_top_up_trials_per_s"]["op"] == ">="
+
+
+def test_orchestration_smoke() -> None:
+    """sweep's whole worker path on two local workers, the training a sleep: wall time against its floor."""
+    lines = bench_lines("orchestration.py", "--smoke")
+    assert set(lines) == {"orchestration_8_2w"}
+    m = lines["orchestration_8_2w"]
+    assert float(m["baseline"]) == pytest.approx(8 * 2 * 0.05 / 2)  # the floor: trials × epochs × sleep / workers
+    assert float(m["sweep"]) >= float(m["baseline"])  # no worker trains faster than it sleeps
+    assert m["op"] == "<=" and float(m["goal"]) == 1.05
+    assert_ratio_of_printed(m)
+
+
+def test_orchestration_runs_every_trial_to_its_end_with_its_folder(tmp_path: Path) -> None:
+    """Each trial ran every epoch (the sleep trainer's one curve prunes none) with its resolved config and its
+    folder recorded, as a real trial does (the folders are gone with the benchmark's temporary folder)."""
+    import multiprocessing
+
+    import optuna
+
+    bench = load("orchestration")
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    wall = bench.point(url, 4, 2, 3, 0.01, multiprocessing.get_context("fork"))
+    assert wall >= 4 * 3 * 0.01 / 2
+    (summary,) = optuna.get_all_study_summaries(url)
+    trials = optuna.load_study(study_name=summary.study_name, storage=url).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 4
+    assert all(sorted(t.intermediate_values) == [0, 1, 2] for t in trials)
+    assert all(t.user_attrs["config"]["train"]["epochs"] == 3 and "trial_dir" in t.user_attrs for t in trials)
+
+
+@pytest.mark.parametrize("script", ["slurm_launch.py", "slurm_polling.py"])
+def test_slurm_benchmarks_say_why_they_skip_without_slurm(script: str) -> None:
+    """No SLURM on PATH: a line saying so, exit 0, no BENCH line (run.py counts no crash)."""
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60, env={"PATH": str(Path(sys.executable).parent)})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == f"{script}: skipped: SLURM is not installed (cluster/install.sh installs it)"

@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -225,6 +226,68 @@ def test_outcomes_tell_a_result_an_error_and_a_cancelled_job_apart_without_waiti
     assert not _squeue(array_id)  # ended means gone: no worker process left
     assert [o.kind for o in got] == ["ok", "failed", "lost"]
     assert got[0].value == 42 and "ZeroDivisionError" in waiting.job_error(got[1].value)
+
+
+def counting_shims(folder: Path, log: Path, tools: tuple[str, ...] = ("squeue", "sacct", "scancel")) -> str:
+    """A PATH whose `squeue`, `sacct` and `scancel` log their name to `log`, then run the real one."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for tool in tools:
+        real = shutil.which(tool)
+        assert real, f"{tool} is not on PATH"
+        (folder / tool).write_text(f'#!/bin/sh\necho {tool} >> "{log}"\nexec "{real}" "$@"\n')
+        (folder / tool).chmod(0o755)
+    return f"{folder}{os.pathsep}{os.environ['PATH']}"
+
+
+def test_watching_a_40_task_array_asks_slurm_per_interval_never_per_job(
+    slurm_cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The launcher's watch loop (`JobsEnded`), `sweep status` (`Slurm.states`), the stop (`stop_workers`) and
+    the replacement check (`Replacements`, when every task has died at once) over a 40-task array ask SLURM a
+    number of times that does not grow with the tasks: a forced `done()` per job would run one sacct per task
+    (submitit issue 1759's flood), submitit's `job.cancel` one scancel per task, a `held` per dead job one squeue
+    each. The tasks are held (`--hold`): pending, never running, so the test takes seconds."""
+    import submitit
+
+    from sweep.run import waiting
+    from sweep.run.executors import EXECUTORS
+    from sweep.run.replace import Replacements
+
+    log = tmp_path / "calls.log"
+    monkeypatch.setenv("PATH", counting_shims(tmp_path / "bin", log))
+
+    def calls() -> dict[str, int]:
+        names = log.read_text().split() if log.exists() else []
+        log.unlink(missing_ok=True)
+        return {tool: names.count(tool) for tool in ("squeue", "sacct", "scancel")}
+
+    executor = submitit.AutoExecutor(folder=str(tmp_path / "%j"), cluster="slurm")
+    executor.update_parameters(slurm_partition=slurm_cluster, timeout_min=5, cpus_per_task=1,
+                               slurm_additional_parameters={"hold": True})
+    jobs = executor.map_array(abs, range(40))
+    try:
+        ended, polls = waiting.JobsEnded(jobs, force_every=0.0), 5  # every poll forces an accounting refresh
+        assert not any(ended() for _ in range(polls))
+        seen = calls()
+        assert seen["squeue"] == 0 and 1 <= seen["sacct"] <= 2 * polls, seen  # per job: 40 a poll
+
+        states = EXECUTORS["slurm"].states([{"id": str(job.job_id)} for job in jobs])  # what `sweep status` asks
+        assert states == ["PENDING"] * len(jobs), states
+        assert calls() == {"squeue": 1, "sacct": 1, "scancel": 0}
+
+        waiting.stop_workers(jobs, None)  # Ctrl-C in `sweep launch`: cancel, then wait until none is held
+        seen = calls()
+        assert seen["scancel"] == 1 and seen["squeue"] + seen["sacct"] <= 10, seen
+
+        study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}")  # owes nothing: none replaced
+        replace = Replacements(study, "launch", lambda first: pytest.fail("nothing is owed"), len(jobs), 0, 0)
+        assert not replace(jobs)
+        assert replace.settled == set(range(len(jobs)))  # every task seen dead, SLURM asked once for all
+        seen = calls()
+        assert seen["squeue"] == 1 and seen["sacct"] <= 1 and seen["scancel"] == 0, seen
+        assert not EXECUTORS["slurm"].held(jobs)
+    finally:
+        subprocess.run(["scancel", jobs[0].job_id.split("_")[0]], capture_output=True)
 
 
 # ---- several nodes --------------------------------------------------------------------------------------

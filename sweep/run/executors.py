@@ -90,11 +90,17 @@ class Executor:
     def held(self, jobs: list) -> bool:
         """Whether any of these jobs, ended for submitit, still runs somewhere (a cancelled SLURM task until
         KillWait's SIGKILL): it may claim a trial after the launcher has handed the last one back."""
-        return False
+        return bool(self.holding(jobs))
 
-    def stop(self, job: Any) -> None:
-        """The first step of stopping a launch's job (local ones are then sent SIGTERM: `waiting.wait_stopped`)."""
-        job.cancel(check=False)
+    def holding(self, jobs: list) -> set[str]:
+        """The ids of those of these jobs that still run somewhere (`held`), asked once for all of them."""
+        return set()
+
+    def stop(self, jobs: list) -> None:
+        """The first step of stopping these jobs of a launch, all made by this executor (local ones are then sent
+        SIGTERM: `waiting.wait_stopped`)."""
+        for job in jobs:
+            job.cancel(check=False)
 
     # status and cancel (a job as the study recorded it: `jobs.record`)
     def states(self, entries: list[dict[str, Any]]) -> list[str]:
@@ -120,7 +126,7 @@ class Local(Executor):
     cluster = "local"
     processes_here = True
 
-    def stop(self, job: Any) -> None:
+    def stop(self, jobs: list) -> None:
         pass  # SIGTERM to its controller, which forwards it to the worker: it hands its trial back and exits
 
     def states(self, entries: list[dict[str, Any]]) -> list[str]:
@@ -206,8 +212,13 @@ class Slurm(Executor):
         executor.update_parameters(**submitit_parameters(profile, workers, cfg.study.name, per_job))
         return executor
 
-    def held(self, jobs: list) -> bool:
-        return bool(squeue.in_queue([str(job.job_id) for job in jobs]))
+    def holding(self, jobs: list) -> set[str]:
+        return squeue.in_queue([str(job.job_id) for job in jobs])
+
+    def stop(self, jobs: list) -> None:
+        """One scancel per array: submitit's `job.cancel` runs one per task, 500 for a 500-worker launch."""
+        for array in sorted({str(job.job_id).split("_")[0] for job in jobs}):
+            squeue.scancel(array)
 
     def states(self, entries: list[dict[str, Any]]) -> list[str]:
         known = squeue.states([e["id"] for e in entries])

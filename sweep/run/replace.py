@@ -46,6 +46,7 @@ class Replacements:
     def __call__(self, jobs: list) -> bool:
         """Deal with the jobs that ended since the last call; whether a replacement was started."""
         before = len(jobs)
+        ended = []  # jobs that ended without a result since the last call: (index, job, executor, state)
         for index, job in enumerate(list(jobs)):
             if index in self.settled or not job.done():
                 continue
@@ -54,8 +55,14 @@ class Replacements:
                 self.settled.add(index)  # it returned (no trial left for it, or it raised: not a death)
                 continue
             state = str(job.state)
-            if not (spec.processes_here or state.split()[0] in DIED) or spec.held([job]):
-                continue  # its result may yet show up, or SLURM still holds it (completing, requeued)
+            if spec.processes_here or state.split()[0] in DIED:  # else its result may yet show up
+                ended.append((index, job, spec, state))
+        held: set[str] = set()  # one squeue for them all: a whole array cancelled is hundreds of jobs at once
+        for spec in {id(spec): spec for _, _, spec, _ in ended}.values():
+            held |= spec.holding([job for _, job, other, _ in ended if other is spec])
+        for index, job, _, state in ended:
+            if str(job.job_id) in held:
+                continue  # SLURM still holds it (completing, requeued)
             self.settled.add(index)
             self._hand_back(index, job, state)
             self._replace(index, job, state, jobs)

@@ -163,8 +163,8 @@ STOP_GRACE = 30.0
 def stop_workers(jobs: list, fence: Fence | None) -> None:
     """Stop this launch's workers and return once none runs: local ones through SIGTERM to their controllers
     (forwarded to the workers, which hand their trial back and exit), SLURM ones with scancel."""
-    for job in jobs:
-        of_job(job).stop(job)
+    for spec, mine in by_executor(jobs):
+        spec.stop(mine)
     if fence is None:
         _wait_gone(jobs)
     else:
