@@ -126,3 +126,19 @@ def test_timeout_signal_hands_the_trial_back_and_requeues(home: Path, tiny_file:
     assert again.user_attrs["pid"] != victim.user_attrs["pid"]  # the requeued job is a new process
     counted = [t for t in _trials(home) if "sweep_void" not in t.user_attrs]
     assert len(counted) == 3 and all(t.state == TrialState.COMPLETE for t in counted)
+
+
+def test_a_cancelled_local_launch_replaces_no_worker(home: Path, tiny_file: Path) -> None:
+    """`sweep cancel` from another shell: the workers stop and hand their trials back, and the attached launcher,
+    which replaces workers that die, starts none."""
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "sweep", "launch", str(tiny_file), "--trials", "3", "--workers", "1", *FAST],
+        cwd=home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    _wait_for_trial_in_epoch(home, launcher, 1)
+    cancel = sweep_cli("cancel", "tiny", cwd=home)
+    assert cancel.returncode == 0 and "cancelled 1 job(s)" in cancel.stdout, cancel.stdout + cancel.stderr
+    out, _ = launcher.communicate(timeout=120)
+    assert launcher.returncode == 1 and "still to run" in out, out
+    assert "started worker" not in out, out
+    assert not [t for t in _trials(home) if t.state == TrialState.RUNNING]

@@ -190,6 +190,7 @@ def test_cancel_stops_the_studys_jobs(slurm_cluster: str, home: Path, tiny_file:
     assert f"cancelled 1 job(s) of study tiny: {array_id}" in cancel.stdout
     out, _ = launcher.communicate(timeout=120)
     assert launcher.returncode == 1 and "still to run" in out
+    assert "started worker" not in out and "not replaced: it was cancelled" in out, out  # a cancel is not a death
     states = _sacct(array_id, timeout=60)
     assert states and all(s.startswith("CANCELLED") for s in states.values()), states
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{home}/studies/tiny/study.db")

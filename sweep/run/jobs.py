@@ -56,8 +56,12 @@ def states(study: optuna.Study) -> list[dict[str, Any]]:
     return entries
 
 
+CANCELLED_ATTR = "sweep_cancelled_at"  # when `sweep cancel` last ran: an attached launcher replaces no worker after it
+
+
 def cancel(study: optuna.Study) -> list[str]:
     """Stop every still-active job of the study; returns the ids cancelled."""
+    study.set_user_attr(CANCELLED_ATTR, time.time())  # first: the launcher must not replace what is cancelled
     cancelled: list[str] = []
     for e in states(study):
         if e["state"].split()[0] in ENDED:

@@ -13,6 +13,7 @@ otherwise be started forever). Each replacement, and each one refused, says why 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,11 +21,14 @@ import optuna
 from optuna.trial import TrialState
 
 from sweep.run.executors import of_job
+from sweep.run.jobs import CANCELLED_ATTR
 from sweep.search.study import counts, retry
 
 # SLURM states of a job that ended without returning (and FAILED: killed by a signal, or its node's slurmd
 # lost); COMPLETED without a result file is a network file system showing the file late, not a death.
 DIED = ("CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE", "FAILED")
+# Of those, the ones someone asked for: the job's trial is handed back, and no worker replaces it.
+WANTED = ("CANCELLED",)
 
 
 class Replacements:
@@ -40,6 +44,7 @@ class Replacements:
     ) -> None:
         self.study, self.launch_id, self.start = study, launch_id, start
         self.workers, self.limit, self.max_retries = workers, limit, max_retries
+        self.since = time.time()
         self.settled: set[int] = set()  # indexes of ended jobs already dealt with
         self.replaced: dict[int, int] = {}  # index of a dead worker → index of its replacement
 
@@ -82,6 +87,9 @@ class Replacements:
         live = sum(1 for j in jobs if not j.done())
         wanted = min(self.workers, len(owed))  # a worker per trial owed, up to as many as the launch asked for
         dead = f"worker {index} (job {job.job_id}) ended without a result ({state}) with {waiting} trial(s) owed"
+        if state.split()[0] in WANTED or self.study.user_attrs.get(CANCELLED_ATTR, 0.0) >= self.since:
+            print(f"{dead}; not replaced: it was cancelled (scancel, or sweep cancel)", flush=True)
+            return
         if live >= wanted:
             print(f"{dead}; the {live} running worker(s) take them over", flush=True)
             return
