@@ -94,12 +94,12 @@ def test_no_module_but_the_registry_names_an_executor() -> None:
 
 
 @pytest.mark.parametrize(("per_gpu", "gpus", "workers", "tasks", "entries", "cpus"),
-                         [(1, 1, 5, None, 5, 8), (2, 0, 5, 2, 3, 4), (2, 2, 8, 4, 2, 2), (4, 1, 4, 4, 1, 2)])
+                         [(1, 2, 5, None, 5, 8), (2, 0, 5, 2, 3, 4), (2, 2, 8, 2, 4, 4), (4, 1, 4, 4, 1, 2)])
 def test_trials_per_gpu_packs_workers_into_array_tasks(
     per_gpu: int, gpus: int, workers: int, tasks: int | None, entries: int, cpus: int
 ) -> None:
-    """K workers per GPU of an array task (K × gpus_per_node, K alone without a GPU), its CPUs divided; the
-    array holds ⌈workers / per job⌉ tasks, the last one full too."""
+    """K workers per array task, whatever its GPUs (they share them), its CPUs divided; the array holds
+    ⌈workers / K⌉ tasks, the last one full too."""
     from sweep.run.profile import PROFILE, array_size, submitit_parameters
     from sweep.run.worker import default_threads
     from sweep.schema import check_fields

@@ -179,8 +179,8 @@ class Slurm(Executor):
         per_job = self.per_job(config, profile)
         if per_job > profile["cpus_per_task"]:
             raise ConfigError(
-                f"{per_job} workers per job need a CPU each, and the profile {ex.cluster} gives a job "
-                f"cpus_per_task: {profile['cpus_per_task']}: raise cpus_per_task there (the job's CPUs are divided "
+                f"{per_job} workers per array task need a CPU each, and the profile {ex.cluster} gives a task "
+                f"cpus_per_task: {profile['cpus_per_task']}: raise cpus_per_task there (the task's CPUs are divided "
                 f"among its workers) or lower executor.trials_per_gpu", key="executor.trials_per_gpu",
             )
         check_with_cluster(profile, ex.cluster, ex.workers, cfg.study.name, self.cluster, per_job)
@@ -190,10 +190,9 @@ class Slurm(Executor):
         return None if profile is None else int(profile["cpus_per_task"])
 
     def per_job(self, config: Mapping[str, Any], profile: Mapping[str, Any] | None) -> int:
-        """trials_per_gpu on each of the job's GPUs (`gpus_per_node`); on its one MIG slice or CPU share (`gres`,
-        or no GPU), trials_per_gpu."""
-        gpus = 0 if profile is None else int(profile["gpus_per_node"])
-        return typed(config).executor.trials_per_gpu * max(1, gpus)
+        """K = trials_per_gpu workers share the array task's GPU (or MIG slice); with `gpus_per_node: G` they are
+        spread over its G GPUs, slot k on GPU k mod G (`worker.share_gpus`). K = 1 is one worker per task."""
+        return typed(config).executor.trials_per_gpu
 
     def workers_of(self, job: Any) -> list:
         return [job.task(k) for k in range(job.num_tasks)] if job.num_tasks > 1 else [job]
