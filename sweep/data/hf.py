@@ -177,16 +177,16 @@ def index(config: Mapping[str, Any]) -> Index:
     """Every row of the splits loaded; the key of row r of the k-th split is the rows before it plus r."""
     data = typed(config).data
     splits = open_splits(config)
+    columns = {}
+    for split, ds in splits.items():
+        _check_audio(config, split, ds)
+        keys = ("label_column", "fold_column", "group_column")
+        columns[split] = [_column(config, key, split, ds) for key in keys if data[key] is not None]
     classes, label_of = _classes(config, splits)
     items: list[Item] = []
     offset = 0
     for number, (split, ds) in enumerate(splits.items(), 1):
-        _check_audio(config, split, ds)
-        columns = [_column(config, "label_column", split, ds)]
-        for key in ("fold_column", "group_column"):
-            if data[key] is not None:
-                columns.append(_column(config, key, split, ds))
-        table = ds.select_columns(list(dict.fromkeys(columns)))[:]
+        table = ds.select_columns(list(dict.fromkeys(columns[split])))[:]
         labels = table[data.label_column]
         groups = table[data.group_column] if data.group_column else [f"{split}/{r}" for r in range(len(ds))]
         for row, (value, group) in enumerate(zip(labels, groups)):
