@@ -286,6 +286,7 @@ def write_hf_cache(splits: Any, cache_dir: str | Path, hf_id: str, workdir: str 
     for split, ds in splits.items():
         ds.to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
     datasets.load_dataset(str(folder), cache_dir=str(cache_dir))
-    target = Path(cache_dir) / f"{namespace}___{name}"
-    os.rename(Path(cache_dir) / name, target)
+    snake = datasets.naming.camelcase_to_snakecase(name)  # how datasets spells a name on disk: urbansound8_k
+    target = Path(cache_dir) / f"{namespace}___{snake}"
+    os.rename(Path(cache_dir) / snake, target)
     return target
