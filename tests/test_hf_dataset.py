@@ -239,3 +239,16 @@ def test_launch_refuses_folds_the_fold_column_lacks_before_any_trial(home: Path,
     assert "Traceback" not in result.stderr
     assert "data.folds.val (7,) holds no clips (the dataset's folds: [1, 2, 3, 4, 5])" in result.stderr
     assert not (home / "studies" / "hf").exists()
+
+
+def test_the_audio_column_chooses_what_is_decoded(us8k: tuple[Path, datasets.Dataset], tmp_path: Path) -> None:
+    _, ds = us8k
+    raw = ds.cast_column("audio", datasets.Audio(decode=False))
+    two = raw.add_column("quiet", [{"bytes": _half(a["bytes"]), "path": a["path"]} for a in raw["audio"]])
+    two = two.cast_column("quiet", datasets.Audio()).cast_column("audio", datasets.Audio())
+    two.save_to_disk(str(tmp_path / "two"))
+    loud = load_split(config(root=str(tmp_path / "two"), **US8K), "val")
+    quiet = load_split(config(root=str(tmp_path / "two"), audio_column="quiet", **US8K), "val")
+    assert loud.keys == quiet.keys and loud.entry != quiet.entry
+    torch.testing.assert_close(quiet.waves, loud.waves / 2, atol=2**-7, rtol=0)  # within 8-bit rows' step
+    assert quiet.waves.abs().max() < 0.6 * loud.waves.abs().max()
