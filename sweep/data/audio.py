@@ -179,12 +179,11 @@ def _decode(source: Source) -> tuple[np.ndarray | None, int, str]:
     """(mono float32 samples, sample rate, "") or (None, 0, why it cannot be read)."""
     if isinstance(source, str) and not os.path.isfile(source):
         return None, 0, "no such file"
+    opened = source if isinstance(source, str) else io.BytesIO(source)
     try:
-        audio, rate = soundfile.read(
-            source if isinstance(source, str) else io.BytesIO(source), dtype="float32", always_2d=True
-        )
+        audio, rate = soundfile.read(opened, dtype="float32", always_2d=True)
     except _UNREADABLE as exc:
-        return None, 0, _why(exc, source) if isinstance(source, str) else _why(exc, "")
+        return None, 0, _why(exc, source) if isinstance(source, str) else str(exc).replace(repr(opened), "it")
     if audio.shape[0] == 0:
         return None, 0, _NO_AUDIO
     mono = audio[:, 0] if audio.shape[1] == 1 else audio.mean(axis=1, dtype=np.float32)
