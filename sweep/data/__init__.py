@@ -4,7 +4,7 @@
 Importing this package registers every dataset.
 """
 
-from sweep.data import esc50, folder, speechcommands, synthetic, urbansound8k  # noqa: F401  (each registers itself)
+from sweep.data import esc50, folder, hf, speechcommands, synthetic, urbansound8k  # noqa: F401  (each registers itself)
 from sweep.data.registry import DATASETS, DataError, DatasetSpec, Index, Item, data_root
 from sweep.data.splits import Clips, check_files, crop, load_split, split_items
 

@@ -171,14 +171,19 @@ def _why(exc: BaseException, path: str) -> str:
     return str(exc).replace(f"'{path}'", "it").strip() or type(exc).__name__
 
 
-def _decode(path: str) -> tuple[np.ndarray | None, int, str]:
+# what `read_audio` decodes: a file's path, or an encoded file's bytes (a Hugging Face Audio column's)
+Source = str | bytes
+
+
+def _decode(source: Source) -> tuple[np.ndarray | None, int, str]:
     """(mono float32 samples, sample rate, "") or (None, 0, why it cannot be read)."""
-    if not os.path.isfile(path):
+    if isinstance(source, str) and not os.path.isfile(source):
         return None, 0, "no such file"
+    opened = source if isinstance(source, str) else io.BytesIO(source)
     try:
-        audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
+        audio, rate = soundfile.read(opened, dtype="float32", always_2d=True)
     except _UNREADABLE as exc:
-        return None, 0, _why(exc, path)
+        return None, 0, _why(exc, source) if isinstance(source, str) else str(exc).replace(repr(opened), "it")
     if audio.shape[0] == 0:
         return None, 0, _NO_AUDIO
     mono = audio[:, 0] if audio.shape[1] == 1 else audio.mean(axis=1, dtype=np.float32)
@@ -249,13 +254,25 @@ def read_files(config: Mapping[str, Any], items: Sequence[Item]) -> tuple[torch.
 
     Only these files are opened, which is what keeps a search from ever touching a test-fold file.
     """
+    paths = [str(it.key) for it in items]
+    return read_audio(config, paths, lambda start, stop: paths[start:stop])
+
+
+def read_audio(
+    config: Mapping[str, Any], names: Sequence[str], fetch: Callable[[int, int], Sequence[Source]]
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Decode clips `names` (how errors call them): `fetch(start, stop)` gives those clips' sources, a chunk
+    at a time, so a dataset whose audio is bytes in a table never holds more than a chunk of them at once.
+
+    The waveforms come out as `read_files` says: mono, at `data.sample_rate`, zero-padded, `kept` indices.
+    """
     cfg = typed(config)
     data = cfg.data
     target = int(data.sample_rate)
     skip = data.get("on_bad_file", "error") == "skip"
     max_seconds = data.get("max_seconds")
     limit = None if max_seconds is None else max(1, round(max_seconds * target))
-    clips: list[torch.Tensor | None] = [None] * len(items)
+    clips: list[torch.Tensor | None] = [None] * len(names)
     bad: list[tuple[str, str]] = []
     pending: dict[int, list[tuple[int, np.ndarray]]] = {}
 
@@ -265,13 +282,13 @@ def read_files(config: Mapping[str, Any], items: Sequence[Item]) -> tuple[torch.
             for (i, _), wave in zip(group, _resample([a for _, a in group], rate, target)):
                 clips[i] = _centre(wave, limit)
 
-    paths = [str(it.key) for it in items]
-    progress = Progress(f"decoding {data['dataset']}", len(paths))
+    progress = Progress(f"decoding {data['dataset']}", len(names))
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for start in range(0, len(paths), _CHUNK):
-            chunk = paths[start : start + _CHUNK]
+        for start in range(0, len(names), _CHUNK):
+            chunk = names[start : start + _CHUNK]
             progress.update(len(chunk))
-            for i, (path, (audio, rate, reason)) in enumerate(zip(chunk, pool.map(_decode, chunk)), start):
+            decoded = pool.map(_decode, fetch(start, start + len(chunk)))
+            for i, (path, (audio, rate, reason)) in enumerate(zip(chunk, decoded), start):
                 if audio is None:
                     if not skip:
                         raise UnreadableAudio(path, reason)
@@ -292,9 +309,9 @@ def read_files(config: Mapping[str, Any], items: Sequence[Item]) -> tuple[torch.
         shown = "; ".join(f"{p}: {r}" for p, r in bad[:_SHOWN])
         more = f"; and {len(bad) - _SHOWN} more" if len(bad) > _SHOWN else ""
         if not kept:
-            raise DataError(f"none of the {len(items)} audio files could be read: {shown}{more}")
+            raise DataError(f"none of the {len(names)} audio files could be read: {shown}{more}")
         warnings.warn(
-            f"skipped {len(bad)} of {len(items)} audio files that could not be read "
+            f"skipped {len(bad)} of {len(names)} audio files that could not be read "
             f"(data.on_bad_file: skip): {shown}{more}",
             stacklevel=2,
         )

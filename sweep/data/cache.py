@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from sweep.config.typed import typed
-from sweep.data.registry import Item
+from sweep.data.registry import DATASETS, Item
 from sweep.storage.urls import studies_dir
 
 VERSION = 1  # bump when the reader's output for the same settings changes
@@ -50,7 +50,11 @@ def entry_key(config: Mapping[str, Any], items: Sequence[Item]) -> str:
     data = cfg.data
     settings = {k: v for k, v in data.items() if k not in NOT_CONTENT}
     files = [[str(it.key), *_stat(it.key)] for it in items]
-    text = json.dumps({"version": VERSION, "settings": settings, "files": files}, sort_keys=True, default=str)
+    content = {"version": VERSION, "settings": settings, "files": files}
+    fingerprint = DATASETS[data.dataset].fingerprint
+    if fingerprint is not None:
+        content["data"] = fingerprint(config)
+    text = json.dumps(content, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 

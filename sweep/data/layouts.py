@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile
@@ -228,3 +230,63 @@ def write_folder(
             writer.writerow(["path", "label", *(["fold"] if with_folds else [])])
             writer.writerows(rows)
     return root
+
+
+def urbansound8k_hf(root: str | Path, *, class_label: bool = True, **kwargs: Any) -> Any:
+    """UrbanSound8K as a Hugging Face `datasets.Dataset` (one `train` split), as the Hub copies hold it:
+    the metadata columns plus `audio` (each file's encoded bytes and name), from `write_urbansound8k(root,
+    **kwargs)`, so row i holds the file row i of its CSV names. With `class_label`, `classID` is a ClassLabel
+    of the class names; else the plain integers the Hub copies have.
+    """
+    import datasets
+
+    root = write_urbansound8k(root, **kwargs)
+    with open(root / "metadata" / "UrbanSound8K.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    n_classes = len({r["classID"] for r in rows})
+    names = list(URBANSOUND8K_CLASSES[:n_classes])
+    label = datasets.ClassLabel(names=names) if class_label else datasets.Value("int64")
+    features = datasets.Features(
+        {
+            "audio": {"bytes": datasets.Value("binary"), "path": datasets.Value("string")},
+            "slice_file_name": datasets.Value("string"),
+            "fsID": datasets.Value("int64"),
+            "start": datasets.Value("float64"),
+            "end": datasets.Value("float64"),
+            "salience": datasets.Value("int64"),
+            "fold": datasets.Value("int64"),
+            "classID": label,
+            "class": datasets.Value("string"),
+        }
+    )
+    files = [root / "audio" / f"fold{r['fold']}" / r["slice_file_name"] for r in rows]
+    audio = [{"bytes": path.read_bytes(), "path": path.name} for path in files]
+    columns = {k: [r[k] for r in rows] for k in features if k != "audio"}
+    for k in ("fsID", "salience", "fold", "classID"):
+        columns[k] = [int(v) for v in columns[k]]
+    for k in ("start", "end"):
+        columns[k] = [float(v) for v in columns[k]]
+    # built with the Audio column as its storage struct, then cast: encoding through Audio needs torchcodec
+    built = datasets.Dataset.from_dict({"audio": audio, **columns}, features=features)
+    return built.cast_column("audio", datasets.Audio())
+
+
+def write_hf_cache(splits: Any, cache_dir: str | Path, hf_id: str, workdir: str | Path) -> Path:
+    """Put `splits` (a DatasetDict) into a Hugging Face datasets cache as `load_dataset(hf_id)` on a login
+    node leaves it: CACHE/NAMESPACE___NAME/default/0.0.0/HASH/ with dataset_info.json and NAME-SPLIT.arrow.
+
+    It is prepared by `load_dataset` itself from parquet files in a local folder named NAME (under `workdir`),
+    which gives the same builder, config and file names as the Hub's parquet copy; only the top folder is
+    then renamed to the Hub's NAMESPACE___NAME.
+    """
+    import datasets
+
+    namespace, name = hf_id.split("/")
+    folder = Path(workdir) / name
+    for split, ds in splits.items():
+        ds.to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    datasets.load_dataset(str(folder), cache_dir=str(cache_dir))
+    snake = datasets.naming.camelcase_to_snakecase(name)  # how datasets spells a name on disk: urbansound8_k
+    target = Path(cache_dir) / f"{namespace}___{snake}"
+    os.rename(Path(cache_dir) / snake, target)
+    return target

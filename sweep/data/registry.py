@@ -51,6 +51,9 @@ class DatasetSpec:
     index: Callable[[Mapping[str, Any]], Index]
     read: Reader
     root_env: str | None = None  # environment variable naming the root when `data.root` is null
+    # what identifies the data beyond its item keys, for a dataset whose keys are not files (`hf`: its arrow
+    # files' sizes and times), so that the cache never serves clips of data that has changed since
+    fingerprint: Callable[[Mapping[str, Any]], Any] | None = None
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
