@@ -129,7 +129,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from sweep.results.explain import explain
 
-    page = explain(Path(args.run), Path(args.file), Path(args.output) if args.output else None, args.top_k)
+    page = explain(Path(args.target), Path(args.file), Path(args.output) if args.output else None, args.top_k)
     for note in page.notes:
         print(note)
     top = ", ".join(f"{name} {p:.1%}" for name, p in page.top)
@@ -257,7 +257,7 @@ def parser() -> argparse.ArgumentParser:
     guess.set_defaults(run=cmd_predict)
 
     look = sub.add_parser("explain", help="a page showing what a trained model sees in one audio file")
-    look.add_argument("run", help="a run's folder or its checkpoint.pt (its config.yaml beside it)")
+    look.add_argument("target", metavar="RUN", help="a run's folder or its checkpoint.pt (its config.yaml beside it)")
     look.add_argument("file", help="an audio file (wav, flac, ogg)")
     look.add_argument("-o", "--output", help="where to write the page (default: explain-FILE.html in the run's folder)")
     look.add_argument("--top-k", type=int, default=5, help="classes shown (default 5)")

@@ -206,8 +206,10 @@ def capture(blocks: list[Block]) -> Iterator[list[tuple[Block, torch.Tensor]]]:
 # ---- figures ---------------------------------------------------------------------------------------------
 
 
-def _div(fig: go.Figure, key: str, height: int) -> Markup:
-    fig.update_layout(template="plotly_white", height=height, width=None, margin={"t": 40, "l": 60, "r": 20, "b": 40})
+def _div(fig: go.Figure, key: str, height: int, top: int = 40) -> Markup:
+    """plotly's div of `fig`, as wide as the page; `top`: room above the plot (the tool bar, subplot titles)."""
+    margin = {"t": top, "l": 60, "r": 20, "b": 40}
+    fig.update_layout(template="plotly_white", height=height, width=None, margin=margin)
     html = fig.to_html(
         full_html=False, include_plotlyjs=False, div_id=f"fig-{key}", config={"displaylogo": False, "responsive": True}
     )
@@ -272,7 +274,7 @@ def _feature_maps(i: int, block: Block, out: torch.Tensor) -> Figure:
                       row=n // COLUMNS + 1, col=n % COLUMNS + 1)
     fig.update_yaxes(autorange=True, showticklabels=False)
     fig.update_xaxes(showticklabels=False)
-    return Figure(key, f"Block {i + 1}: {block.name}", _div(fig, key, 60 + 190 * rows), caption)
+    return Figure(key, f"Block {i + 1}: {block.name}", _div(fig, key, 80 + 190 * rows, top=60), caption)
 
 
 def _patch_view(i: int, block: Block, out: torch.Tensor) -> Figure:
