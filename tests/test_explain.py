@@ -115,16 +115,23 @@ def test_explain_a_vit_shows_its_patch_view_and_says_so(
     assert main(["explain", str(run / "checkpoint.pt"), str(_clip(tmp_path / "tone.wav")), "-o", str(page)]) == 0
     said = capsys.readouterr().out
     assert "vit has no convolutional blocks" in said and "patch view" in said and f"wrote {page}" in said
+    assert "CLS attention" in said
     _self_contained(page)
 
     assert browser.open(page) == []
     figures = json.loads(browser.evaluate(FIGURES))
     assert [f["title"] for f in figures] == [
         "Waveform", "Model input (logmel)", "Patch view: encoder.embeddings.patch_embeddings.projection "
-        "(patch embedding)", "Top 4 classes"]
+        "(patch embedding)", "Last layer's CLS attention over the patches", "Top 4 classes"]
     for fig in figures:
         assert fig["svg"] >= 1 and fig["drawn"] == fig["traces"] >= 1, fig
-    assert "patch view" in browser.evaluate("document.querySelector('.notice').innerText")
+    notice = browser.evaluate("document.querySelector('.notice').innerText")
+    assert "patch view" in notice and "CLS attention" in notice
+    # the CLS token's weights over the 4×4 patches: a share of its attention, which sums to 1 with the CLS's own
+    grid = browser.evaluate("JSON.stringify(Array.from(document.querySelector('#fig-attention').calcdata[0][0].z,"
+                            " r => Array.from(r)))")
+    weights = np.array(json.loads(grid))
+    assert weights.shape == (4, 4) and (weights > 0).all() and weights.sum() < 1
     shot = tmp_path / "explain-vit.png"
     browser.screenshot(shot)
     _keep(shot)

@@ -11,7 +11,8 @@ a block and the children after it that hold none (norm, activation, pooling, dro
 being the last one's; other modules are looked into, down to the convolutions themselves. Anything with an
 attention layer inside is a transformer, not a conv block: a family whose convolutions are all there (ViT, AST:
 a convolution only cuts the input into patches) is shown by its patch view instead, each patch's embedding
-length over the patch grid, and the page and the terminal say so.
+length over the patch grid, and by the last layer's CLS attention over the patches; the page and the terminal
+say so.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def explain(target: Path, audio: Path, output: Path | None = None, top_k: int = 
     blocks = conv_blocks(model)
     patches = [] if blocks else patch_embeddings(model)
     notes = []
-    with capture(blocks or patches) as maps, torch.no_grad():
+    with capture(blocks or patches) as maps, attention(None if blocks else model) as attended, torch.no_grad():
         probs = torch.softmax(model(x).float(), dim=1)
     top = top_classes(run, probs, top_k)[0]
 
@@ -103,10 +104,13 @@ def explain(target: Path, audio: Path, output: Path | None = None, top_k: int = 
             figures.append(_feature_maps(i, block, out))
         else:
             figures.append(_patch_view(i, block, out))
+    if maps and attended:
+        figures.append(_cls_attention(attended[-1], len(attended), maps[0][1]))
     if not blocks:
         notes.append(
             f"{family} has no convolutional blocks (its convolution only cuts the input into patches): "
-            + ("the page shows its patch view instead" if maps else "and no patch embedding: no feature maps to show")
+            + ("the page shows its patch view instead" + (" and the last layer's CLS attention" if attended else "")
+               if maps else "and no patch embedding: no feature maps to show")
         )
     figures.append(_top(top))
 
@@ -203,6 +207,30 @@ def capture(blocks: list[Block]) -> Iterator[list[tuple[Block, torch.Tensor]]]:
             handle.remove()
 
 
+@contextmanager
+def attention(model: nn.Module | None) -> Iterator[list[torch.Tensor]]:
+    """Within the block: each layer's attention weights [heads, tokens, tokens] of the first item, from the
+    first Hugging Face transformer inside `model` (asked for them, computed without the fused kernel that
+    does not return them); empty for a model with none, or None."""
+    found: list[torch.Tensor] = []
+    hf = next((m for m in model.modules() if hasattr(m, "set_attn_implementation")), None) if model else None
+    if hf is None:
+        yield found
+        return
+
+    def record(_module: nn.Module, _args: Any, out: Any) -> None:
+        if not found and getattr(out, "attentions", None):
+            found.extend(a[0].detach().float() for a in out.attentions)
+
+    hf.set_attn_implementation("eager")
+    hf.config.output_attentions = True
+    handle = hf.register_forward_hook(record)
+    try:
+        yield found
+    finally:
+        handle.remove()
+
+
 # ---- figures ---------------------------------------------------------------------------------------------
 
 
@@ -294,3 +322,16 @@ def _top(top: list[tuple[str, float]]) -> Figure:
     fig.update_layout(xaxis={"title": "probability", "range": [0, 1], "tickformat": ".0%"},
                       yaxis={"autorange": "reversed"})
     return Figure("top", f"Top {len(top)} classes", _div(fig, "top", 80 + 34 * len(top)))
+
+
+def _cls_attention(weights: torch.Tensor, layers: int, patches: torch.Tensor) -> Figure:
+    """The first token's (CLS) attention over the patch grid of the patch embedding's output [D, h, w], the
+    tokens before the patches (CLS, AST's distillation token) left out, averaged over the heads."""
+    grid = patches.shape[1:]
+    row = weights.mean(0)[0, -grid.numel():].reshape(grid)
+    fig = go.Figure(go.Heatmap(z=_shrink(row.unsqueeze(0))[0].numpy(), colorscale="Viridis",
+                               colorbar={"title": "weight"}))
+    fig.update_layout(xaxis_title="patch (time)", yaxis_title="patch (frequency)")
+    caption = (f"how much the CLS token, which the head reads, attends to each patch in the last of the {layers} "
+               f"encoder layers, averaged over its {weights.shape[0]} heads; its weights over all tokens sum to 1")
+    return Figure("attention", "Last layer's CLS attention over the patches", _div(fig, "attention", 360), caption)
