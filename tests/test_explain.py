@@ -24,9 +24,10 @@ from sweep.cli import main
 from sweep.config.resolve import resolve
 from sweep.config.yamlfile import dump_yaml
 from sweep.models import build_model
-from sweep.results.explain import TOP_CHANNELS, conv_blocks
+from sweep.results.explain import TOP_CHANNELS, conv_blocks, explain
 from sweep.results.predict import predict
 
+EAT = {"name": "eat_s", "emb": 16, "nf": 4, "ff": 16, "layers": 1, "heads": 2, "ds_factors": [4, 4]}
 VIT = {"name": "vit", "pretrained": False, "image_size": 32, "patch_size": 8, "hidden_size": 16, "layers": 1,
        "heads": 2}
 
@@ -37,13 +38,14 @@ FIGURES = """JSON.stringify(Array.from(document.querySelectorAll('.js-plotly-plo
     title: d.closest('section').querySelector('h2').innerText})))"""
 
 
-def _run(folder: Path, model: dict) -> tuple[Path, dict]:
+def _run(folder: Path, model: dict, n_mels: int = 32) -> tuple[Path, dict]:
     """A run folder as a trial leaves it: one epoch of training, its checkpoint and resolved config."""
     from sweep.run.worker import train_trial
 
     raw = copy.deepcopy(TINY)
     raw.update(model=model, search_space={})
     raw["train"]["epochs"] = 1
+    raw["features"]["n_mels"] = n_mels
     config = resolve(raw, str(folder))
     train_trial(config, folder)
     (folder / "config.yaml").write_text(dump_yaml(config))
@@ -137,6 +139,34 @@ def test_explain_a_vit_shows_its_patch_view_and_says_so(
     _keep(shot)
 
 
+def test_explain_a_waveform_run_draws_its_1d_maps_as_channels_over_time(tmp_path: Path, browser: Chromium) -> None:
+    run, config = _run(tmp_path / "eat", EAT)
+    page = explain(run, _clip(tmp_path / "tone.wav"))
+    assert page.path == run / "explain-tone.html" and page.notes == []
+    assert browser.open(page.path) == []
+    figures = json.loads(browser.evaluate(FIGURES))
+    assert [f["title"] for f in figures[:2]] == ["Waveform", "Model input (waveform)"]
+    assert len(figures) == 2 + page.blocks + 1 and page.blocks == len(conv_blocks(build_model(config, 4, (4000,))))
+    for fig in figures:
+        assert fig["svg"] >= 1 and fig["drawn"] == fig["traces"] >= 1, fig
+    rows = browser.evaluate("Array.from(document.querySelectorAll('[id^=fig-block-]')).map(d => d.data[0].y.length)")
+    assert rows[0] == 4 and max(rows) == TOP_CHANNELS  # nf 4 channels first, then the strongest 8 of 8…64
+    shot = tmp_path / "explain-eat.png"
+    browser.screenshot(shot)
+    _keep(shot)
+
+
+def test_explain_an_ast_attends_over_its_patch_grid(tmp_path: Path) -> None:
+    """AST's tokens start with two that are no patch (CLS, distillation): the grid is the patches' alone."""
+    raw_model = {"name": "ast", "pretrained": False, "hidden_size": 16, "layers": 2, "heads": 2, "max_length": 64}
+    run, _ = _run(tmp_path / "ast", raw_model, n_mels=16)
+    page = explain(run, _clip(tmp_path / "tone.wav"), tmp_path / "ast.html", top_k=2)
+    assert page.figures == ["waveform", "input", "patches-0", "attention", "top"] and len(page.top) == 2
+    assert "ast has no convolutional blocks" in page.notes[0]
+    text = page.path.read_text()
+    assert "over the 1×5 patch grid" in text and "the last of the 2 encoder layers" in text  # 16 mels, 64 frames
+
+
 def test_blocks_are_found_from_the_module_tree_of_every_family() -> None:
     """simple_cnn's conv, norm, activation and pooling are one block each; EAT's 1-D front end is blocks, its
     transformer none; a ViT's only convolution cuts patches: no block."""
@@ -144,7 +174,7 @@ def test_blocks_are_found_from_the_module_tree_of_every_family() -> None:
     raw["model"] = {"name": "simple_cnn", "n_layers": 3, "channels": 2, "hidden": 4}
     simple = build_model(resolve(raw, "t"), 4, (1, 32, 32))
     assert [b.name for b in conv_blocks(simple)] == ["features.0–3", "features.4–7", "features.8–11"]
-    raw["model"] = {"name": "eat_s", "emb": 16, "nf": 4, "ff": 16, "layers": 1, "heads": 2, "ds_factors": [4, 4]}
+    raw["model"] = EAT
     eat = build_model(resolve(raw, "t"), 4, (4000,))
     names = [b.name for b in conv_blocks(eat)]
     assert names[0] == "frontend.0–2" and all(n.startswith("frontend.") for n in names) and len(names) == 13
