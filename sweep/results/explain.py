@@ -289,8 +289,11 @@ def _feature_maps(i: int, block: Block, out: torch.Tensor) -> Figure:
     shape = "×".join(map(str, out.shape[1:]))
     caption = f"{out.shape[0]} channels of {shape}; the {len(channels)} strongest by mean activation"
     key = f"block-{i}"
-    if out.dim() == 2:  # 1-D maps (a waveform model): channels as rows over time
-        fig = go.Figure(go.Heatmap(z=maps.numpy(), y=[f"ch {c}" for c in channels], colorscale="Viridis"))
+    if out.dim() == 2:  # 1-D maps (a waveform model): channels as rows over time, each scaled to its own range
+        low, high = maps.min(1, keepdim=True).values, maps.max(1, keepdim=True).values
+        scaled = (maps - low) / (high - low).clamp(min=1e-12)
+        caption += "; each channel scaled to its own range (0: its minimum, 1: its maximum), as each 2-D map is"
+        fig = go.Figure(go.Heatmap(z=scaled.numpy(), y=[f"ch {c}" for c in channels], colorscale="Viridis"))
         fig.update_layout(xaxis_title="time step", yaxis={"autorange": "reversed"})
         return Figure(key, f"Block {i + 1}: {block.name}", _div(fig, key, 120 + 28 * len(channels)), caption)
     rows = math.ceil(len(channels) / COLUMNS)
