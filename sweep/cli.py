@@ -258,7 +258,7 @@ def parser() -> argparse.ArgumentParser:
 
     look = sub.add_parser("explain", help="a page showing what a trained model sees in one audio file")
     look.add_argument("target", metavar="RUN", help="a run's folder or its checkpoint.pt (its config.yaml beside it)")
-    look.add_argument("file", help="an audio file (wav, flac, ogg)")
+    look.add_argument("file", metavar="FILE", help="an audio file (wav, flac, ogg)")
     look.add_argument(
         "-o", "--output", help="where to write the page (default: explain-STEM.html in the run's folder, STEM the "
         "audio file's name without its suffix)"
