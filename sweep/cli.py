@@ -1,4 +1,5 @@
-"""The `sweep` command: launch, status, best, cancel, report, final, predict, dashboard, tensorboard, storage-proxy.
+"""The `sweep` command: launch, status, best, cancel, report, final, predict, explain, dashboard, tensorboard,
+storage-proxy.
 
 Each command imports what it runs inside its own function: the config's registries import torch (~2 s), the
 storages Optuna and SQLAlchemy, and `sweep --help` or `sweep status NAME` should not wait for what they never use.
@@ -118,13 +119,22 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from sweep.results.predict import predict
 
-    checkpoint = Path(args.checkpoint)
-    if checkpoint.is_dir():
-        checkpoint = checkpoint / "checkpoint.pt"
-    for path, top in zip(args.files, predict(checkpoint, [Path(f) for f in args.files], args.top_k)):
+    for path, top in zip(args.files, predict(Path(args.checkpoint), [Path(f) for f in args.files], args.top_k)):
         print(path)
         for name, p in top:
             print(f"  {p:7.2%}  {name}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from sweep.results.explain import explain
+
+    page = explain(Path(args.target), Path(args.file), Path(args.output) if args.output else None, args.top_k)
+    for note in page.notes:
+        print(note)
+    top = ", ".join(f"{name} {p:.1%}" for name, p in page.top)
+    print(f"{args.file}: {top}")
+    print(f"wrote {page.path} ({len(page.figures)} figures, {page.size / 1e6:.1f} MB)")
     return 0
 
 
@@ -245,6 +255,16 @@ def parser() -> argparse.ArgumentParser:
     guess.add_argument("files", nargs="+", help="audio files (wav, flac, ogg)")
     guess.add_argument("--top-k", type=int, default=5, help="classes shown per file (default 5)")
     guess.set_defaults(run=cmd_predict)
+
+    look = sub.add_parser("explain", help="a page showing what a trained model sees in one audio file")
+    look.add_argument("target", metavar="RUN", help="a run's folder or its checkpoint.pt (its config.yaml beside it)")
+    look.add_argument("file", metavar="FILE", help="an audio file (wav, flac, ogg)")
+    look.add_argument(
+        "-o", "--output", help="where to write the page (default: explain-STEM.html in the run's folder, STEM the "
+        "audio file's name without its suffix)"
+    )
+    look.add_argument("--top-k", type=int, default=5, help="classes shown (default 5)")
+    look.set_defaults(run=cmd_explain)
 
     proxy = sub.add_parser(
         "storage-proxy",

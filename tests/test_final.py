@@ -280,7 +280,7 @@ def test_predict_names_a_missing_or_unreadable_audio_file_in_its_own_terms(home:
         assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
         assert bad.stderr.startswith(f"sweep: error: cannot read audio file {home / name}: {reason}")
         assert "on_bad_file" not in bad.stderr and "data." not in bad.stderr
-    assert "(predict reads audio files: wav, flac, ogg)" in bad.stderr
+    assert "(sweep reads audio files: wav, flac, ogg)" in bad.stderr
 
 
 def test_final_on_local_workers_leaves_no_literal_job_folder(home: Path, tiny_file: Path) -> None:
