@@ -27,13 +27,13 @@ from typing import Any
 
 import optuna
 import plotly.graph_objects as go
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 from optuna.trial import FrozenTrial, TrialState
 from plotly.offline import get_plotlyjs
 
 from sweep import __version__
 from sweep.config.yamlfile import dump_yaml
+from sweep.look.pages import environment
 from sweep.look.status import maximizes, value_text
 from sweep.search.study import CONFIG_ATTR, VOID, counts
 
@@ -42,16 +42,7 @@ _COLORS = {"complete": "#1f77b4", "pruned": "#d62728", "running": "#2ca02c", "fa
 MAX_CURVE_TRACES = 100  # more trials than this share one trace per state in the learning-curve plot
 SLICE_COLUMNS = 4  # slice panels per row: about 300 px each across the page's 1248 px
 SLICE_ROW_HEIGHT = 380
-# templates/ sits beside this module and moves with it; the page's whitespace is the template's, less the
-# lines its block tags stand on (trim_blocks, lstrip_blocks)
-_PAGES = Environment(
-    loader=FileSystemLoader(Path(__file__).with_name("templates")),
-    autoescape=True,
-    undefined=StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    keep_trailing_newline=True,
-)
+_PAGES = environment(Path(__file__).with_name("templates"))
 
 
 @dataclass

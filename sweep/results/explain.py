@@ -28,7 +28,6 @@ from typing import Any
 import plotly.graph_objects as go
 import torch
 import torch.nn.functional as F
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
@@ -37,6 +36,7 @@ from torch import nn
 from sweep import __version__
 from sweep.config.typed import typed
 from sweep.data.features import input_kind
+from sweep.look.pages import environment
 from sweep.results.predict import check_top_k, load_model, model_input, open_run, top_classes
 from sweep.schema import ConfigError
 
@@ -45,14 +45,7 @@ COLUMNS = 4  # channel maps per row
 MAX_MAP = 128  # a map larger than this along an axis is averaged down to it (a 5 s log-mel has 431 frames)
 MAX_POINTS = 4000  # waveform points drawn: each the extreme of its stretch of samples
 _CONVS = (nn.Conv1d, nn.Conv2d)
-_PAGES = Environment(
-    loader=FileSystemLoader(Path(__file__).with_name("templates")),
-    autoescape=True,
-    undefined=StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    keep_trailing_newline=True,
-)
+_PAGES = environment(Path(__file__).with_name("templates"))
 
 
 @dataclass

@@ -35,7 +35,7 @@ from sweep.storage.optuna_private import (
     session_scope,
     trial_id_of,
 )
-from sweep.storage.retry import RETRY_S, _retry_state, call_with_retry
+from sweep.storage.retry import RETRY_S, _retry_state, call_with_retry, retrying
 
 _log = logging.getLogger("sweep.storage")  # one logger for the whole package
 _FINISHED = [state for state in TrialState if state.is_finished()]
@@ -456,15 +456,5 @@ def _already_written(trial: optuna.trial.FrozenTrial, state: TrialState, values:
     )
 
 
-def _retrying(name: str) -> Callable[..., Any]:
-    method = getattr(RDBStorage, name)
-
-    def call(self: RetryingRDBStorage, *args: Any, **kwargs: Any) -> Any:
-        return call_with_retry(lambda n: method(self, *args, **kwargs), name, self.retry_s, self.url)
-
-    call.__name__, call.__qualname__, call.__doc__ = name, f"RetryingRDBStorage.{name}", method.__doc__
-    return call
-
-
 for _name in _RETRIED:
-    setattr(RetryingRDBStorage, _name, _retrying(_name))
+    setattr(RetryingRDBStorage, _name, retrying(RDBStorage, _name, "RetryingRDBStorage"))

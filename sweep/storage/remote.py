@@ -47,7 +47,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sweep.schema import ConfigError
 from sweep.storage.optuna_private import trial_id_of
 from sweep.storage.rdb import _already_written
-from sweep.storage.retry import RETRY_S, _first_line, call_with_retry
+from sweep.storage.retry import RETRY_S, _first_line, call_with_retry, retrying
 
 _log = logging.getLogger("sweep.storage")  # one logger for the whole package
 
@@ -252,18 +252,9 @@ class RetryingGrpcProxy(GrpcStorageProxy):
         return call_with_retry(attempt, "set_trial_state_values", self.retry_s, self.url)
 
 
-def _retrying(name: str) -> Callable[..., Any]:
-    method = getattr(GrpcStorageProxy, name)
-
-    def call(self: RetryingGrpcProxy, *args: Any, **kwargs: Any) -> Any:
-        return call_with_retry(lambda n: method(self, *args, **kwargs), name, self.retry_s, self.url)
-
-    call.__name__, call.__qualname__, call.__doc__ = name, f"RetryingGrpcProxy.{name}", method.__doc__
-    return call
-
-
 for _name in _RETRIED:
-    setattr(RetryingGrpcProxy, "_retried_get_all_trials" if _name == "get_all_trials" else _name, _retrying(_name))
+    setattr(RetryingGrpcProxy, "_retried_get_all_trials" if _name == "get_all_trials" else _name,
+            retrying(GrpcStorageProxy, _name, "RetryingGrpcProxy"))
 
 
 def trial_to_json(trial: FrozenTrial) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy.exc as sa_exc
 
@@ -197,3 +197,15 @@ def call_with_retry(attempt: Callable[[int], T], what: str, retry_s: float = RET
                 n += 1
     finally:
         _retry_state.active, _retry_state.what = False, ""
+
+
+def retrying(base: type, name: str, owner: str) -> Callable[..., Any]:
+    """`base.name` wrapped in `call_with_retry` on the instance's `retry_s` and `url`: how a retrying storage
+    (`RetryingRDBStorage`, `RetryingGrpcProxy`, named by `owner`) retries the calls it does not rewrite."""
+    method = getattr(base, name)
+
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return call_with_retry(lambda n: method(self, *args, **kwargs), name, self.retry_s, self.url)
+
+    call.__name__, call.__qualname__, call.__doc__ = name, f"{owner}.{name}", method.__doc__
+    return call
