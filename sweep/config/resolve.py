@@ -11,10 +11,11 @@ import torch
 
 from sweep.config.paths import copy_tree, get_path, set_path
 from sweep.config.sections import METRICS, defaults_tree, fields_of, nested_root, schema, unknown_key
+from sweep.config.typed import typed
 from sweep.config.yamlfile import read_yaml
 from sweep.data import DATASETS
 from sweep.data.features import build_features
-from sweep.models import MODELS
+from sweep.models import MODELS, warmstart
 from sweep.schema import ConfigError, Variants, check_study_name
 from sweep.search import space
 
@@ -140,6 +141,13 @@ def _resolve_tree(tree: dict[str, Any], where: Callable[[str], str]) -> dict[str
             spec.fits(model, input_shape(resolved))
         except ConfigError as exc:
             raise ConfigError(exc.detail, source=where(exc.key or "model"), key=exc.key) from None
+    if model["init_from"] is not None:  # stored absolute: a worker elsewhere reads the same run
+        model["init_from"] = str(Path(model["init_from"]).expanduser().resolve())
+        try:
+            warmstart.check(spec.build(typed(resolved).model, 2, input_shape(resolved)), model["init_from"],
+                            model["name"])
+        except ConfigError as exc:
+            raise ConfigError(exc.detail, source=where("model.init_from"), key="model.init_from") from None
     train = resolved["train"]
     if train["freeze_epochs"] >= train["epochs"]:
         raise ConfigError(

@@ -83,6 +83,7 @@ def _schema() -> dict[str, Any]:
         "model": {
             "name": MODELS.field("audio_cnn", by_name),
             "pretrained": Field(bool, False),
+            "init_from": Field(str, None, nullable=True),  # a sweep run of the same family: its body's weights
             "_variants": MODELS.variants("name", by_name),
         },
         "train": {
