@@ -358,10 +358,11 @@ def test_model_key_for_a_model_that_does_not_take_it(tmp_path: Path, two_models:
     err = load_error(path)
     assert (err.source, err.key) == (str(path), "model.width")
     assert (
-        str(err) == f"{path}: `model.width`: unknown key `width` in section `model`; accepted: name, pretrained, init_from, size"
+        str(err)
+        == f"{path}: `model.width`: unknown key `width` in section `model`; accepted: name, pretrained, init_from, size"
     )
     config = load(write(tmp_path, "model: {name: tiny}\n"))
-    assert config["model"] == {"name": "tiny", "pretrained": False, "size": 4}
+    assert config["model"] == {"name": "tiny", "pretrained": False, "init_from": None, "size": 4}
     assert load(write(tmp_path, "model: {width: 8}\n"))["model"]["width"] == 8  # audio_cnn is still the default
 
 
