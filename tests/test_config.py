@@ -65,7 +65,9 @@ def test_demo_study_loads_cleanly() -> None:
     assert config["study"]["name"] == "demo"
     assert config["study"]["direction"] == "maximize"
     assert config["train"]["lr"] == pytest.approx(3.0e-3)
-    assert config["model"] == {"name": "audio_cnn", "pretrained": False, "init_from": None, "width": 8, "depth": 2, "dropout": 0.1}
+    assert config["model"] == {
+        "name": "audio_cnn", "pretrained": False, "init_from": None, "width": 8, "depth": 2, "dropout": 0.1
+    }
     assert config["pruner"]["n_warmup_steps"] == 2
     assert config["data"]["folds"] == {"train": [1, 2, 3], "val": [4], "test": [5]}
     assert list(config["search_space"]) == [
@@ -90,7 +92,9 @@ def test_empty_file_fills_every_section_and_default(tmp_path: Path) -> None:
         "timeout": None,
     }
     # the keys of the chosen variants are filled too
-    assert config["model"] == {"name": "audio_cnn", "pretrained": False, "init_from": None, "width": 16, "depth": 3, "dropout": 0.1}
+    assert config["model"] == {
+        "name": "audio_cnn", "pretrained": False, "init_from": None, "width": 16, "depth": 3, "dropout": 0.1
+    }
     assert config["sampler"] == {
         "name": "tpe",
         "seed": 0,
