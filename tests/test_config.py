@@ -26,7 +26,7 @@ from sweep.search.strategy import make_pruner
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "search_spaces" / "demo.yaml"
 MODELS = "ast, audio_cnn, blocks, eat_m, eat_s, resnet18, resnet34, resnet50, simple_cnn, vit"
-DATASETS = "esc50, folder, speechcommands, synthetic, urbansound8k"
+DATASETS = "esc50, folder, hf, speechcommands, synthetic, urbansound8k"
 TRAIN_KEYS = (
     "epochs, freeze_epochs, batch_size, eval_batch_size, lr, body_lr_mult, optimizer, momentum, weight_decay, "
     "scheduler, label_smoothing, grad_clip, amp, device, seed, threads"
