@@ -228,7 +228,10 @@ def _layer(name: str, v: Any, shape: tuple[int, ...], cfg: Mapping[str, Any]) ->
     """The layer of one block, for input of `shape` ([C, F, T] a feature map, [N] a vector after pooling)."""
     mapped = len(shape) == 3
     if name in ("res", "max_pool", "drop", "pooling") and not mapped:
-        raise ValueError(f"{name} needs a feature map, and the input here is a vector of {shape[0]} (after pooling)")
+        raise ValueError(
+            f"{name} needs a feature map, and the input here is a vector of {shape[0]} (after pooling); accepted "
+            "after pooling: activation, dropout, fc"
+        )
     if name == "fc" and mapped:
         raise ValueError("fc needs a vector: put a `pooling` block before it")
     act = cfg["activation"]
@@ -236,15 +239,21 @@ def _layer(name: str, v: Any, shape: tuple[int, ...], cfg: Mapping[str, Any]) ->
         return Res(shape[0], *v, act, cfg["batch_first"], cfg["kernel_size"], cfg["kernel_size_res"])
     if name == "max_pool":
         if v[0] > shape[2]:
-            raise ValueError(f"max_pool's kernel of {v[0]} frames is longer than the {shape[2]} frames here")
+            raise ValueError(
+                f"max_pool's kernel of {v[0]} frames is longer than the {shape[2]} frames here; accepted: k_t <= "
+                f"{shape[2]}"
+            )
         return nn.MaxPool2d((1, v[0]), (1, v[1]))
     if name == "activation":
         if v == "swiglu" and shape[0] % 2:
-            raise ValueError(f"swiglu halves the width and needs an even one, got {shape[0]}")
+            raise ValueError(f"swiglu halves the width and needs an even one, got {shape[0]}; accepted: an even width")
         return activation(v)
     if name == "drop":
         if v[3] > shape[1] or v[2] > shape[2]:
-            raise ValueError(f"a block of {v[3]} × {v[2]} is larger than the {shape[1]} × {shape[2]} map here")
+            raise ValueError(
+                f"a block of {v[3]} × {v[2]} is larger than the {shape[1]} × {shape[2]} map here; accepted: "
+                f"block_f <= {shape[1]}, block_t <= {shape[2]}"
+            )
         return DropBlock(*v)
     if name == "dropout":
         return nn.Dropout2d(v) if mapped else nn.Dropout(v)
