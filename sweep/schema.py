@@ -43,7 +43,7 @@ class Field:
         if self.choices is not None:
             return "one of " + ", ".join(map(str, self.choices))
         names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
-                 object: "a value (checked with the value it is part of)"}
+                 object: "a value"}
         text = names.get(self.type, self.type.__name__)
         if self.type is list and self.item is not None:
             text = f"a list of {names.get(self.item, self.item.__name__).split(' ', 1)[-1]}s"
