@@ -35,11 +35,15 @@ class Field:
     high: float | None = None
     nullable: bool = False
     item: type | None = None  # element type when `type` is list
+    # a value a dotted path may reach inside (`model.blocks.2.res.0`: a list index, a mapping key); what is set
+    # there is checked with the whole value, by its entry's validation, when the config is resolved
+    nested: bool = False
 
     def accepted(self) -> str:
         if self.choices is not None:
             return "one of " + ", ".join(map(str, self.choices))
-        names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}
+        names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
+                 object: "a value"}
         text = names.get(self.type, self.type.__name__)
         if self.type is list and self.item is not None:
             text = f"a list of {names.get(self.item, self.item.__name__).split(' ', 1)[-1]}s"
@@ -69,6 +73,8 @@ class Field:
 
 
 def _coerce(kind: type, value: Any, accepted: str) -> Any:
+    if kind is object:
+        return value
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind is float and isinstance(value, float) and not math.isfinite(value):

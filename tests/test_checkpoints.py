@@ -54,7 +54,7 @@ def test_every_checkpoint_sweep_writes_loads_as_weights_only(scheduler: str, opt
     raw["train"].update(scheduler=scheduler, optimizer=optimizer, epochs=2, freeze_epochs=1, momentum=0.9)
     train(resolve(raw, "tiny"), tmp_path)
     state = load_checkpoint(tmp_path / "checkpoint.pt")
-    assert set(state) == {"model", "optimizer", "scaler", "scheduler", "history", "classes"}
+    assert set(state) == {"model", "optimizer", "scaler", "scheduler", "history", "classes", "model_name"}
     assert (state["scheduler"] is None) == (scheduler == "none") and len(state["history"]) == 2
 
 

@@ -25,8 +25,8 @@ from sweep.search.strategy import make_pruner
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "search_spaces" / "demo.yaml"
-MODELS = "ast, audio_cnn, eat_m, eat_s, resnet18, resnet34, resnet50, simple_cnn, vit"
-DATASETS = "esc50, folder, speechcommands, synthetic, urbansound8k"
+MODELS = "ast, audio_cnn, blocks, eat_m, eat_s, resnet18, resnet34, resnet50, simple_cnn, vit"
+DATASETS = "esc50, folder, hf, speechcommands, synthetic, urbansound8k"
 TRAIN_KEYS = (
     "epochs, freeze_epochs, batch_size, eval_batch_size, lr, body_lr_mult, optimizer, momentum, weight_decay, "
     "scheduler, label_smoothing, grad_clip, amp, device, seed, threads"
@@ -65,7 +65,9 @@ def test_demo_study_loads_cleanly() -> None:
     assert config["study"]["name"] == "demo"
     assert config["study"]["direction"] == "maximize"
     assert config["train"]["lr"] == pytest.approx(3.0e-3)
-    assert config["model"] == {"name": "audio_cnn", "pretrained": False, "width": 8, "depth": 2, "dropout": 0.1}
+    assert config["model"] == {
+        "name": "audio_cnn", "pretrained": False, "init_from": None, "width": 8, "depth": 2, "dropout": 0.1
+    }
     assert config["pruner"]["n_warmup_steps"] == 2
     assert config["data"]["folds"] == {"train": [1, 2, 3], "val": [4], "test": [5]}
     assert list(config["search_space"]) == [
@@ -90,7 +92,9 @@ def test_empty_file_fills_every_section_and_default(tmp_path: Path) -> None:
         "timeout": None,
     }
     # the keys of the chosen variants are filled too
-    assert config["model"] == {"name": "audio_cnn", "pretrained": False, "width": 16, "depth": 3, "dropout": 0.1}
+    assert config["model"] == {
+        "name": "audio_cnn", "pretrained": False, "init_from": None, "width": 16, "depth": 3, "dropout": 0.1
+    }
     assert config["sampler"] == {
         "name": "tpe",
         "seed": 0,
@@ -350,7 +354,7 @@ def test_key_of_another_variant(tmp_path: Path, text: str, key: str, accepted: s
 def test_model_key_misspelt(tmp_path: Path) -> None:
     err = load_error(write(tmp_path, "model: {widht: 8}\n"))
     assert err.key == "model.widht"
-    assert "(did you mean 'width'?); accepted: name, pretrained, width, depth, dropout" in str(err)
+    assert "(did you mean 'width'?); accepted: name, pretrained, init_from, width, depth, dropout" in str(err)
 
 
 def test_model_key_for_a_model_that_does_not_take_it(tmp_path: Path, two_models: None) -> None:
@@ -358,10 +362,11 @@ def test_model_key_for_a_model_that_does_not_take_it(tmp_path: Path, two_models:
     err = load_error(path)
     assert (err.source, err.key) == (str(path), "model.width")
     assert (
-        str(err) == f"{path}: `model.width`: unknown key `width` in section `model`; accepted: name, pretrained, size"
+        str(err)
+        == f"{path}: `model.width`: unknown key `width` in section `model`; accepted: name, pretrained, init_from, size"
     )
     config = load(write(tmp_path, "model: {name: tiny}\n"))
-    assert config["model"] == {"name": "tiny", "pretrained": False, "size": 4}
+    assert config["model"] == {"name": "tiny", "pretrained": False, "init_from": None, "size": 4}
     assert load(write(tmp_path, "model: {width: 8}\n"))["model"]["width"] == 8  # audio_cnn is still the default
 
 
@@ -539,7 +544,9 @@ def test_dump_yaml_reads_back_equal() -> None:
         "k" * 2000: "a key longer than YAML's implicit keys may be",
         "lists": [[1, 2], ["a", "b: c"], [{"k": "v"}, {"k2": [{"k3": 1}]}]],
     }
-    configs = [tricky, *(load(path) for path in sorted((REPO / "search_spaces").glob("*.yaml")))]
+    stage2 = [("model.init_from", None)]  # blocks_esc50.yaml warm-starts from a run of blocks_urban.yaml
+    recipes = sorted((REPO / "search_spaces").glob("*.yaml"))
+    configs = [tricky, *(load(path, stage2 if path.name == "blocks_esc50.yaml" else []) for path in recipes)]
     for config in configs:
         text = dump_yaml(config)
         assert yaml.safe_load(text) == config

@@ -29,6 +29,8 @@ TINY: dict[str, tuple[dict[str, Any], tuple[int, ...]]] = {
     "resnet50": ({"dropout": 0.0}, SPEC),
     "vit": ({"image_size": 32, "patch_size": 8, "hidden_size": 16, "layers": 2, "heads": 2}, SPEC),
     "ast": ({"max_length": 40, "hidden_size": 16, "layers": 2, "heads": 2}, SPEC),
+    "blocks": ({"blocks": [{"res": [4, 4]}, {"max_pool": [2, 2]}, {"drop": [0.5, 0.1, 3, 3]},
+                           {"pooling": {"mode": "max", "flat": True}}, {"fc": 8}, {"dropout": 0.1}]}, SPEC),
     "eat_s": (TINY_EAT, WAVE),
     "eat_m": ({**TINY_EAT, "ds_factors": [4, 4]}, WAVE),
 }
@@ -75,7 +77,7 @@ def test_inputs_declared() -> None:
     spectrogram = ("logmel", "fbank")
     expected = {"simple_cnn": spectrogram, "resnet18": spectrogram, "resnet34": spectrogram,
                 "resnet50": spectrogram, "vit": spectrogram, "ast": ("fbank", "logmel"),
-                "eat_s": ("waveform",), "eat_m": ("waveform",)}
+                "eat_s": ("waveform",), "eat_m": ("waveform",), "blocks": spectrogram}
     assert {name: MODELS[name].inputs for name in expected} == expected
     assert {name for name, spec in MODELS.items() if spec.pretrained} == {"resnet18", "resnet34", "resnet50",
                                                                           "vit", "ast"}

@@ -15,8 +15,11 @@ import pytest
 import yaml
 from conftest import ROOT, sweep_cli
 
+from sweep.config.paths import parse_set
 from sweep.config.resolve import load
 from sweep.data.layouts import urbansound8k_hf, write_esc50, write_hf_cache, write_urbansound8k
+from sweep.run.worker import train_trial
+from sweep.schema import ConfigError
 
 RECIPES = sorted(p.name for p in (ROOT / "search_spaces").glob("*.yaml"))
 SMALL_AUDIO = ["data.sample_rate=8000", "data.clip_seconds=0.5", "features.n_mels=32", "features.n_fft=256",
@@ -34,6 +37,8 @@ OVERRIDES = {
                     "train.epochs=2", *SMALL_AUDIO],
     "ast.yaml": [*TINY_TRANSFORMER, "model.layers=2", "model.max_length=64", "train.epochs=2",
                  "data.clip_seconds=0.5"],
+    "blocks_urban.yaml": ["train.epochs=2", *SMALL_AUDIO],
+    "blocks_esc50.yaml": ["train.epochs=2", "train.freeze_epochs=1", *SMALL_AUDIO],
     "eat.yaml": ["model.emb=16", "model.nf=4", "model.ff=32", "model.layers=1", "model.heads=2",
                  "train.epochs=2", "data.sample_rate=8000", "data.clip_seconds=0.5"],
 }
@@ -41,13 +46,20 @@ OVERRIDES = {
 
 def test_every_recipe_has_a_test_run() -> None:
     assert sorted(OVERRIDES) == RECIPES == sorted(
-        ["vit.yaml", "vit_hf.yaml", "resnet.yaml", "cnn.yaml", "audio_cnn.yaml", "eat.yaml", "ast.yaml", "demo.yaml"]
+        ["vit.yaml", "vit_hf.yaml", "resnet.yaml", "cnn.yaml", "audio_cnn.yaml", "eat.yaml", "ast.yaml", "demo.yaml",
+         "blocks_urban.yaml", "blocks_esc50.yaml"]
     )
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_validates_as_written(recipe: str) -> None:
-    config = load(ROOT / "search_spaces" / recipe)
+    if recipe == "blocks_esc50.yaml":  # as written it needs stage 1's final run, from the folder stage 1 ran in
+        with pytest.raises(ConfigError) as err:
+            load(ROOT / "search_spaces" / recipe)
+        assert err.value.key == "model.init_from" and "no such file or folder" in str(err.value)
+        config = load(ROOT / "search_spaces" / recipe, [("model.init_from", None)])
+        assert config["model"]["blocks"] == load(ROOT / "search_spaces" / "blocks_urban.yaml")["model"]["blocks"]
+    config = load(ROOT / "search_spaces" / recipe, [("model.init_from", None)] if recipe == "blocks_esc50.yaml" else [])
     assert config["study"]["name"] == Path(recipe).stem
     if recipe != "demo.yaml":  # the real ones run on a cluster, from the real dataset, with real weights
         assert config["data"]["dataset"] in ("esc50", "urbansound8k", "hf")
@@ -69,13 +81,17 @@ def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_runs_a_trial(recipe: str, datasets: dict[str, Path], home: Path) -> None:
-    config = load(ROOT / "search_spaces" / recipe)
+    config = load(ROOT / "search_spaces" / recipe, [("model.init_from", None)] if recipe == "blocks_esc50.yaml" else [])
     sets = [*OVERRIDES[recipe], "study.n_trials=1", "executor.workers=1", "executor.cpus_per_worker=1"]
     env = {}
     if config["data"]["dataset"] == "hf":  # the recipe names a dataset id: read from the datasets cache
         env["HF_DATASETS_CACHE"] = str(datasets["hf"])
     elif config["data"]["dataset"] != "synthetic":
         sets.append(f"data.root={datasets[config['data']['dataset']]}")
+    if recipe == "blocks_esc50.yaml":  # stage 2 warm-starts from stage 1: a short run of blocks_urban.yaml
+        stage1 = [*OVERRIDES["blocks_urban.yaml"], f"data.root={datasets['urbansound8k']}"]
+        pretrained = home / "studies" / "blocks_urban" / "final" / "seed-0"
+        train_trial(load(ROOT / "search_spaces" / "blocks_urban.yaml", [parse_set(s) for s in stage1]), pretrained)
     args = ["launch", str(ROOT / "search_spaces" / recipe), "--executor", "local"]
     for item in sets:
         args += ["--set", item]
@@ -91,6 +107,8 @@ def test_recipe_runs_a_trial(recipe: str, datasets: dict[str, Path], home: Path)
     assert ran["data"]["dataset"] == config["data"]["dataset"] and ran["model"]["name"] == trial.params.get(
         "model.name", config["model"]["name"])
     assert len(json.loads((trial_dir / "metrics.json").read_text())["epochs"]) == ran["train"]["epochs"]
+    if recipe == "blocks_esc50.yaml":  # warm-started from stage 1's run, stored absolute for the workers
+        assert ran["model"]["init_from"] == str(pretrained.resolve())
 
 
 def test_launch_stops_before_anything_runs_without_data_or_weights(datasets: dict[str, Path], home: Path) -> None:

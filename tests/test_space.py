@@ -200,7 +200,8 @@ def test_search_space_must_be_a_mapping() -> None:
         ("trainer.lr", "not a config key: unknown key `trainer` at the top level (did you mean 'train'?)"),
         ("train", "not a config key: `train` is a section; name one of its keys: epochs, freeze_epochs,"),
         ("train.lr.value", "not a config key: `train.lr` is a value, not a section"),
-        ("model.size", "not a config key: unknown key `size` in section `model`; accepted: name, pretrained, width,"),
+        ("model.size",
+         "not a config key: unknown key `size` in section `model`; accepted: name, pretrained, init_from, width,"),
     ],
 )
 def test_path_that_is_not_a_config_key(path: str, message: str) -> None:
@@ -222,7 +223,7 @@ def test_study_level_keys_cannot_be_searched(path: str) -> None:
 def test_variant_key_follows_the_base_variant(two_models: None) -> None:
     assert parse("model.size: [1, 2]", "model: {name: tiny}")[0].path == "model.size"
     err = parse_error("model.width: [8, 16]", "model: {name: tiny}")
-    assert "unknown key `width` in section `model`; accepted: name, pretrained, size" in str(err)
+    assert "unknown key `width` in section `model`; accepted: name, pretrained, init_from, size" in str(err)
 
 
 @pytest.mark.parametrize(
@@ -369,7 +370,7 @@ def test_variant_key_searched_with_its_discriminator_needs_a_condition(two_model
     assert (err.source, err.key) == (SOURCE, "search_space.model.depth")
     assert str(err).startswith(
         f"{SOURCE}: `search_space.model.depth`: not a config key: unknown key `depth` in "
-        "section `model`; accepted: name, pretrained, size"
+        "section `model`; accepted: name, pretrained, init_from, size"
     )
     assert str(err).endswith(" when model.name=tiny; add a `when:` condition")
     ok = parse(
@@ -383,7 +384,9 @@ def test_condition_must_exclude_every_variant_without_the_key(two_models: None) 
         "model.name: [audio_cnn, tiny]\n"
         "model.depth: {type: int, low: 1, high: 3, when: {model.name: [audio_cnn, tiny]}}\n"
     )
-    assert str(err).endswith("accepted: name, pretrained, size when model.name=tiny; add a `when:` condition")
+    assert str(err).endswith(
+        "accepted: name, pretrained, init_from, size when model.name=tiny; add a `when:` condition"
+    )
 
 
 def test_searched_discriminator_checked_against_the_file(tmp_path: Path, two_models: None) -> None:
@@ -395,7 +398,7 @@ def test_searched_discriminator_checked_against_the_file(tmp_path: Path, two_mod
     assert (err.source, err.key) == (str(path), "model.width")
     assert str(err).startswith(
         f"{path}: `model.width`: when the search picks model.name=tiny: unknown key "
-        "`width` in section `model`; accepted: name, pretrained, size"
+        "`width` in section `model`; accepted: name, pretrained, init_from, size"
     )
     path.write_text("model: {name: audio_cnn}\nsearch_space:\n  model.name: [audio_cnn, tiny]\n")
     assert load(path)["search_space"] == {"model.name": ["audio_cnn", "tiny"]}
@@ -405,7 +408,7 @@ def test_model_key_searched_over_two_models_needs_a_condition(two_models: None) 
     err = parse_error("model.name: [audio_cnn, tiny]\nmodel.width: [8, 16]\n")
     assert err.key == "search_space.model.width"
     assert str(err).endswith(
-        "unknown key `width` in section `model`; accepted: name, pretrained, size when model.name=tiny; "
+        "unknown key `width` in section `model`; accepted: name, pretrained, init_from, size when model.name=tiny; "
         "add a `when:` condition"
     )
     err = parse_error("model.name: [audio_cnn, tiny]\nmodel.size: {type: int, low: 1, high: 4}\n")
@@ -426,7 +429,7 @@ def test_searched_model_checked_against_the_file(tmp_path: Path, two_models: Non
     assert (info.value.source, info.value.key) == (str(path), "model.width")
     assert str(info.value) == (
         f"{path}: `model.width`: when the search picks model.name=tiny: unknown key `width` in section `model`; "
-        "accepted: name, pretrained, size"
+        "accepted: name, pretrained, init_from, size"
     )
 
 
@@ -447,7 +450,7 @@ def test_two_models_draw_apply_and_revalidate(two_models: None) -> None:
         assert set(drawn) == {"model.name", "model.width" if name == "audio_cnn" else "model.size"}
         model = resolve(space.apply(config, drawn), "trial")["model"]
         if name == "tiny":
-            assert model == {"name": "tiny", "pretrained": False, "size": drawn["model.size"]}
+            assert model == {"name": "tiny", "pretrained": False, "init_from": None, "size": drawn["model.size"]}
         else:
             assert model["width"] == drawn["model.width"]
         study.tell(trial, 0.0)
@@ -528,8 +531,8 @@ def test_suggest_follows_a_chain_of_conditions() -> None:
 def test_apply_switching_variant_drops_the_old_variants_keys(two_models: None) -> None:
     config = base("model: {name: audio_cnn, width: 8, depth: 2}")
     applied = space.apply(config, {"model.name": "tiny"})
-    assert applied["model"] == {"name": "tiny", "pretrained": False}
-    assert resolve(applied, "trial")["model"] == {"name": "tiny", "pretrained": False, "size": 4}
+    assert applied["model"] == {"name": "tiny", "pretrained": False, "init_from": None}
+    assert resolve(applied, "trial")["model"] == {"name": "tiny", "pretrained": False, "init_from": None, "size": 4}
     applied = space.apply(config, {"model.name": "audio_cnn", "train.lr": 0.5})  # same variant: keys kept
     assert resolve(applied, "trial")["model"]["width"] == 8 and applied["train"]["lr"] == 0.5
     # in whatever order the params come (Optuna's order is not the draw order)

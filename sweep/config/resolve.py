@@ -7,11 +7,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from sweep.config.paths import copy_tree, get_path, set_path
-from sweep.config.sections import METRICS, defaults_tree, fields_of, schema, unknown_key
+from sweep.config.sections import METRICS, defaults_tree, fields_of, nested_root, schema, unknown_key
+from sweep.config.typed import typed
 from sweep.config.yamlfile import read_yaml
 from sweep.data import DATASETS
-from sweep.models import MODELS
+from sweep.data.features import build_features
+from sweep.models import MODELS, warmstart
 from sweep.schema import ConfigError, Variants, check_study_name
 from sweep.search import space
 
@@ -33,7 +37,10 @@ def resolve(
     for key, value in overrides:
         if key == "search_space" or key.startswith("search_space."):
             raise ConfigError("the search space cannot be changed with --set; edit the YAML file", key=key)
-        set_path(merged, key, value)
+        try:
+            _set(merged, key, value)
+        except ConfigError as exc:  # an index past a list's end
+            raise ConfigError(exc.detail, source=origin[key], key=key) from None
 
     def where(path: str) -> str:  # an override at, above or below the path (`--set trainer.lr` → `trainer`)
         return next(
@@ -69,16 +76,37 @@ def resolve(
         dist = param.distribution
         for value in dist.choices if hasattr(dist, "choices") else (dist.low, dist.high):
             variant = copy_tree(merged)
-            for cond_path, values in param.when.items():
-                set_path(variant, cond_path, values[0])
-            set_path(variant, param.path, value)
             try:
+                for cond_path, values in param.when.items():
+                    _set(variant, cond_path, values[0])
+                _set(variant, param.path, value)
                 _resolve_tree(variant, where)
             except ConfigError as exc:
                 raise ConfigError(
-                    f"when the search picks {param.path}={value}: {exc.detail}", source=exc.source, key=exc.key
+                    f"when the search picks {param.path}={value}: {exc.detail}",
+                    source=exc.source or where("search_space"),
+                    key=exc.key,
                 ) from None
     return resolved
+
+
+def _set(tree: dict[str, Any], path: str, value: Any) -> None:
+    """set_path, after giving a nested value the path reaches inside (`model.blocks.2.res.0`) its default when
+    the file leaves it out, so the path indexes the list the run would have."""
+    def variant_of(p: str) -> str | None:
+        try:
+            found = get_path(tree, p)
+        except KeyError:
+            found = get_path(defaults_tree(), p)
+        return found if isinstance(found, str) else None
+
+    root = nested_root(path, variant_of)
+    if root is not None:
+        try:
+            get_path(tree, root[0])
+        except KeyError:
+            set_path(tree, root[0], copy_tree(root[1].default))
+    set_path(tree, path, value)
 
 
 def _resolve_tree(tree: dict[str, Any], where: Callable[[str], str]) -> dict[str, Any]:
@@ -108,6 +136,18 @@ def _resolve_tree(tree: dict[str, Any], where: Callable[[str], str]) -> dict[str
             spec.validate(model)
         except ConfigError as exc:
             raise ConfigError(exc.detail, source=where(exc.key or "model"), key=exc.key) from None
+    if spec.fits is not None:  # a dry forward on one clip's features: shapes that do not fit, refused here
+        try:
+            spec.fits(model, input_shape(resolved))
+        except ConfigError as exc:
+            raise ConfigError(exc.detail, source=where(exc.key or "model"), key=exc.key) from None
+    if model["init_from"] is not None:  # stored absolute: a worker elsewhere reads the same run
+        model["init_from"] = str(Path(model["init_from"]).expanduser().resolve())
+        try:
+            warmstart.check(spec.build(typed(resolved).model, 2, input_shape(resolved)), model["init_from"],
+                            model["name"])
+        except ConfigError as exc:
+            raise ConfigError(exc.detail, source=where("model.init_from"), key="model.init_from") from None
     train = resolved["train"]
     if train["freeze_epochs"] >= train["epochs"]:
         raise ConfigError(
@@ -125,6 +165,14 @@ def _resolve_tree(tree: dict[str, Any], where: Callable[[str], str]) -> dict[str
             key="model.pretrained",
         )
     return resolved
+
+
+def input_shape(resolved: Mapping[str, Any]) -> tuple[int, ...]:
+    """What the model reads of one clip (no batch): its features of `clip_seconds` of silence."""
+    data = resolved["data"]
+    with torch.no_grad():
+        x = build_features(resolved)(torch.zeros(1, round(data["clip_seconds"] * data["sample_rate"])))
+    return tuple(x.shape[1:])
 
 
 def _check_features(

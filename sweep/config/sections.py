@@ -83,6 +83,7 @@ def _schema() -> dict[str, Any]:
         "model": {
             "name": MODELS.field("audio_cnn", by_name),
             "pretrained": Field(bool, False),
+            "init_from": Field(str, None, nullable=True),  # a sweep run of the same family: its body's weights
             "_variants": MODELS.variants("name", by_name),
         },
         "train": {
@@ -135,6 +136,8 @@ def field_at(path: str, variant_of: Callable[[str], str | None]) -> Field:
     parts = path.split(".")
     for i, part in enumerate(parts):
         here = ".".join(parts[:i])
+        if isinstance(node, Field) and node.nested:
+            return INSIDE
         if not isinstance(node, dict):
             raise KeyError(f"`{here}` is a value, not a section")
         fields = fields_of(node, here, variant_of)
@@ -144,6 +147,24 @@ def field_at(path: str, variant_of: Callable[[str], str | None]) -> Field:
     if isinstance(node, dict):
         raise KeyError(f"`{path}` is a section; name one of its keys: {', '.join(fields_of(node, path, variant_of))}")
     return node
+
+
+# what a path inside a nested value (`model.blocks.2.res.0`) accepts here: anything; the value it is part of is
+# checked whole by its entry's validation when the config is resolved (a search checks every value it can pick)
+INSIDE = Field(object)
+
+
+def nested_root(path: str, variant_of: Callable[[str], str | None]) -> tuple[str, Field] | None:
+    """(the path of the nested value `path` reaches inside, its field), or None if it is not inside one."""
+    parts = path.split(".")
+    for i in range(1, len(parts)):
+        try:
+            node = field_at(".".join(parts[:i]), variant_of)
+        except KeyError:  # a section (or no key at all: the caller's own check names it)
+            continue
+        if node.nested:
+            return ".".join(parts[:i]), node
+    return None
 
 
 def fields_of(node: dict[str, Any], here: str, variant_of: Callable[[str], str | None]) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Importing this package registers every family.
 """
 
-from sweep.models import ast, audio_cnn, eat, resnet, simple_cnn, vit  # noqa: F401  (each registers itself)
+from sweep.models import ast, audio_cnn, blocks, eat, resnet, simple_cnn, vit  # noqa: F401  (each registers itself)
 from sweep.models.registry import (
     MODELS,
     ModelSpec,

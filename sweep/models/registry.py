@@ -41,6 +41,9 @@ class ModelSpec:
     # validate(model_config) raises ConfigError(message, key="model.<key>") for combinations of keys that
     # are each valid alone but not together (e.g. architecture sizes with pretrained weights)
     validate: Callable[[Mapping[str, Any]], None] | None = None
+    # fits(model_config, input_shape) raises ConfigError(key="model.<key>") when the architecture does not fit the
+    # run's input shape (features of one clip); config.resolve calls it, so it is refused before any trial
+    fits: Callable[[Mapping[str, Any], tuple[int, ...]], None] | None = None
     min_mels: int | None = None  # mel bins (features.n_mels) the architecture needs at least, untrained
 
 

@@ -183,7 +183,7 @@ def _check_values(param: Param, target: Field, source: str, key: str) -> None:
     elif isinstance(dist, IntDistribution):
         values = (dist.low, dist.high)
     else:
-        if target.type is not float:
+        if target.type not in (float, object):  # object: a value inside a nested one, checked with it
             raise ConfigError(
                 f"a float distribution cannot set this key, which takes {target.accepted()}", source=source, key=key
             )

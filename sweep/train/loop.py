@@ -156,6 +156,7 @@ def save(run: Run, summary: dict[str, Any]) -> None:
         "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
         "history": run.history,
         "classes": run.train_set.classes,  # what the outputs mean, for `sweep predict`
+        "model_name": typed(run.config).model.name,  # the family, for a warm start from this file alone
     }
     _atomic(run.out_dir / CHECKPOINT, lambda p: torch.save(state, p))
 

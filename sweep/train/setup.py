@@ -24,7 +24,7 @@ from sweep.data import Clips, load_split
 from sweep.data.augment import Augment
 from sweep.data.features import build_features
 from sweep.data.inputs import Inputs
-from sweep.models import build_model
+from sweep.models import build_model, warmstart
 
 
 @dataclass
@@ -70,7 +70,10 @@ def setup(config: Mapping[str, Any], out_dir: Path, train_splits: Sequence[str],
     features = build_features(config).to(device)
     batches = Inputs(config, train_set, features, device, augment)
     scored = Inputs(config, scored_set, features, device)
-    model = build_model(config, len(train_set.classes), tuple(batches(torch.arange(1)).shape[1:])).to(device)
+    model = build_model(config, len(train_set.classes), tuple(batches(torch.arange(1)).shape[1:]))
+    if typed(config).model.init_from is not None:  # a warm start; a resumed checkpoint below replaces it
+        warmstart.load(model, typed(config).model.init_from, typed(config).model.name, train_set.classes)
+    model = model.to(device)
     steps = math.ceil(len(train_set) / t.batch_size)
     optimizer = make_optimizer(param_groups(model, t), t)
     freeze = Freeze(model)
