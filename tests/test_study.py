@@ -28,18 +28,28 @@ SPACE = {
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
-def test_every_sampler_draws_from_the_search_space(name: str) -> None:
+def test_every_sampler_draws_from_the_search_space(name: str, tmp_path: Path) -> None:
+    """Through the budget's own path, as workers draw: WAITING trials enqueued by `top_up`, claimed by `pop_trial`
+    (the grid sampler failed every such trial: it took their empty enqueued params for a fixed point)."""
+    from sweep.search.study import pop_trial, top_up
+    from sweep.storage import open_storage
+
     search = SPACE if name != "grid" else {k: v for k, v in SPACE.items() if k != "train.lr"}
     config = resolve({"sampler": {"name": name, "seed": 1}, "search_space": search}, "test")
     params = space.parse(config["search_space"], config)
-    study = optuna.create_study(direction="maximize", sampler=make_sampler(config))
-    for _ in range(6):
-        trial = study.ask()
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(config),
+                                storage=open_storage(f"sqlite:///{tmp_path / 'study.db'}"))
+    top_up(study, 6)
+    drawn_all = []
+    while (trial := pop_trial(study)) is not None:
         drawn = space.suggest(trial, params, config)
         assert 1 <= drawn["model.depth"] <= 3
         assert ("train.momentum" in drawn) == (drawn["train.optimizer"] == "sgd")
         study.tell(trial, float(drawn["model.depth"]))
-    assert len(study.trials) == 6
+        drawn_all.append(tuple(sorted(drawn.items())))
+    assert len(study.trials) == 6 and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    if name == "grid":
+        assert len(set(drawn_all)) == 6  # six points of the grid, none twice
 
 
 def test_grid_sampler_refuses_a_continuous_float() -> None:
@@ -73,8 +83,8 @@ def test_budget_is_exact_and_can_be_lowered(home: Path) -> None:
 
 @pytest.mark.parametrize("backend", ["sqlite", "pg", "mysql", "journal"])
 def test_a_large_budget_is_enqueued_in_a_few_writes_with_progress(backend: str, request: pytest.FixtureRequest) -> None:
-    """25,001 trials in three writes (not 25,001), each what Optuna's `enqueue_trial` stores, numbered on from
-    the trials already there; a worker pops them as any other."""
+    """25,001 trials in three writes (not 25,001), each what Optuna's `enqueue_trial` stores but its empty
+    `fixed_params`, numbered on from the trials already there; a worker pops them as any other."""
     from sweep.search.study import ENQUEUE_BATCH
 
     storage = open_storage(_url_for(backend, request))
@@ -88,8 +98,9 @@ def test_a_large_budget_is_enqueued_in_a_few_writes_with_progress(backend: str, 
     trials = optuna.load_study(study_name="big", storage=open_storage(_url_for(backend, request))).get_trials()
     assert [t.number for t in trials] == list(range(owed + 1))
     ours, theirs = trials[1], trials[0]
-    for field in ("state", "params", "user_attrs", "system_attrs", "intermediate_values", "datetime_start", "value"):
+    for field in ("state", "params", "user_attrs", "intermediate_values", "datetime_start", "value"):
         assert getattr(ours, field) == getattr(theirs, field), field
+    assert ours.system_attrs == {}  # no empty `fixed_params`: GridSampler would take it for a given point
     assert pop_trial(study).number == 0 and pop_trial(study).number == 1
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from sweep.storage.journal import SweepJournalStorage
 from sweep.storage.optuna_private import (
@@ -71,14 +71,21 @@ def _pop_from(study: optuna.Study, start: int) -> int | None:
 
 
 def enqueue_waiting(study: optuna.Study, count: int, user_attrs: Mapping[str, Any]) -> None:
-    """`count` calls of `study.enqueue_trial({}, user_attrs=user_attrs)`, stored in one write on sweep's storages
-    (`create_waiting_trials`); the caller sizes `count` to what one transaction or append should hold."""
+    """`count` empty WAITING trials, stored in one write on sweep's storages (`create_waiting_trials`); the caller
+    sizes `count` to what one transaction or append should hold.
+
+    Not `study.enqueue_trial({})`: that marks each trial with empty `fixed_params`, which Optuna's GridSampler
+    takes for a point given by the user, so it assigns the trial no grid point and fails its first suggest."""
     backend = _sweep_storage(storage_of(study))
     if backend is None:
+        template = FrozenTrial(
+            number=-1, state=TrialState.WAITING, value=None, datetime_start=None, datetime_complete=None, params={},
+            distributions={}, user_attrs=dict(user_attrs), system_attrs={}, intermediate_values={}, trial_id=-1,
+        )
         for _ in range(count):
-            study.enqueue_trial({}, user_attrs=dict(user_attrs))
+            storage_of(study).create_new_trial(study_id_of(study), template_trial=template)
         return
-    backend.create_waiting_trials(study_id_of(study), count, user_attrs, {"fixed_params": {}})
+    backend.create_waiting_trials(study_id_of(study), count, user_attrs, {})
 
 
 def flush_trial(study: optuna.Study, trial: optuna.Trial) -> None:
