@@ -450,7 +450,7 @@ def test_a_full_disk_stops_the_launch_cleanly(home: Path, tiny_file: Path, small
     monkeypatch.setenv("SWEEP_STUDIES_DIR", str(small_disk))
     launcher = _launch_until_a_trial_runs_in(small_disk, home, tiny_file)
     filler = small_disk / "filler"
-    with open(filler, "wb") as f, pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError, match="No space left"), open(filler, "wb") as f:  # the run may have filled it first
         while True:
             f.write(b"x" * (1 << 16))
             f.flush()
@@ -465,7 +465,7 @@ def test_a_full_disk_stops_the_launch_cleanly(home: Path, tiny_file: Path, small
     assert "the disk is full" in logs, logs[-3000:]
     assert not _processes_under(small_disk), _processes_under(small_disk)
 
-    filler.unlink()
+    filler.unlink(missing_ok=True)
     db = sqlite3.connect(small_disk / "tiny" / "study.db")
     assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     db.close()
