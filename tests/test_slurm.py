@@ -349,6 +349,21 @@ def _stepd_on(proc: Path, node: str) -> bool:
     return any(f"[{job}." in title for job in jobs)
 
 
+def _running_at_epoch_2(
+    launcher: subprocess.Popen, name: str, url: str, node: str | None = None, timeout: float = 240
+) -> optuna.trial.FrozenTrial:
+    """A RUNNING trial of the study past its second epoch (on `node`, if given), while the launcher runs."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and launcher.poll() is None:
+        time.sleep(0.5)
+        with contextlib.suppress(KeyError):  # the study exists once the launcher has created it
+            for t in optuna.load_study(study_name=name, storage=open_storage(url)).get_trials():
+                if t.state == TrialState.RUNNING and len(t.intermediate_values) >= 2 and "pid" in t.user_attrs \
+                        and (node is None or t.user_attrs.get("slurm_node") == node):
+                    return t
+    raise AssertionError(f"no trial reached epoch 2{f' on {node}' if node else ''}")
+
+
 def test_a_node_lost_mid_trial_loses_no_trial(three_nodes: str, home: Path, tiny_file: Path) -> None:
     """node2 dies with a trial half trained: SLURM requeues its task on a live node, the trial is retried from its
     last checkpoint, and the budget comes out exact."""
@@ -363,15 +378,7 @@ def test_a_node_lost_mid_trial_loses_no_trial(three_nodes: str, home: Path, tiny
         cwd=home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        deadline, victim = time.time() + 240, None
-        while victim is None and time.time() < deadline and launcher.poll() is None:
-            time.sleep(0.5)
-            with contextlib.suppress(KeyError):  # the study exists once the launcher has created it
-                for t in optuna.load_study(study_name=name, storage=open_storage(url)).get_trials():
-                    if t.state == TrialState.RUNNING and t.user_attrs.get("slurm_node") == "node2" \
-                            and len(t.intermediate_values) >= 2:
-                        victim = t
-        assert victim is not None, "no trial reached epoch 2 on node2"
+        victim = _running_at_epoch_2(launcher, name, url, node="node2")
         _kill_node("node2")
         out, _ = launcher.communicate(timeout=420)
     finally:
@@ -423,15 +430,7 @@ def test_a_preempted_worker_hands_its_trial_back_and_it_resumes(three_nodes: str
     )
     urgent = None
     try:
-        deadline, victim = time.time() + 240, None
-        while victim is None and time.time() < deadline and launcher.poll() is None:
-            time.sleep(0.5)
-            with contextlib.suppress(KeyError):  # the study exists once the launcher has created it
-                for t in optuna.load_study(study_name=name, storage=open_storage(url)).get_trials():
-                    if t.state == TrialState.RUNNING and t.user_attrs.get("slurm_node") == "node2" \
-                            and len(t.intermediate_values) >= 2:
-                        victim = t
-        assert victim is not None, "no trial reached epoch 2 on node2"
+        victim = _running_at_epoch_2(launcher, name, url, node="node2")
         submit = subprocess.run(["sbatch", "--parsable", "--partition=urgent", "--nodelist=node2", "--cpus-per-task=2",
                                  "--time=1", f"--output={home}/urgent.out", "--wrap", "echo $SLURMD_NODENAME; sleep 5"],
                                 capture_output=True, text=True)
@@ -511,14 +510,7 @@ def test_a_lone_slurm_worker_killed_is_replaced(slurm_cluster: str, home: Path, 
         cwd=home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        deadline, victim = time.time() + 240, None
-        while victim is None and time.time() < deadline and launcher.poll() is None:
-            time.sleep(0.5)
-            with contextlib.suppress(KeyError):  # the study exists once the launcher has created it
-                for t in optuna.load_study(study_name=name, storage=open_storage(url)).get_trials():
-                    if t.state == TrialState.RUNNING and len(t.intermediate_values) >= 2 and "pid" in t.user_attrs:
-                        victim = t
-        assert victim is not None, "no trial reached epoch 2"
+        victim = _running_at_epoch_2(launcher, name, url)
         os.kill(victim.user_attrs["pid"], signal.SIGKILL)
         out, _ = launcher.communicate(timeout=300)
     finally:
