@@ -140,7 +140,7 @@ def bare_train(config: Mapping[str, Any], on_epoch: Callable[[int], None] | None
             y = train_set.labels[idx].to(device)
             with torch.no_grad():
                 x = augment.spec(train_x[idx])
-            x, target = augment.mixup(x, y, n_classes)
+            x, target = augment.mix(x, y, n_classes, epoch)
             with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
                 loss = F.cross_entropy(model(x), target, label_smoothing=t["label_smoothing"])
             optimizer.zero_grad(set_to_none=True)

@@ -78,7 +78,7 @@ def test_strength_zero_is_identity_and_one_masks_and_mixes(tiny_config: dict) ->
     y = torch.arange(16) % 4
     off = _augment(tiny_config, 0.0)
     assert torch.equal(off.spec(x), x)
-    mixed, target = off.mixup(x, y, 4)
+    mixed, target = off.mix(x, y, 4, 1)
     assert torch.equal(mixed, x) and torch.equal(target, torch.nn.functional.one_hot(y, 4).float())
 
     full = _augment(tiny_config, 1.0)
@@ -87,7 +87,7 @@ def test_strength_zero_is_identity_and_one_masks_and_mixes(tiny_config: dict) ->
     zero_cols = (masked == 0).all(dim=2).sum().item()  # whole time spans zeroed
     assert zero_rows > 0 and zero_cols > 0
     assert zero_rows <= 16 * 2 * int(0.15 * 32)  # no band wider than freq_mask at strength 1
-    mixed, target = full.mixup(x, y, 4)
+    mixed, target = full.mix(x, y, 4, 1)
     assert torch.allclose(target.sum(1), torch.ones(16)) and (target.max(1).values < 1).any()
 
     again = _augment(tiny_config, 1.0)  # same seed, same masks: what makes resume exact

@@ -61,3 +61,15 @@ def test_readme_example_is_the_demo_and_valid() -> None:
 def test_ruff_clean() -> None:
     run = subprocess.run([sys.executable, "-m", "ruff", "check", str(ROOT)], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_every_augmentation_and_mix_is_documented_with_its_keys() -> None:
+    from sweep.data.augment import AUGMENTATIONS, MIXES
+
+    section = README.split("### Augmentations", 1)[1].split("\n### ", 1)[0]
+    rows = {line.split("|")[1].strip().strip("`"): line for line in section.splitlines() if line.startswith("| `")}
+    for registry in (AUGMENTATIONS, MIXES):
+        for name, entry in registry.items():
+            assert name in rows, f"README's Augmentations section lacks {name}"
+            for key in entry.params:
+                assert f"`{key}`" in rows[name], f"README's row for {name} lacks its key {key}"

@@ -79,7 +79,7 @@ def test_waveform_input_is_the_clip() -> None:
 
 def test_waveform_augmentations_scale_with_strength_and_replay_from_the_seed() -> None:
     base = config_for("eat_s")
-    x = torch.randn(64, 16000) * 0.1
+    x = torch.randn(512, 16000) * 0.1
     off = copy.deepcopy(base)
     off["augment"].update(waveform=True, strength=0.0)
     assert torch.equal(Augment(off).wave(x.clone()), x)
@@ -95,7 +95,7 @@ def test_waveform_augmentations_scale_with_strength_and_replay_from_the_seed() -
     a, b = first.wave(x.clone()), second.wave(x.clone())
     assert torch.equal(a, b)  # a resumed trial draws the same augmentations
     changed = (a != x).any(1)
-    assert 0.5 < changed.float().mean() < 1.0  # five augmentations at p = 1/2 each: most clips, not all
+    assert 0.93 < changed.float().mean() < 0.995  # five augmentations at p = 1/2 each: all but 1/32 of the clips
     masked = (a == 0).sum(1)
     assert (masked >= 1600).any()  # a 0.1 s time mask (1600 samples at 16 kHz) zeroed somewhere
     assert a.shape == x.shape and torch.isfinite(a).all()

@@ -13,7 +13,7 @@ from sweep.config.paths import copy_tree, get_path, set_path
 from sweep.config.sections import METRICS, defaults_tree, fields_of, nested_root, schema, unknown_key
 from sweep.config.typed import typed
 from sweep.config.yamlfile import read_yaml
-from sweep.data import DATASETS
+from sweep.data import DATASETS, augment
 from sweep.data.features import build_features
 from sweep.models import MODELS, warmstart
 from sweep.schema import ConfigError, Variants, check_study_name
@@ -141,6 +141,10 @@ def _resolve_tree(tree: dict[str, Any], where: Callable[[str], str]) -> dict[str
             spec.fits(model, input_shape(resolved))
         except ConfigError as exc:
             raise ConfigError(exc.detail, source=where(exc.key or "model"), key=exc.key) from None
+    try:
+        augment.check(resolved)
+    except ConfigError as exc:
+        raise ConfigError(exc.detail, source=where(exc.key or "augment"), key=exc.key) from None
     if model["init_from"] is not None:  # stored absolute: a worker elsewhere reads the same run
         model["init_from"] = str(Path(model["init_from"]).expanduser().resolve())
         try:

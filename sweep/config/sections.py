@@ -79,6 +79,10 @@ def _schema() -> dict[str, Any]:
             "mixup": Field(bool, True),
             "mixup_alpha": Field(float, 0.4, low=0.0),
             "waveform": Field(bool, False),
+            "chain": Field(list, [], nested=True),  # entries by name, each with its own p (sweep.data.augment)
+            "mix": Field(list, [], item=str),  # label-mixing batch augmentations, one picked per mixed batch
+            "mix_ratio": Field(float, 0.5, low=0.0, high=1.0),  # the share of batches `mix` mixes
+            "epoch_mix": Field(int, 0, low=0),  # batches are mixed only after this epoch
         },
         "model": {
             "name": MODELS.field("audio_cnn", by_name),

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from sweep.config.typed import typed
-from sweep.data.augment import Augment
+from sweep.data.augment import Augment, needs_waveform
 from sweep.data.cache import publish
 from sweep.data.features import input_kind
 from sweep.data.splits import Clips, crop
@@ -39,7 +39,7 @@ class Inputs:
         self.clips, self.features, self.device, self.augment = clips, features, device, augment
         self.samples = round(cfg.data.clip_seconds * cfg.data.sample_rate)
         self.frames: torch.Tensor | None = None
-        if input_kind(config) != "waveform" and not cfg.augment.waveform:
+        if input_kind(config) != "waveform" and not needs_waveform(config):
             self.hop = cfg.features.hop_length
             with torch.no_grad():  # frames of one window, as the features make them (log-mel and fbank differ)
                 self.window = features(torch.zeros(1, self.samples, device=device)).shape[-1]

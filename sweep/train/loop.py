@@ -73,7 +73,7 @@ def fit(
                 y = train_set.labels[idx].to(device, non_blocking=True)
                 with torch.no_grad():
                     x = augment.spec(x)
-                x, target = augment.mixup(x, y, n_classes)
+                x, target = augment.mix(x, y, n_classes, epoch)
                 with torch.autocast(device.type, dtype=torch.float16, enabled=run.amp):
                     loss = F.cross_entropy(model(x), target, label_smoothing=t.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
