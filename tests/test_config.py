@@ -851,3 +851,23 @@ def test_cli_flag_errors_name_the_flag_as_typed(tmp_path: Path, args: tuple[str,
     line = one_error_line(run_launch(tmp_path, "base.yaml", "--executor", "debug", *args))
     assert line.startswith(f"sweep: error: {message}")
     assert_nothing_started(tmp_path)
+
+
+def test_set_switching_a_variant_drops_the_keys_only_the_old_one_takes(tmp_path: Path) -> None:
+    path = write(tmp_path, "sampler: {name: tpe, seed: 3, n_startup_trials: 10}\n"
+                           "pruner: {name: median, n_startup_trials: 2, n_warmup_steps: 1}\n")
+    with pytest.raises(ConfigError, match="n_startup_trials"):  # without the switch: a key random does not take
+        load(write(tmp_path, "sampler: {name: random, n_startup_trials: 10}\n", "plain.yaml"))
+    config = load(path, sets("sampler.name=random", "pruner.name=percentile"))
+    assert config["sampler"] == {"name": "random", "seed": 3}  # the shared key stays
+    assert config["pruner"]["name"] == "percentile"
+    assert config["pruner"]["n_startup_trials"] == 2  # percentile takes it too: kept, not reset
+    assert config["pruner"]["n_warmup_steps"] == 1
+
+
+def test_classic_recipes_switch_to_their_original_random_sampler(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ESC50_ROOT", "/nonexistent")  # resolving does not read the data
+    for name in ("cnn", "resnet"):
+        path = Path(__file__).parent.parent / "search_spaces" / f"{name}.yaml"
+        assert "--set sampler.name=random" in path.read_text()  # the file says how
+        assert load(path, sets("sampler.name=random"))["sampler"]["name"] == "random"

@@ -37,6 +37,7 @@ def resolve(
     for key, value in overrides:
         if key == "search_space" or key.startswith("search_space."):
             raise ConfigError("the search space cannot be changed with --set; edit the YAML file", key=key)
+        _switch_variant(merged, key, value)
         try:
             _set(merged, key, value)
         except ConfigError as exc:  # an index past a list's end
@@ -88,6 +89,25 @@ def resolve(
                     key=exc.key,
                 ) from None
     return resolved
+
+
+def _switch_variant(tree: dict[str, Any], path: str, value: Any) -> None:
+    """`--set sampler.name=random` on a file written for TPE: the file's keys that only the old variant takes
+    (`sampler.n_startup_trials`) go with it, so switching a variant from the command line needs nothing else.
+    A key both take, or one the new variant also takes, stays."""
+    section, _, key = path.rpartition(".")
+    node: Any = schema()
+    for part in section.split(".") if section else ():
+        node = node.get(part) if isinstance(node, dict) else None
+    variants: Variants | None = node.get("_variants") if isinstance(node, dict) else None
+    given = tree.get(section) if "." not in section else None
+    if variants is None or variants.key != key or not isinstance(given, dict):
+        return
+    old = given.get(key, get_path(defaults_tree(), path))
+    if old == value or old not in variants.names() or value not in variants.names():
+        return
+    for name in set(variants.params(old)) - set(variants.params(value)):
+        given.pop(name, None)
 
 
 def _set(tree: dict[str, Any], path: str, value: Any) -> None:
