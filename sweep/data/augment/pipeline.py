@@ -62,7 +62,10 @@ def chain(config: Mapping[str, Any]) -> list[tuple[str, AugmentSpec, dict[str, A
             given = {}
         if not isinstance(given, Mapping):
             raise ConfigError(f"the keys of {name} are a mapping (p, {', '.join(spec.params)}), got {given!r}", key=key)
-        params = check_fields({"p": P, **spec.params}, given, f"{key}.{name}", f"{name}")
+        try:
+            params = check_fields({"p": P, **spec.params}, given, key, name)
+        except ConfigError as exc:
+            raise ConfigError(exc.detail, key=f"{key}.{name}.{exc.key}") from None
         problem = spec.check(params) if spec.check is not None else None
         if problem:
             raise ConfigError(problem, key=f"{key}.{name}")
