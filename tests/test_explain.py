@@ -180,6 +180,20 @@ def test_blocks_are_found_from_the_module_tree_of_every_family() -> None:
     assert names[0] == "frontend.0–2" and all(n.startswith("frontend.") for n in names) and len(names) == 13
     raw["model"] = VIT
     assert conv_blocks(build_model(resolve(raw, "t"), 4, (1, 32, 32))) == []
+    raw["model"] = {"name": "resnet18", "pretrained": False}  # the stem (conv, norm, relu, max pool), each stage
+    resnet = build_model(resolve(raw, "t"), 4, (1, 32, 32))
+    assert [b.name for b in conv_blocks(resnet)] == ["body.0–3", "body.4", "body.5", "body.6", "body.7"]
+    raw["model"] = {"name": "blocks"}  # each residual block with the pooling after it
+    blocks = build_model(resolve(raw, "t"), 4, (1, 32, 32))
+    assert [b.name for b in conv_blocks(blocks)] == ["body.0–1", "body.2–3", "body.4–6"]
+
+
+def test_explain_a_resnet_run_writes_a_map_per_stage(tmp_path: Path) -> None:
+    run, _ = _run(tmp_path / "run", {"name": "resnet18", "pretrained": False})
+    out = sweep_cli("explain", str(run), str(_clip(tmp_path / "tone.wav")), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert f"wrote {run / 'explain-tone.html'} (8 figures" in out.stdout  # waveform, input, 5 blocks, top classes
+    _self_contained(run / "explain-tone.html")
 
 
 def test_bad_inputs_are_clear_errors_naming_them(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
