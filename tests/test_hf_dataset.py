@@ -4,6 +4,8 @@ written by save_to_disk, and ids resolved from a local cache laid out as `load_d
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
 from pathlib import Path
 
 import datasets
@@ -177,6 +179,33 @@ def test_an_id_is_read_from_the_local_cache_only(us8k: tuple[Path, datasets.Data
     )
     with pytest.raises(DataError, match=r"dataset someone/urbansound8k \(config other\) is not in the local .*config"):
         DATASETS["hf"].index(config(hf_id="someone/urbansound8k", hf_config="other", **US8K))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a read-only bind mount needs root")
+def test_an_id_is_read_from_a_cache_mounted_read_only(us8k: tuple[Path, datasets.Dataset], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shared cache that compute nodes mount read-only: `load_dataset` fails there on its own lock file (the
+    error that was reported as "not in the cache"); the prepared arrow files are read straight instead."""
+    _, ds = us8k
+    cache = tmp_path / "hf-cache"
+    write_hf_cache(datasets.DatasetDict({"train": ds}), cache, "someone/urbansound8k", tmp_path / "work")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
+    cfg = config(hf_id="someone/urbansound8k", cache=False, **US8K)
+    writable = load_split(cfg, "val")
+    before = sorted(p.relative_to(cache) for p in cache.rglob("*"))
+    subprocess.run(["mount", "--bind", str(cache), str(cache)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(cache)], check=True)
+        with pytest.raises(OSError):
+            (cache / "probe").write_text("")
+        with pytest.raises(OSError, match="Read-only"):  # what datasets itself does there
+            datasets.load_dataset("someone/urbansound8k", cache_dir=str(cache))
+        read_only = load_split(cfg, "val")
+    finally:
+        subprocess.run(["umount", str(cache)], check=True)
+    assert torch.equal(read_only.waves, writable.waves) and read_only.keys == writable.keys
+    assert read_only.classes == writable.classes
+    assert sorted(p.relative_to(cache) for p in cache.rglob("*")) == before
 
 
 @pytest.mark.parametrize(

@@ -112,12 +112,14 @@ def open_splits(config: Mapping[str, Any]) -> dict[str, Any]:
             with _offline():
                 loaded = datasets.load_dataset(data.hf_id, data.hf_config, cache_dir=cache_dir())
         except Exception as exc:  # datasets raises ConnectionError, FileNotFoundError, ValueError, ... offline
-            raise DataError(
-                f"data.hf_id: dataset {wanted} is not in the local Hugging Face datasets cache {cache_dir()} "
-                f"(HF_DATASETS_CACHE, else HF_HOME/datasets; jobs never download). Fetch it on a login node with "
-                f"the same HF_DATASETS_CACHE: {fetch_command(data.hf_id, data.hf_config)} "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-            ) from None
+            loaded = _cached_copy(data.hf_id, data.hf_config)
+            if loaded is None:
+                raise DataError(
+                    f"data.hf_id: dataset {wanted} is not in the local Hugging Face datasets cache {cache_dir()} "
+                    f"(HF_DATASETS_CACHE, else HF_HOME/datasets; jobs never download). Fetch it on a login node "
+                    f"with the same HF_DATASETS_CACHE: {fetch_command(data.hf_id, data.hf_config)} "
+                    f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+                ) from None
     splits = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
     if data.hf_split is None:
         return splits
@@ -128,6 +130,35 @@ def open_splits(config: Mapping[str, Any]) -> dict[str, Any]:
             f"its splits are: {', '.join(splits)}"
         )
     return {s: splits[s] for s in data.hf_split}
+
+
+def _cached_copy(hf_id: str, hf_config: str | None) -> Any:
+    """The id's prepared copy read straight from the cache's arrow files, or None if the cache has none.
+
+    `load_dataset` takes a lock file inside the cache even to read it, so it fails on a cache a job may not
+    write (a shared one, mounted read-only on compute nodes). The copy it prepared on the login node is
+    CACHE/NAMESPACE___NAME/CONFIG/VERSION/HASH/ with dataset_info.json and NAME-SPLIT[-k-of-n].arrow files;
+    memory-mapping those writes nothing. Of several prepared versions, the newest is read, as `datasets`'
+    offline mode does.
+    """
+    import json
+
+    import datasets
+
+    namespace, _, name = hf_id.rpartition("/")
+    snake = datasets.naming.camelcase_to_snakecase(name)
+    top = Path(cache_dir()) / (f"{namespace}___{snake}" if namespace else snake) / (hf_config or "default")
+    prepared = sorted(top.glob("*/*/dataset_info.json"), key=lambda p: p.stat().st_mtime)
+    if not prepared:
+        return None
+    folder = prepared[-1].parent
+    splits = {}
+    for split in json.loads(prepared[-1].read_text()).get("splits") or {}:
+        shards = sorted(folder.glob(f"*-{split}.arrow")) or sorted(folder.glob(f"*-{split}-*-of-*.arrow"))
+        if not shards:
+            return None
+        splits[split] = datasets.concatenate_datasets([datasets.Dataset.from_file(str(f)) for f in shards])
+    return datasets.DatasetDict(splits) if splits else None
 
 
 def _column(config: Mapping[str, Any], key: str, split: str, dataset: Any) -> str:
