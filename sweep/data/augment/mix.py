@@ -39,9 +39,9 @@ def _segment(
 
 def _window(x: torch.Tensor, draw: Draw, rate: int) -> int:
     """One STFT window length for the batch, from STFT_SIZES powers of two from STFT_SECONDS at `rate` (those
-    no longer than the clip)."""
+    no longer than the clip; the shortest always fits, data.clip_seconds being at least 0.05 s)."""
     shortest = 1 << max(int(STFT_SECONDS * rate) - 1, 1).bit_length()
-    sizes = [shortest << i for i in range(STFT_SIZES) if shortest << i <= x.shape[-1]] or [shortest]
+    sizes = [shortest << i for i in range(STFT_SIZES) if shortest << i <= x.shape[-1]]
     return sizes[int(draw.integers(1, 0, len(sizes), torch.device("cpu")))]
 
 
