@@ -6,6 +6,7 @@ checkpoints written into a temporary hub cache / torch cache laid out exactly as
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY as CONFTEST_TINY
 
 from sweep.models import MODELS, WeightsMissing, build_model, check_weights, hf_cache, torch_cache
 from sweep.schema import ConfigError
@@ -314,3 +316,68 @@ def test_resnet18_loads_imagenet_weights_from_the_torch_cache(caches: Path) -> N
     torch.testing.assert_close(model.body[4][0].conv1.weight, state["layer1.0.conv1.weight"])
     torch.testing.assert_close(model.body[7][1].bn2.running_var, state["layer4.1.bn2.running_var"])
     assert model(batch(SPEC)).shape == (2, N_CLASSES)
+
+
+def test_eat_ds_factors_must_leave_a_token_of_the_clip() -> None:
+    from sweep.config.resolve import resolve
+
+    config = copy.deepcopy(CONFTEST_TINY)  # 0.5 s at 8 kHz: 4000 samples
+    config["model"] = {"name": "eat_s", **TINY_EAT, "ds_factors": [16, 16, 4]}  # 4096 samples a token
+    config["features"], config["search_space"] = {"name": "waveform"}, {}
+    with pytest.raises(ConfigError, match=r"\[16, 16, 4\] make one token of 4096 samples and the clip has 4000") as err:
+        resolve(config, "eat")
+    assert err.value.key == "model.ds_factors"
+    config["model"]["ds_factors"] = [4, 4, 4]  # 1024: 4000 samples are 16 tokens (the last one padded)
+    assert resolve(config, "eat")["model"]["ds_factors"] == [4, 4, 4]
+
+
+def _eat_run(seconds: float, n_classes: int, **train: Any) -> dict[str, Any]:
+    config = copy.deepcopy(CONFTEST_TINY)
+    config["data"].update(clip_seconds=seconds, n_classes=n_classes)
+    config["model"] = {"name": "eat_s", **TINY_EAT}
+    config["features"], config["search_space"] = {"name": "waveform"}, {}
+    config["augment"] = {"mixup": False, "specaugment": False}
+    config["train"].update(epochs=1, **train)
+    return config
+
+
+def test_eat_warm_start_on_another_clip_length_interpolates_the_position_embedding(tmp_path: Path) -> None:
+    """EAT's `ext_pretrained` through `model.init_from`: a run on 0.5 s clips (4 tokens) starts one on 1 s
+    clips (8 tokens) with 3 classes: every body parameter is loaded as trained, the position embedding is the
+    source's interpolated (CLS kept), the head is new."""
+    from sweep.checkpoint import load_checkpoint
+    from sweep.config.resolve import resolve
+    from sweep.run.worker import train_trial
+
+    train_trial(resolve(_eat_run(0.5, 4), "short"), tmp_path / "short")
+    source = load_checkpoint(tmp_path / "short" / "checkpoint.pt")["model"]
+    assert source["pos_embed"].shape == (1, 4 + 1, 8)
+
+    longer = _eat_run(1.0, 3, lr=0.0)  # no step moves a weight: what was loaded is what is saved
+    longer["model"]["init_from"] = str(tmp_path / "short")
+    train_trial(resolve(longer, "long"), tmp_path / "long")
+    after = load_checkpoint(tmp_path / "long" / "checkpoint.pt")["model"]
+    expected = torch.cat([source["pos_embed"][:, :1], F.interpolate(
+        source["pos_embed"][:, 1:].transpose(1, 2), size=8, mode="linear").transpose(1, 2)], dim=1)
+    torch.testing.assert_close(after["pos_embed"], expected, rtol=0, atol=0)
+    assert after["head.weight"].shape == (3, 8) and source["head.weight"].shape == (4, 8)
+    params = {name for name, _ in build_model({"model": model_cfg("eat_s", **TINY_EAT)}, 3, (8000,)).named_parameters()}
+    body = params - {"pos_embed", "head.weight", "head.bias"}
+    assert body and all(torch.equal(after[k], source[k]) for k in body)
+    assert not torch.equal(after["pos_embed"][:, 1:5], source["pos_embed"][:, 1:])  # resampled, not copied
+
+
+def test_eat_warm_start_refuses_other_mismatches(tmp_path: Path) -> None:
+    """Only the position embedding's token count is fitted: another width stays the error naming both shapes."""
+    from sweep.config.resolve import resolve
+    from sweep.run.worker import train_trial
+
+    train_trial(resolve(_eat_run(0.5, 4), "short"), tmp_path / "short")
+    wider = _eat_run(1.0, 4)
+    wider["model"].update(emb=16, init_from=str(tmp_path / "short"))
+    with pytest.raises(ConfigError) as info:
+        resolve(wider, "wide")
+    assert info.value.key == "model.init_from"
+    assert "cls_token: [1, 1, 8] in" in str(info.value) and "[1, 1, 16] in this model" in str(info.value)
+    assert "pos_embed: [1, 5, 8] in" in str(info.value) and "[1, 9, 16] in this model" in str(info.value)
+    assert MODELS["eat_s"].adapt("frontend.0.weight", torch.zeros(2, 1, 7), torch.zeros(4, 1, 7)) is None

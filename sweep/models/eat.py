@@ -9,6 +9,7 @@ zero instead of reflection padding so that short clips (1 s at 16 kHz) work too.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -139,9 +140,31 @@ def validate(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"emb {sizes['emb']} must be a multiple of heads ({sizes['heads']})", key="model.heads")
 
 
+def fits(cfg: Mapping[str, Any], input_shape: tuple[int, ...]) -> None:
+    """The front end downsamples by prod(ds_factors) × 4: a clip shorter than that would be one padded token."""
+    stride = math.prod(cfg["ds_factors"]) * math.prod(LATE_FACTORS)
+    if input_shape[-1] < stride:
+        raise ConfigError(
+            f"downsampling factors {cfg['ds_factors']} make one token of {stride} samples and the clip has "
+            f"{input_shape[-1]} (data.sample_rate × data.clip_seconds): give fewer or smaller factors "
+            "(e.g. [4, 4, 4]: 64 tokens of 16384 samples, 1 s at 16 kHz) or a longer clip",
+            key="model.ds_factors",
+        )
+
+
+def adapt(key: str, saved: torch.Tensor, own: torch.Tensor) -> torch.Tensor | None:
+    """A warm start from a run on another clip length (EAT's `ext_pretrained`): its position embedding
+    [1, tokens + 1, emb] has another token count, so the token part is interpolated linearly to this one's
+    and the CLS position kept. Any other tensor of another shape cannot be fitted."""
+    if key != "pos_embed" or saved.dim() != 3 or (saved.shape[0], saved.shape[2]) != (own.shape[0], own.shape[2]):
+        return None
+    tokens = F.interpolate(saved[:, 1:].transpose(1, 2).float(), size=own.shape[1] - 1, mode="linear")
+    return torch.cat([saved[:, :1].float(), tokens.transpose(1, 2)], dim=1).to(own.dtype)
+
+
 def build(cfg: Mapping[str, Any], n_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     return EAT(n_classes, input_shape[-1], ds_factors=cfg["ds_factors"], dropout=cfg["dropout"], **_sizes(cfg))
 
 
 for _name in VARIANTS:
-    MODELS.add(_name, ModelSpec(PARAMS, build, inputs=("waveform",), validate=validate))
+    MODELS.add(_name, ModelSpec(PARAMS, build, inputs=("waveform",), validate=validate, fits=fits, adapt=adapt))

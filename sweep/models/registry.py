@@ -45,6 +45,9 @@ class ModelSpec:
     # run's input shape (features of one clip); config.resolve calls it, so it is refused before any trial
     fits: Callable[[Mapping[str, Any], tuple[int, ...]], None] | None = None
     min_mels: int | None = None  # mel bins (features.n_mels) the architecture needs at least, untrained
+    # adapt(key, saved, own) → a warm start's saved tensor fitted to this model's shape where the family knows
+    # how (EAT's position embedding, interpolated to another clip length), else None: the mismatch is an error
+    adapt: Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None
 
 
 MODELS: Registry[ModelSpec] = Registry("model")

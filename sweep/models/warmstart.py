@@ -3,7 +3,9 @@
 PATH is a trial folder (studies/S/trials/N), a final run folder (studies/S/final/seed-0) or a checkpoint.pt
 of any sweep run whose model is the same family. The body (every tensor outside the model's `head`) is loaded;
 the head too when the run's classes are the same (names, in order), else it is left new, so a different
-dataset or class count gets a head of its own. The checkpoint is read as weights only (sweep/checkpoint.py).
+dataset or class count gets a head of its own. A tensor of another shape is fitted by the family's `adapt`
+where it has one (EAT's position embedding, interpolated to another clip length: EAT's `ext_pretrained`).
+The checkpoint is read as weights only (sweep/checkpoint.py).
 Every way PATH can be wrong (missing, not a sweep run, another family, tensors of other shapes) is refused when
 the config is resolved, before any trial, naming the key, the path and what would be accepted.
 """
@@ -18,6 +20,7 @@ import torch
 
 from sweep.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint
 from sweep.config.yamlfile import read_yaml
+from sweep.models.registry import MODELS
 from sweep.schema import ConfigError
 
 KEY = "model.init_from"
@@ -73,6 +76,20 @@ def head_keys(model: torch.nn.Module) -> set[str]:
     return {k for k, t in model.state_dict(keep_vars=True).items() if id(t) in ids}
 
 
+def fitted(model: torch.nn.Module, weights: Mapping[str, torch.Tensor], family: str) -> dict[str, torch.Tensor]:
+    """The saved weights with each tensor of another shape than the model's fitted by the family's `adapt`
+    where it can; the others are left as saved (and refused by `mismatches`)."""
+    adapt, out = MODELS[family].adapt, dict(weights)
+    if adapt is None:
+        return out
+    for key, tensor in model.state_dict().items():
+        if key in weights and weights[key].shape != tensor.shape:
+            new = adapt(key, weights[key], tensor)
+            if new is not None and new.shape == tensor.shape:
+                out[key] = new
+    return out
+
+
 def mismatches(model: torch.nn.Module, weights: Mapping[str, torch.Tensor], path: str) -> list[str]:
     """What in the body does not match the checkpoint: tensors missing on either side or of other shapes."""
     head, own = head_keys(model), model.state_dict()
@@ -90,7 +107,7 @@ def mismatches(model: torch.nn.Module, weights: Mapping[str, torch.Tensor], path
 
 def check(model: torch.nn.Module, path: str, family: str) -> None:
     """Refuse PATH unless it is a sweep run of `family` whose body fits `model` tensor for tensor."""
-    problems = mismatches(model, read(path, family)["model"], path)
+    problems = mismatches(model, fitted(model, read(path, family)["model"], family), path)
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise ConfigError(
@@ -104,7 +121,7 @@ def load(model: torch.nn.Module, path: str, family: str, classes: Sequence[str])
     loaded. Shapes were checked when the config was resolved; a mismatch here is still an error naming them."""
     state = read(path, family)
     check(model, path, family)
-    own, head, saved = model.state_dict(), head_keys(model), state["model"]
+    own, head, saved = model.state_dict(), head_keys(model), fitted(model, state["model"], family)
     keep_head = list(state.get("classes") or []) == list(classes) and all(
         k in saved and saved[k].shape == own[k].shape for k in head
     )
