@@ -274,32 +274,41 @@ def test_bce_trains_differently_and_validation_loss_stays_cross_entropy(tmp_path
 # the final run ------------------------------------------------------------------------------------------------
 
 
-def test_the_final_run_trains_the_best_epoch_count_with_patience_off(home: Path, capsys) -> None:
+def test_the_final_run_trains_the_best_epoch_count_with_patience_off(home: Path, capsys, monkeypatch) -> None:
     """A study of `epochs: 0` + patience: `sweep final` trains the best trial's best epoch (2), never stopping
-    early on the test folds; a file of epochs 0 needs --epochs; final() itself refuses patience."""
+    early on the test folds; a file of epochs 0 needs --epochs; final() itself refuses patience. With an EMA,
+    the test scores are the average's, the weights its checkpoint hands to predict and export."""
     from sweep.cli import main
     from sweep.config.resolve import load
+    from sweep.results import final as final_module
     from sweep.results.final import final
     from sweep.run.launch import create_or_resume
     from sweep.storage import open_storage, resolve_storage
 
     config = copy.deepcopy(TINY)
-    config["train"].update(epochs=0, patience=1)
+    config["train"].update(epochs=0, patience=1, ema=0.5)
     config["study"]["name"] = "patient"
     config["search_space"] = {"train.lr": {"type": "float", "low": 1.0e-3, "high": 3.0e-2, "log": True}}
     (home / "patient.yaml").write_text(yaml.safe_dump(config))
     url = resolve_storage("patient")
-    study = create_or_resume(load(home / "patient.yaml"), open_storage(url), url)
+    create_or_resume(load(home / "patient.yaml"), open_storage(url), url)
     study = optuna.load_study(study_name="patient", storage=url)
     lr = optuna.distributions.FloatDistribution(1.0e-3, 3.0e-2, log=True)
     study.add_trial(optuna.trial.create_trial(params={"train.lr": 0.01}, distributions={"train.lr": lr}, value=0.5,
                                               user_attrs={"best_epoch": 2, "stopped": "patience"}))
+    seen = []  # the debug executor runs the final run in this process
+    real = final_module.confusion
+    monkeypatch.setattr(final_module, "confusion", lambda model, *args: seen.append(
+        {k: v.clone() for k, v in model.state_dict().items()}) or real(model, *args))
     assert main(["final", "patient", "--executor", "debug"]) == 0
     run = home / "studies" / "patient" / "final" / "seed-0"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and [r["epoch"] for r in metrics["history"]] == [1, 2]
     trained = load(run / "config.yaml")["train"]
     assert trained["patience"] is None and trained["epochs"] == 2
+    (scored,) = seen  # the weights the test folds were scored with: the average, which the checkpoint holds
+    assert torch.equal(scored["head.1.weight"], weights(run)["head.1.weight"])
+    assert not torch.equal(scored["head.1.weight"], weights(run, "trained_model")["head.1.weight"])
 
     best = home / "best.yaml"
     best.write_text(yaml.safe_dump({**config, "search_space": {}, "study": {"name": "patient-best"}}))
