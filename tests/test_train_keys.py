@@ -102,6 +102,24 @@ def test_the_schedule_counts_optimizer_steps_and_a_last_partial_group_steps(tmp_
     assert result.history[-1]["lr"] == pytest.approx(optimizer.param_groups[0]["lr"])  # the cycle's very end
 
 
+def test_with_a_gradient_scaler_clipping_sees_the_true_accumulated_gradients(tmp_path: Path) -> None:
+    """AMP's GradScaler (enabled here on the CPU, where autocast is off): the loss is scaled by 2^10, unscaled once
+    per optimizer step before both clips, so the weights are those of the run without it (powers of two are
+    exact). Clipping the scaled gradients, or unscaling twice, would not be."""
+    from sweep.train.loop import fit
+
+    config = config_with(train={"batch_size": 8, "accum_iter": 2, "epochs": 2, "lr": 1.0,
+                                "grad_clip_value": 1e-3, "grad_clip": 5e-3})
+    runs = {name: setup(config, tmp_path / name, ("train",), "val") for name in ("plain", "scaled")}
+    runs["scaled"].scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    for run in runs.values():
+        fit(run, lambda run: {}, lambda run, row: None)
+    assert runs["scaled"].scaler.get_scale() == 2.0**10  # no step was skipped as overflowing
+    plain, scaled = runs["plain"].model.state_dict(), runs["scaled"].model.state_dict()
+    for key, value in plain.items():
+        assert torch.allclose(scaled[key].float(), value.float(), rtol=1e-5, atol=1e-7), key
+
+
 # grad_clip_value ----------------------------------------------------------------------------------------------
 
 
