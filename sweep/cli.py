@@ -162,7 +162,11 @@ def cmd_final(args: argparse.Namespace) -> int:
         top, config = best_config(study)
         epochs = top.user_attrs.get("best_epoch", typed(config).train.epochs)
         origin = {"source": f"best trial {top.number} of study {name}", "trial": top.number, "params": top.params}
-    overrides = [("train.epochs", args.epochs or epochs)]
+    if not (args.epochs or epochs):  # a file of `train.epochs: 0` (until patience stops it) names no length
+        raise ConfigError("train.epochs is 0 (no limit: early stopping ends it), and a final run never stops early "
+                          "on the test folds: give --epochs N (a search's best epoch, say)", source=str(target))
+    # the test folds are what a final run is scored on: it trains a fixed length, patience off
+    overrides = [("train.epochs", args.epochs or epochs), ("train.patience", None)]
     for flag, key in (("executor", "executor.name"), ("cluster", "executor.cluster")):
         if getattr(args, flag) is not None:
             overrides.append((key, getattr(args, flag)))

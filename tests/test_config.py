@@ -28,8 +28,8 @@ DEMO = REPO / "search_spaces" / "demo.yaml"
 MODELS = "ast, audio_cnn, blocks, eat_m, eat_s, resnet18, resnet34, resnet50, simple_cnn, vit"
 DATASETS = "esc50, folder, hf, speechcommands, synthetic, urbansound8k"
 TRAIN_KEYS = (
-    "epochs, freeze_epochs, batch_size, eval_batch_size, lr, body_lr_mult, optimizer, momentum, weight_decay, "
-    "scheduler, label_smoothing, grad_clip, amp, device, seed, threads"
+    "epochs, patience, freeze_epochs, batch_size, accum_iter, eval_batch_size, lr, body_lr_mult, optimizer, momentum, "
+    "weight_decay, scheduler, label_smoothing, grad_clip, grad_clip_value, ema, amp, device, seed, threads"
 )
 
 
@@ -235,9 +235,9 @@ def test_unknown_key_without_a_close_match_has_no_suggestion(tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("text", "key", "message"),
     [
-        ("train: {epochs: '10'}", "train.epochs", "expected an integer >= 1, got '10' (str)"),
-        ("train: {epochs: true}", "train.epochs", "expected an integer >= 1, got True (bool)"),
-        ("train: {epochs: 2.5}", "train.epochs", "expected an integer >= 1, got 2.5 (float)"),
+        ("train: {epochs: '10'}", "train.epochs", "expected an integer >= 0, got '10' (str)"),
+        ("train: {epochs: true}", "train.epochs", "expected an integer >= 0, got True (bool)"),
+        ("train: {epochs: 2.5}", "train.epochs", "expected an integer >= 0, got 2.5 (float)"),
         ("train: {lr: fast}", "train.lr", "expected a number >= 0.0, got 'fast' (str)"),
         ("train: {lr: false}", "train.lr", "expected a number >= 0.0, got False (bool)"),
         ("augment: {mixup: 1}", "augment.mixup", "expected true or false, got 1 (int)"),
@@ -484,7 +484,7 @@ def test_set_later_wins(tmp_path: Path) -> None:
         ),
         ("trainer.lr=1", "trainer", "unknown key `trainer` at the top level (did you mean 'train'?)"),
         ("model.size=3", "model.size", "unknown key `size` in section `model`"),
-        ("train.epochs=many", "train.epochs", "expected an integer >= 1, got 'many' (str)"),
+        ("train.epochs=many", "train.epochs", "expected an integer >= 0, got 'many' (str)"),
         ("train.lr=-1", "train.lr", "expected a number >= 0.0, got -1.0"),
         ("train.optimizer=adam_w", "train.optimizer", "(did you mean 'adamw'?)"),
         ("model.name=resnet", "model.name", f"expected one of {MODELS}, got 'resnet'"),

@@ -198,7 +198,7 @@ def test_search_space_must_be_a_mapping() -> None:
     [
         ("train.lrr", "not a config key: unknown key `lrr` in section `train` (did you mean 'lr'?); accepted: epochs,"),
         ("trainer.lr", "not a config key: unknown key `trainer` at the top level (did you mean 'train'?)"),
-        ("train", "not a config key: `train` is a section; name one of its keys: epochs, freeze_epochs,"),
+        ("train", "not a config key: `train` is a section; name one of its keys: epochs, patience, freeze_epochs,"),
         ("train.lr.value", "not a config key: `train.lr` is a value, not a section"),
         ("model.size",
          "not a config key: unknown key `size` in section `model`; accepted: name, pretrained, init_from, width,"),
@@ -231,7 +231,7 @@ def test_variant_key_follows_the_base_variant(two_models: None) -> None:
     [
         (
             "train.epochs: {type: float, low: 1, high: 10}",
-            "a float distribution cannot set this key, which takes an integer >= 1",
+            "a float distribution cannot set this key, which takes an integer >= 0",
         ),
         (
             "model.depth: {type: float, low: 1, high: 3, step: 1}",
@@ -253,7 +253,7 @@ def test_variant_key_follows_the_base_variant(two_models: None) -> None:
         ("augment.strength: {type: float, low: 0.5, high: 2}", "value 2.0 does not fit `augment.strength`: expected a"),
         ("augment.mixup: [true, 1]", "value 1 does not fit `augment.mixup`: expected true or false, got 1 (int)"),
         ("train.amp: {type: int, low: 0, high: 1}", "value 0 does not fit `train.amp`: expected true or false"),
-        ("train.epochs: [5, ten]", "value 'ten' does not fit `train.epochs`: expected an integer >= 1"),
+        ("train.epochs: [5, ten]", "value 'ten' does not fit `train.epochs`: expected an integer >= 0"),
         ("train.lr: [0.1, null]", "value None does not fit `train.lr`: expected a number >= 0.0, got null"),
         ("model.name: [audio_cnn, resnet]", "value 'resnet' does not fit `model.name`: expected one of ast,"),
     ],

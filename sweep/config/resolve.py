@@ -172,14 +172,7 @@ def _resolve_tree(tree: dict[str, Any], where: Callable[[str], str]) -> dict[str
                             model["name"])
         except ConfigError as exc:
             raise ConfigError(exc.detail, source=where("model.init_from"), key="model.init_from") from None
-    train = resolved["train"]
-    if train["freeze_epochs"] >= train["epochs"]:
-        raise ConfigError(
-            f"freeze_epochs ({train['freeze_epochs']}) must be less than train.epochs ({train['epochs']}): "
-            "the body is trained after the head-only epochs",
-            source=where("train.freeze_epochs"),
-            key="train.freeze_epochs",
-        )
+    _check_train(resolved, where)
     if model["pretrained"] and not MODELS[model["name"]].pretrained:
         with_weights = sorted(n for n, spec in MODELS.items() if spec.pretrained) or ["none yet"]
         raise ConfigError(
@@ -189,6 +182,31 @@ def _resolve_tree(tree: dict[str, Any], where: Callable[[str], str]) -> dict[str
             key="model.pretrained",
         )
     return resolved
+
+
+def _check_train(resolved: Mapping[str, Any], where: Callable[[str], str]) -> None:
+    """What `train` keys accept together: `epochs: 0` (no limit) only with `patience` and a schedule that needs
+    no length; the bounds a Field cannot say (open intervals); label smoothing only for the cross-entropy."""
+    train = resolved["train"]
+
+    def refuse(key: str, message: str) -> None:
+        raise ConfigError(message, source=where(key), key=key)
+
+    if train["epochs"] == 0 and train["patience"] is None:
+        refuse("train.epochs", "0 (no epoch limit) needs train.patience to end the run; accepted: an integer >= 1, "
+               "or 0 with train.patience set")
+    if train["epochs"] == 0 and train["scheduler"] != "none":
+        refuse("train.scheduler", f"{train['scheduler']} runs over train.epochs, which 0 leaves open; accepted "
+               "with train.epochs 0: none (or set train.epochs >= 1)")
+    if train["epochs"] and train["freeze_epochs"] >= train["epochs"]:
+        refuse("train.freeze_epochs", f"freeze_epochs ({train['freeze_epochs']}) must be less than train.epochs "
+               f"({train['epochs']}): the body is trained after the head-only epochs")
+    if train["grad_clip_value"] is not None and train["grad_clip_value"] <= 0:
+        refuse("train.grad_clip_value", f"expected a number > 0 (or null: off), got {train['grad_clip_value']!r}")
+    if train["ema"] is not None and not 0 < train["ema"] < 1:
+        refuse("train.ema", f"expected a decay in (0, 1), e.g. 0.995 (or null: off), got {train['ema']!r}")
+    if resolved["augment"]["mix_loss"] == "bce" and train["label_smoothing"] > 0:
+        refuse("train.label_smoothing", "applies to augment.mix_loss: ce only; accepted with bce: 0.0")
 
 
 def input_shape(resolved: Mapping[str, Any]) -> tuple[int, ...]:

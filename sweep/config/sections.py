@@ -83,6 +83,7 @@ def _schema() -> dict[str, Any]:
             "mix": Field(list, [], item=str),  # label-mixing batch augmentations, one picked per mixed batch
             "mix_ratio": Field(float, 0.5, low=0.0, high=1.0),  # the share of batches `mix` mixes
             "epoch_mix": Field(int, 0, low=0),  # batches are mixed only after this epoch
+            "mix_loss": Field(str, "ce", choices=("ce", "bce")),
         },
         "model": {
             "name": MODELS.field("audio_cnn", by_name),
@@ -91,9 +92,11 @@ def _schema() -> dict[str, Any]:
             "_variants": MODELS.variants("name", by_name),
         },
         "train": {
-            "epochs": Field(int, 10, low=1),
+            "epochs": Field(int, 10, low=0),  # 0: no limit, only with patience (resolve._check_train)
+            "patience": Field(int, None, low=1, nullable=True),
             "freeze_epochs": Field(int, 0, low=0),
             "batch_size": Field(int, 32, low=1),
+            "accum_iter": Field(int, 1, low=1),
             "eval_batch_size": Field(int, 128, low=1),
             "lr": Field(float, 1e-3, low=0.0),
             "body_lr_mult": Field(float, 1.0, low=0.0),
@@ -103,6 +106,8 @@ def _schema() -> dict[str, Any]:
             "scheduler": Field(str, "cosine", choices=("cosine", "onecycle", "none")),
             "label_smoothing": Field(float, 0.0, low=0.0, high=1.0),
             "grad_clip": Field(float, None, low=0.0, nullable=True),
+            "grad_clip_value": Field(float, None, low=0.0, nullable=True),  # > 0 (resolve._check_train)
+            "ema": Field(float, None, low=0.0, high=1.0, nullable=True),  # in (0, 1) (resolve._check_train)
             "amp": Field(bool, True),
             "device": Field(str, "auto", choices=("auto", "cpu", "cuda")),
             "seed": Field(int, 0),

@@ -398,7 +398,7 @@ def _default_epochs(study: optuna.Study) -> int | None:
 def _planned(t: FrozenTrial, default: int | None) -> int | None:
     """The epochs a trial was to run: its own config's (train.epochs may be searched), else the study's."""
     planned = (t.user_attrs.get("config") or {}).get("train", {}).get("epochs", default)
-    return None if planned is None else int(planned)
+    return int(planned) if planned else None  # 0: no limit (train.patience ends it), so nothing counts as saved
 
 
 def _epoch_time(t: FrozenTrial) -> tuple[float, int] | None:

@@ -79,6 +79,12 @@ def final(
     came from (`source`: the study or file; `trial` and `params`: the best trial's), copied into every result.
     """
     cfg = typed(config)
+    if cfg.train.patience is not None:  # `sweep final` sets the best trial's epochs and patience off
+        raise ConfigError(
+            f"a final run is scored on the test folds, so it never stops early on them: train.patience must be "
+            f"null, got {cfg.train.patience} (train a fixed train.epochs: the best trial's best epoch)",
+            key="train.patience",
+        )
     profile = check_executor(config)
     if cfg.train.threads is None:  # once for every run: not from how many of them share a machine
         config = dict(config, train=dict(cfg.train, threads=default_threads(config, profile)))
@@ -148,7 +154,7 @@ def run_one(config: dict[str, Any], out_dir: str, record: dict[str, Any]) -> dic
 
     run = setup(config, out, ("train", "val"), "test")  # every split is read before training starts
     fit(run, lambda run: {}, end_epoch)
-    matrix = confusion(run.model, run.scored, run.amp, cfg.train.eval_batch_size)[1].cpu()
+    matrix = confusion(run.eval_model, run.scored, run.amp, cfg.train.eval_batch_size)[1].cpu()
     classes = _classes(config)
     metrics = {
         **record,

@@ -398,7 +398,8 @@ def run_trial(
         print(f"{log} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
         _fail(study, trial, f"{type(exc).__name__}: {exc}"[:2000], closing)
         return "error"
-    _finished(study, trial, out_dir, "complete", started, {**closing, "best_epoch": result.best_epoch},
+    stopped = {"stopped": result.stopped} if result.stopped else {}  # early stopping (`train.patience`)
+    _finished(study, trial, out_dir, "complete", started, {**closing, "best_epoch": result.best_epoch, **stopped},
               result.best_value)
     print(f"{log} complete: {base['study']['metric']}={result.best_value:.4f}", flush=True)
     return "complete"
@@ -422,15 +423,18 @@ def train_trial(config: Mapping[str, Any], out_dir: Path, trial: optuna.Trial | 
 
     def end_epoch(run: Run, row: dict[str, float]) -> None:
         best = better(run.history, key=lambda r: r[metric])
-        save(run, {"metric": metric, "best_epoch": best["epoch"], "best_value": best[metric], "epochs": run.history})
+        stopped = {"stopped": "patience"} if run.stalled() else {}  # its last epoch: the trial completes
+        save(run, {"metric": metric, "best_epoch": best["epoch"], "best_value": best[metric], **stopped,
+                   "epochs": run.history})
         if trial is not None:
             trial.report(row[metric], row["epoch"])
-            if row["epoch"] < epochs and trial.should_prune():  # after the last epoch, nothing is left to save
+            last = bool(stopped) or row["epoch"] == epochs  # after the last epoch, nothing is left to save
+            if not last and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}: {metric}={row[metric]:.4f}")
 
     fit(run, validate, end_epoch)
     best = better(run.history, key=lambda r: r[metric])
-    return Result(best[metric], int(best["epoch"]), run.history)
+    return Result(best[metric], int(best["epoch"]), run.history, "patience" if run.stalled() else None)
 
 
 def _claim_attrs(study_dir: Path, number: int, worker: int, host: str, context: Mapping[str, Any]) -> dict[str, Any]:

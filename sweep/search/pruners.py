@@ -38,7 +38,7 @@ def warmup_steps(config: Mapping[str, Any]) -> int:
     """
     cfg = typed(config)
     steps = cfg.pruner.get("n_warmup_steps")
-    return max(1, round(cfg.train.epochs / 4)) if steps is None else steps
+    return max(1, round(cfg.train.epochs / 4)) if steps is None else steps  # epochs 0 (no limit): 1
 
 
 def _steps(pruner: Section, cfg: Section) -> dict[str, int]:
@@ -59,7 +59,7 @@ PRUNERS.add("hyperband", Spec(
     },
     lambda pruner, cfg: optuna.pruners.HyperbandPruner(
         min_resource=pruner.min_resource,
-        max_resource=pruner.max_resource or cfg.train.epochs,
+        max_resource=pruner.max_resource or cfg.train.epochs or "auto",  # epochs 0 (no limit): Optuna's estimate
         reduction_factor=pruner.reduction_factor,
     ),
 ))

@@ -24,7 +24,7 @@ from sweep.checkpoint import CHECKPOINT
 from sweep.config.typed import typed
 from sweep.data.inputs import Inputs
 from sweep.progress import Progress
-from sweep.train.setup import Run, make_scheduler
+from sweep.train.setup import Run, clip_gradients, make_scheduler, mix_loss
 
 
 class NonFiniteLoss(RuntimeError):
@@ -38,6 +38,7 @@ class Result:
     best_value: float
     best_epoch: int
     history: list[dict[str, float]]
+    stopped: str | None = None  # "patience": early stopping ended it before train.epochs
 
 
 def fit(
@@ -45,17 +46,21 @@ def fit(
     score: Callable[[Run], dict[str, float]],
     end_epoch: Callable[[Run, dict[str, float]], None],
 ) -> None:
-    """Train `run` from its next epoch to `train.epochs`. Each epoch's row (epoch, train_loss, what `score`
-    returns, lr, seconds) joins `run.history` and TensorBoard, then goes to `end_epoch`, which may raise to stop."""
-    t = typed(run.config).train
+    """Train `run` from its next epoch to `train.epochs`, or until `train.patience` stops it. Each epoch's row
+    (epoch, train_loss, what `score` returns, lr, seconds) joins `run.history` and TensorBoard, then goes to
+    `end_epoch`, which may raise to stop. The optimizer steps once every `train.accum_iter` batches."""
+    t, loss_kind = typed(run.config).train, typed(run.config).augment.mix_loss
     model, optimizer, scaler, scheduler = run.model, run.optimizer, run.scaler, run.scheduler
     train_set, batches, augment, device = run.train_set, run.batches, run.augment, run.device
     n_classes = len(train_set.classes)
     from torch.utils.tensorboard import SummaryWriter  # ~1 s (TensorBoard): launchers import this module too
 
     writer = SummaryWriter(str(run.out_dir / "tb"))
-    try:
-        for epoch in range(len(run.history) + 1, t.epochs + 1):
+    n_batches = math.ceil(len(train_set) / t.batch_size)
+    epoch = len(run.history)
+    try:  # train.epochs 0: no epoch limit, the run ends when train.patience says (`Run.stalled`)
+        while (t.epochs == 0 or epoch < t.epochs) and not run.stalled():
+            epoch += 1
             started = time.perf_counter()
             if epoch == t.freeze_epochs + 1 and epoch > 1:  # head-only epochs are over: a new schedule
                 scheduler = run.scheduler = make_scheduler(optimizer, t, run.steps, epoch)
@@ -66,25 +71,28 @@ def fit(
             shuffle = torch.Generator().manual_seed(t.seed + epoch)
             order = torch.randperm(len(train_set), generator=shuffle)
             total = torch.zeros((), device=device)
-            progress = Progress(f"epoch {epoch}/{t['epochs']}", len(train_set))
-            for i in range(0, len(train_set), t.batch_size):
-                idx = order[i : i + t.batch_size]
+            progress = Progress(f"epoch {epoch}/{t.epochs}" if t.epochs else f"epoch {epoch}", len(train_set))
+            for b in range(n_batches):
+                idx = order[b * t.batch_size : (b + 1) * t.batch_size]
                 x = batches(idx, shuffle)  # windows of the clips, as the model's input, on the device
                 y = train_set.labels[idx].to(device, non_blocking=True)
                 with torch.no_grad():
                     x = augment.spec(x)
                 x, target = augment.mix(x, y, n_classes, epoch)
                 with torch.autocast(device.type, dtype=torch.float16, enabled=run.amp):
-                    loss = F.cross_entropy(model(x), target, label_smoothing=t.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if t.grad_clip:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                if scheduler is not None:
-                    scheduler.step()
+                    loss = mix_loss(model(x), target, loss_kind, t.label_smoothing)
+                scaler.scale(loss / t.accum_iter).backward()  # gradients add up over train.accum_iter batches
+                if (b + 1) % t.accum_iter == 0 or b + 1 == n_batches:  # a last partial group steps too
+                    if t.grad_clip or t.grad_clip_value:
+                        scaler.unscale_(optimizer)
+                        clip_gradients(model, t)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    if scheduler is not None:
+                        scheduler.step()
+                    if run.ema is not None:
+                        run.ema.update(model)
                 total += loss.detach() * len(idx)
                 progress.update(len(idx))
             progress.close()
@@ -106,7 +114,7 @@ def fit(
 def validate(run: Run) -> dict[str, float]:
     """A search trial's `score`: loss, accuracy and macro-F1 on the scored (validation) clips."""
     t = typed(run.config).train
-    return evaluate(run.model, run.scored, run.amp, t.eval_batch_size, t.label_smoothing)
+    return evaluate(run.eval_model, run.scored, run.amp, t.eval_batch_size, t.label_smoothing)
 
 
 def evaluate(
@@ -149,8 +157,9 @@ def save(run: Run, summary: dict[str, Any]) -> None:
     """`summary` as metrics.json and the run's state as checkpoint.pt, each replaced atomically so a kill never
     leaves half a file. What metrics.json sums up is the caller's (a search names its best epoch)."""
     _atomic(run.out_dir / "metrics.json", lambda p: p.write_text(json.dumps(summary, indent=1)))
-    state = {
-        "model": run.model.state_dict(),
+    state = {  # "model": what is scored, exported and warm-started from (the EMA when on); resume needs both
+        "model": run.eval_model.state_dict(),
+        **({"trained_model": run.model.state_dict()} if run.ema is not None else {}),
         "optimizer": run.optimizer.state_dict(),
         "scaler": run.scaler.state_dict(),
         "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,

@@ -9,6 +9,7 @@ it is making.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -44,8 +45,24 @@ class Run:
     scheduler: Any  # torch's LR schedulers share no public base class; None for `scheduler: none`
     scaler: torch.amp.GradScaler
     freeze: Freeze
-    steps: int  # optimizer steps per epoch
+    steps: int  # optimizer steps per epoch (batches / train.accum_iter, a last partial group included)
     history: list[dict[str, float]]
+    ema: EMA | None = None  # train.ema: the average of the weights that is scored, saved and exported
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights a run is scored with and exports: the EMA of the weights when `train.ema` is set."""
+        return self.ema.model if self.ema is not None else self.model
+
+    def stalled(self) -> bool:
+        """Early stopping (`train.patience`): the study's metric has not improved (ties are no improvement) for
+        `patience` epochs. Derived from `history` alone, so a resumed run stops where an uninterrupted one would."""
+        cfg = typed(self.config)
+        if cfg.train.patience is None or not self.history:
+            return False
+        pick = max if cfg.study.direction == "maximize" else min
+        best = pick(self.history, key=lambda row: row[cfg.study.metric])
+        return self.history[-1]["epoch"] - best["epoch"] >= cfg.train.patience
 
 
 def setup(config: Mapping[str, Any], out_dir: Path, train_splits: Sequence[str], scored_split: str) -> Run:
@@ -74,7 +91,8 @@ def setup(config: Mapping[str, Any], out_dir: Path, train_splits: Sequence[str],
     if typed(config).model.init_from is not None:  # a warm start; a resumed checkpoint below replaces it
         warmstart.load(model, typed(config).model.init_from, typed(config).model.name, train_set.classes)
     model = model.to(device)
-    steps = math.ceil(len(train_set) / t.batch_size)
+    ema = EMA(model, t.ema) if t.ema is not None else None
+    steps = math.ceil(math.ceil(len(train_set) / t.batch_size) / t.accum_iter)
     optimizer = make_optimizer(param_groups(model, t), t)
     freeze = Freeze(model)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
@@ -84,12 +102,15 @@ def setup(config: Mapping[str, Any], out_dir: Path, train_splits: Sequence[str],
     state = load_checkpoint(ckpt_path, map_location=device) if ckpt_path.exists() else None
     history = state["history"] if state is not None else []
     scheduler = make_scheduler(optimizer, t, steps, len(history) + 1)
-    if state is not None:
-        for name, obj in (("model", model), ("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
+    if state is not None:  # with an EMA, "model" holds the average and "trained_model" the weights trained
+        model.load_state_dict(state.get("trained_model", state["model"]))
+        if ema is not None:
+            ema.model.load_state_dict(state["model"])
+        for name, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
             if obj is not None:
                 obj.load_state_dict(state[name])
     return Run(config, out_dir, device, amp, train_set, batches, scored, augment, model, optimizer, scheduler,
-               scaler, freeze, steps, history)
+               scaler, freeze, steps, history, ema)
 
 
 def joined(config: Mapping[str, Any], splits: Sequence[str]) -> Clips:
@@ -109,6 +130,41 @@ def joined(config: Mapping[str, Any], splits: Sequence[str]) -> Clips:
         keys=[k for c in parts for k in c.keys],
         skipped=sum(c.skipped for c in parts),
     )
+
+
+class EMA:
+    """An exponential moving average of a model's parameters (EAT's, decay 0.995), updated after every optimizer
+    step: avg ← decay·avg + (1 − decay)·weights, starting from the initial weights. Buffers (BatchNorm's running
+    statistics) are copied, not averaged. Its own copy of the model, in eval mode, is what the run scores."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for avg, weight in zip(self.model.parameters(), model.parameters()):
+            avg.lerp_(weight, 1 - self.decay)
+        for avg, buffer in zip(self.model.buffers(), model.buffers()):
+            avg.copy_(buffer)
+
+
+def mix_loss(logits: torch.Tensor, target: torch.Tensor, kind: str, label_smoothing: float) -> torch.Tensor:
+    """The training loss on the (possibly mixed) soft targets [B, classes] (`augment.mix_loss`): `ce`, cross
+    entropy; `bce`, EAT's: BCE with logits against the classes holding at least 10 % of the mix, summed over the
+    classes and averaged over the batch."""
+    if kind == "bce":
+        present = (target >= 0.1).float()
+        return F.binary_cross_entropy_with_logits(logits, present, reduction="sum") / len(logits)
+    return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+
+
+def clip_gradients(model: torch.nn.Module, t: Section) -> None:
+    """`train.grad_clip_value` (each gradient element into ±value), then `train.grad_clip` (the total norm)."""
+    if t.grad_clip_value:
+        torch.nn.utils.clip_grad_value_(model.parameters(), t.grad_clip_value)
+    if t.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
 
 
 def param_groups(model: torch.nn.Module, t: Section) -> list[dict[str, Any]]:
