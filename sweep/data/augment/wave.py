@@ -96,11 +96,13 @@ def time_shift(x: torch.Tensor, draw: Draw, p: Mapping[str, Any], rate: int) -> 
     sizes = source.diff(dim=1) * stretch
     target = torch.cat([zero, sizes.cumsum(1) / sizes.sum(1, keepdim=True)], 1)  # the same boundaries warped
     target[:, -1] = 1.0
-    t = torch.linspace(0.0, 1.0, n, device=x.device).expand(len(x), -1).contiguous()
-    part = torch.searchsorted(target[:, 1:-1].contiguous(), t, right=True)
-    t0, t1 = target.gather(1, part), target.gather(1, part + 1)
-    s0, s1 = source.gather(1, part), source.gather(1, part + 1)
-    pos = s0 + (t - t0) * (s1 - s0) / (t1 - t0).clamp_min(1e-12)
+    slope = source.diff(dim=1) / target.diff(dim=1).clamp_min(1e-12)  # clip time per warped time, per part
+    offset = source[:, :-1] - target[:, :-1] * slope
+    t = torch.linspace(0.0, 1.0, n, device=x.device).expand(len(x), -1)
+    part = torch.zeros(t.shape, dtype=torch.long, device=x.device)
+    for b in range(1, k):  # which part each sample falls in: a comparison per inner boundary
+        part += t >= target[:, b : b + 1]
+    pos = offset.gather(1, part) + t * slope.gather(1, part)
     return _read(x, (pos * (n - 1)).clamp(0, n - 1))
 
 
