@@ -222,8 +222,6 @@ def main() -> None:
     device = torch.device(args.device)
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:
-        # EAT's case first: measured after the log-mel case in the same process, its sweep epochs ran 3-8 times
-        # slower than alone, its baseline alike (the first case's DataLoader and cache stay mapped)
         eat_line = eat_case(Path(tmp), n, args.workers, device, 1 if args.smoke else 3)
         root = write_esc50(Path(tmp) / "ESC-50", n_classes=10, clips_per_class=max(1, n // 10), sample_rate=44100,
                            clip_seconds=SECONDS)
