@@ -227,13 +227,35 @@ def test_runner_runs_the_trainer_again_on_the_gpu_with_amp(monkeypatch: pytest.M
     assert run.units("trainer_overhead_cuda_amp") == run.units("trainer_overhead") != ""
 
 
-@pytest.mark.parametrize(("script", "name"), [("throughput.py", "throughput_clips_per_s"),
-                                              ("memory.py", "memory_worker_anon_mb")])
-def test_data_pipeline_benchmarks_smoke(script: str, name: str) -> None:
+@pytest.mark.parametrize(("script", "names"), [
+    ("throughput.py", {"throughput_clips_per_s", "throughput_eat_augment_clips_per_s"}),
+    ("memory.py", {"memory_worker_anon_mb"}),
+])
+def test_data_pipeline_benchmarks_smoke(script: str, names: set[str]) -> None:
     lines = bench_lines(script, "--smoke")
-    assert set(lines) == {name}
-    m = lines[name]
-    assert float(m["ratio"]) == pytest.approx(float(m["sweep"]) / float(m["baseline"]), rel=0.05, abs=0.06)
+    assert set(lines) == names
+    for m in lines.values():
+        assert float(m["ratio"]) == pytest.approx(float(m["sweep"]) / float(m["baseline"]), rel=0.05, abs=0.06)
+
+
+def test_throughput_eat_baseline_augments_with_the_same_chain_one_clip_at_a_time(tmp_path: Path) -> None:
+    """Like for like: EAT's per-item Dataset runs the config's own chain (the recipe's eight entries, EAT's noise
+    colours, p = 0.5 each) on each clip alone, and a clip it returns is augmented and keeps its length."""
+    from sweep.data.augment.pipeline import chain
+    from sweep.data.layouts import write_esc50
+
+    bench = load("throughput")
+    root = write_esc50(tmp_path / "ESC-50", n_classes=2, clips_per_class=1, sample_rate=bench.EAT_RATE,
+                       clip_seconds=bench.EAT_SAMPLES / bench.EAT_RATE)
+    config = bench.eat_config(root, tmp_path / "cache", "cpu")
+    entries = chain(config)
+    assert [name for name, _, _ in entries] == [
+        "gain", "polarity", "shift", "mask", "amp_segment", "cyclic_shift", "noise", "speed"]
+    assert entries[6][2]["colors"] == ["white", "pink", "brown", "blue", "violet", "uniform", "sine", "phase"]
+    assert all(params["p"] == 0.5 for _, _, params in entries)
+    dataset = bench.EatClips(sorted((root / "audio").glob("*.wav")), config)
+    assert dataset.steps == [(spec, params) for _, spec, params in entries]
+    assert dataset[0].shape == (bench.EAT_SAMPLES,)
 
 
 def test_launch_checks_smoke() -> None:

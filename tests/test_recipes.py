@@ -17,8 +17,6 @@ from conftest import ROOT, sweep_cli
 
 from sweep.config.paths import parse_set
 from sweep.config.resolve import load
-from sweep.config.sections import schema
-from sweep.data.augment import AUGMENTATIONS
 from sweep.data.layouts import urbansound8k_hf, write_esc50, write_hf_cache, write_speechcommands, write_urbansound8k
 from sweep.run.worker import train_trial
 from sweep.schema import ConfigError
@@ -46,36 +44,6 @@ OVERRIDES = {
     "eat.yaml": [*TINY_EAT, "train.epochs=2", "data.sample_rate=8000", "data.clip_seconds=0.5"],
     "eat_speechcommands.yaml": [*TINY_EAT, "train.epochs=2", "data.sample_rate=8000", "data.clip_seconds=0.25"],
 }
-# What the EAT recipes use that lands on other branches: chain entries (wave-augs) and loss and EMA keys
-# (trainer-keys). Until each is registered the recipes are tested without it, and as written once all are;
-# delete this (and `as_testable`) when both branches are merged.
-PENDING_ENTRIES = ("amp_segment", "cyclic_shift", "speed")
-PENDING_KEYS = (("augment", "mix_loss"), ("train", "ema"))
-
-
-def as_testable(recipe: str, home: Path) -> Path:
-    """The recipe's file, or (while PENDING keys are not yet in this branch) a copy in `home` without them."""
-    path = ROOT / "search_spaces" / recipe
-    raw = yaml.safe_load(path.read_text())
-    chain = raw.get("augment", {}).get("chain", [])
-    kept = [e for e in chain if not (isinstance(e, dict) and next(iter(e)) in PENDING_ENTRIES
-                                     and next(iter(e)) not in AUGMENTATIONS)]
-    if "colors" not in AUGMENTATIONS["noise"].params:
-        kept = [{"noise": {k: v for k, v in e["noise"].items() if k != "colors"}}
-                if isinstance(e, dict) and "noise" in e else e for e in kept]
-    gone = [(section, key) for section, key in PENDING_KEYS
-            if key in raw.get(section, {}) and key not in schema()[section]]
-    if kept == chain and not gone:
-        return path
-    if chain:
-        raw["augment"]["chain"] = kept
-    for section, key in gone:
-        del raw[section][key]
-    copy = home / "pending" / recipe
-    copy.parent.mkdir(parents=True, exist_ok=True)
-    copy.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return copy
-
 
 def test_every_recipe_has_a_test_run() -> None:
     assert sorted(OVERRIDES) == RECIPES == sorted(
@@ -92,7 +60,7 @@ def test_recipe_validates_as_written(recipe: str, home: Path) -> None:
         assert err.value.key == "model.init_from" and "no such file or folder" in str(err.value)
         config = load(ROOT / "search_spaces" / recipe, [("model.init_from", None)])
         assert config["model"]["blocks"] == load(ROOT / "search_spaces" / "blocks_urban.yaml")["model"]["blocks"]
-    config = load(as_testable(recipe, home), [("model.init_from", None)] if recipe == "blocks_esc50.yaml" else [])
+    config = load(ROOT / "search_spaces" / recipe, [("model.init_from", None)] if recipe == "blocks_esc50.yaml" else [])
     assert config["study"]["name"] == Path(recipe).stem
     if recipe != "demo.yaml":  # the real ones run on a cluster, from the real dataset, with real weights
         assert config["data"]["dataset"] in ("esc50", "urbansound8k", "speechcommands", "hf")
@@ -115,7 +83,7 @@ def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_runs_a_trial(recipe: str, datasets: dict[str, Path], home: Path) -> None:
-    file = as_testable(recipe, home)
+    file = ROOT / "search_spaces" / recipe
     config = load(file, [("model.init_from", None)] if recipe == "blocks_esc50.yaml" else [])
     sets = [*OVERRIDES[recipe], "study.n_trials=1", "executor.workers=1", "executor.cpus_per_worker=1"]
     env = {}

@@ -249,7 +249,8 @@ def test_ema_and_patience_resume_exactly_after_a_kill(tmp_path: Path) -> None:
     kill_at = reference.best_epoch + 1  # one epoch into the stall: the patience count is half way
 
     with pytest.raises(optuna.TrialPruned):
-        train(config, tmp_path / "resumed", optuna.create_study(direction="maximize", pruner=PruneAtEpoch(kill_at)).ask())
+        killed = optuna.create_study(direction="maximize", pruner=PruneAtEpoch(kill_at)).ask()
+        train(config, tmp_path / "resumed", killed)
     resumed = train(config, tmp_path / "resumed", optuna.create_study(direction="maximize").ask())
     assert [r["epoch"] for r in resumed.history] == [r["epoch"] for r in reference.history]
     assert resumed.stopped == "patience"

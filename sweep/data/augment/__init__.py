@@ -4,7 +4,7 @@ label-mixing batch augmentations (`mix`), each a registry entry, and `Augment`, 
 Importing this package registers every entry.
 """
 
-from sweep.data.augment import mix, spec, wave  # noqa: F401  (each registers itself)
+from sweep.data.augment import mix, noise, spec, wave  # noqa: F401  (each registers itself)
 from sweep.data.augment.pipeline import Augment, check, needs_waveform
 from sweep.data.augment.registry import AUGMENTATIONS, MIXES, AugmentSpec, Draw, MixSpec
 

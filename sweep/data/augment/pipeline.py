@@ -62,6 +62,7 @@ def chain(config: Mapping[str, Any]) -> list[tuple[str, AugmentSpec, dict[str, A
             given = {}
         if not isinstance(given, Mapping):
             raise ConfigError(f"the keys of {name} are a mapping (p, {', '.join(spec.params)}), got {given!r}", key=key)
+        given = {k: list(v) if isinstance(v, tuple) else v for k, v in given.items()}  # lists come frozen
         try:
             params = check_fields({"p": P, **spec.params}, given, key, name)
         except ConfigError as exc:
@@ -104,6 +105,10 @@ def needs_waveform(config: Mapping[str, Any]) -> bool:
     return (a.waveform and a.strength > 0) or any(spec.domain == "wave" for _, spec, _ in chain(config))
 
 
+def _defaults(name: str) -> dict[str, Any]:
+    return {key: field.default for key, field in AUGMENTATIONS[name].params.items()}
+
+
 def _steps(config: Mapping[str, Any]) -> list[Step]:
     a = typed(config).augment
     s = a.strength
@@ -111,7 +116,7 @@ def _steps(config: Mapping[str, Any]) -> list[Step]:
     if a.waveform and s > 0:
         preset = (("gain", {"low": 0.5, "high": 1.3}), ("polarity", {}), ("shift", {"max_fraction": 0.1}),
                   ("mask", {"seconds": 0.1}), ("noise", {"min_snr_db": 30.0, "max_snr_db": 30.0}))
-        steps += [Step(AUGMENTATIONS[name], s / 2, params) for name, params in preset]
+        steps += [Step(AUGMENTATIONS[name], s / 2, {**_defaults(name), **params}) for name, params in preset]
     if a.specaugment and a.n_masks and s > 0:
         steps.append(Step(AUGMENTATIONS["freq_masking"], 1.0, {}, lambda shape: {
             "fmp": int(s * a.freq_mask * shape[2]), "num": a.n_masks}))

@@ -34,6 +34,22 @@ def freq_masking(x: torch.Tensor, draw: Draw, p: Mapping[str, Any], rate: int) -
     return _masks(x, draw, 2, p["fmp"], p["num"])
 
 
+def dropblock(x: torch.Tensor, draw: Draw, p: Mapping[str, Any], rate: int) -> torch.Tensor:
+    """DropBlock (Ghiasi et al., 2018) on the input: block seeds drawn at a rate γ chosen so that about
+    `drop_prob` of the spectrogram is dropped, each seed zeroing the `block_f` × `block_t` block it starts,
+    the kept values scaled by area / kept area per example so the example's sum is kept on average."""
+    bins, frames = x.shape[2], x.shape[3]
+    bf, bt = min(p["block_f"], bins), min(p["block_t"], frames)
+    valid = (bins - bf + 1) * (frames - bt + 1)
+    gamma = p["drop_prob"] / (bf * bt) * bins * frames / valid
+    seeds = (draw.rand((len(x), 1, bins - bf + 1, frames - bt + 1), x.device) < gamma).to(x.dtype)
+    blocks = torch.nn.functional.max_pool2d(torch.nn.functional.pad(seeds, (bt - 1, bt - 1, bf - 1, bf - 1)),
+                                            (bf, bt), stride=1)
+    keep = 1 - blocks
+    kept = keep.sum((2, 3), keepdim=True)
+    return x * keep * (bins * frames / kept.clamp_min(1))
+
+
 AUGMENTATIONS.add("time_masking", AugmentSpec(
     {"tmp": Field(int, 20, low=0), "num": Field(int, 1, low=0)}, time_masking, "spec",
     "zero `num` spans of frames, each up to `tmp` frames wide (SpecAugment)",
@@ -41,4 +57,10 @@ AUGMENTATIONS.add("time_masking", AugmentSpec(
 AUGMENTATIONS.add("freq_masking", AugmentSpec(
     {"fmp": Field(int, 8, low=0), "num": Field(int, 1, low=0)}, freq_masking, "spec",
     "zero `num` bands of bins, each up to `fmp` bins wide (SpecAugment)",
+))
+AUGMENTATIONS.add("dropblock", AugmentSpec(
+    {"drop_prob": Field(float, 0.1, low=0.0, high=1.0), "block_t": Field(int, 5, low=1),
+     "block_f": Field(int, 5, low=1)}, dropblock, "spec",
+    "DropBlock: zero blocks of block_f bins × block_t frames, about drop_prob of the spectrogram, kept values "
+    "rescaled by area / kept area",
 ))
