@@ -221,7 +221,6 @@ def convert(
 def plan(config: Mapping[str, Any], sources: Sequence[Source]) -> list[Plan]:
     """Read every source and convert its complete trials; raises before anything is written."""
     params = space.parse(config["search_space"], config)
-    distributions = {p.path: p.distribution for p in params}
     plans = []
     for source in sources:
         study = _open_source(source)
@@ -236,22 +235,32 @@ def plan(config: Mapping[str, Any], sources: Sequence[Source]) -> list[Plan]:
         result = Plan(source, finished=len(done))
         for t in done:
             try:
-                drawn, changes = convert(t, params, config, old)
+                trial = seeded(t, params, config, old, f"{source.label}#{t.number}")
             except Skip as why:
                 result.skipped[str(why)] += 1
                 continue
-            for kind in {c.split(":", 1)[0] for c in changes} or {"kept"}:
+            for kind in {c.split(":", 1)[0] for c in trial.user_attrs[RULE].split("; ")}:
                 result.rules[kind] += 1
-            result.trials.append(optuna.trial.create_trial(
-                params=drawn,
-                distributions={k: distributions[k] for k in drawn},
-                values=t.values,
-                intermediate_values=dict(t.intermediate_values),
-                user_attrs={SEEDED: f"{source.label}#{t.number}", RULE: "; ".join(changes) or "kept"},
-                state=TrialState.COMPLETE,
-            ))
+            result.trials.append(trial)
         plans.append(result)
     return plans
+
+
+def seeded(
+    trial: FrozenTrial, params: Sequence[space.Param], new: Mapping[str, Any], old: Mapping[str, Any], origin: str
+) -> FrozenTrial:
+    """The trial to add for one complete old trial (`convert`), in the new space's distributions, with its values,
+    its learning curve (the pruner compares new trials with it) and its provenance; `Skip` when the rule says so."""
+    drawn, changes = convert(trial, params, new, old)
+    distributions = {p.path: p.distribution for p in params}
+    return optuna.trial.create_trial(
+        params=drawn,
+        distributions={k: distributions[k] for k in drawn},
+        values=trial.values,
+        intermediate_values=dict(trial.intermediate_values),
+        user_attrs={SEEDED: origin, RULE: "; ".join(changes) or "kept"},
+        state=TrialState.COMPLETE,
+    )
 
 
 def _says(objectives: tuple[Any, ...]) -> str:
