@@ -203,6 +203,8 @@ def test_bad_warm_starts_are_refused_before_anything_is_created(home: Path) -> N
     assert "is not a storage URL" in _refused(home, "--warm-start", "there@nowhere")
     assert "no such file" in _refused(home, "--warm-start", "missing.yaml")
     assert "an empty study name" in _refused(home, "--warm-start", "there,")
+    assert "does not exist" in _refused(home, "--warm-start", f"there@journal:///{home}/none.log")
+    assert not (home / "none.log").exists()
 
 
 def test_a_study_file_names_its_source(home: Path) -> None:
@@ -217,6 +219,11 @@ def test_a_study_file_names_its_source(home: Path) -> None:
     assert (source.name, source.url) == ("there", _sqlite(home, "there"))
     (result,) = plan(config, [source])
     assert len(result.trials) == 3 and result.rules == {"kept": 1, "clipped": 2}
+    assert not result.differs
+    config["train"]["epochs"] = 5  # a setting neither study searches, changed: said, not refused
+    (result,) = plan(config, [source])
+    assert result.differs == ["train.epochs=3 (this study: 5)"] and len(result.trials) == 3
+    assert "; note: its trials ran with train.epochs=3 (this study: 5)" in result.line()
 
 
 # ---- the rule, param by param --------------------------------------------------------------------------

@@ -69,6 +69,7 @@ class Plan:
     rules: Counter = field(default_factory=Counter)  # "kept", "clipped", "filled", "dropped" → trials
     skipped: Counter = field(default_factory=Counter)  # reason → trials
     finished: int = 0
+    differs: list[str] = field(default_factory=list)  # fixed settings its trials ran with that this study changes
 
     def line(self) -> str:
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.rules.items()))
@@ -77,6 +78,9 @@ class Plan:
         if self.skipped:
             text += f", skipped {sum(self.skipped.values())} (" + ", ".join(
                 f"{why}: {n}" for why, n in self.skipped.most_common()) + ")"
+        if self.differs:
+            text += "; note: its trials ran with " + ", ".join(self.differs[:5]) + (
+                f" and {len(self.differs) - 5} more" if len(self.differs) > 5 else "")
         return text
 
 
@@ -118,9 +122,10 @@ def parse_sources(text: str, cli_storage: str | None, config: Mapping[str, Any])
 
 def _open_source(source: Source) -> optuna.Study:
     """The source study, read only; a missing one is refused listing the studies its storage holds."""
-    if source.url.startswith("sqlite:///") and not Path(source.url[len("sqlite:///"):]).exists():
+    scheme = next((s for s in ("sqlite:///", "journal:///") if source.url.startswith(s)), None)
+    if scheme and not Path(source.url[len(scheme):]).exists():  # opening a file storage would create it
         held = sorted(p.parent.name for p in studies_dir().glob("*/study.db"))
-        raise ConfigError(f"{FLAG} {source.given}: no study named {source.name!r}: {source.url[len('sqlite:///'):]} "
+        raise ConfigError(f"{FLAG} {source.given}: no study named {source.name!r}: {source.url[len(scheme):]} "
                           f"does not exist (studies under {studies_dir()}: {', '.join(held) or 'none'}; or give "
                           "NAME@URL for another storage)")
     storage = open_storage(source.url)
@@ -232,7 +237,7 @@ def plan(config: Mapping[str, Any], sources: Sequence[Source]) -> list[Plan]:
                 "start needs the same metric and direction (its values would not mean the same here)"
             )
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        result = Plan(source, finished=len(done))
+        result = Plan(source, finished=len(done), differs=_differences(old, config))
         for t in done:
             try:
                 trial = seeded(t, params, config, old, f"{source.label}#{t.number}")
@@ -261,6 +266,21 @@ def seeded(
         user_attrs={SEEDED: origin, RULE: "; ".join(changes) or "kept"},
         state=TrialState.COMPLETE,
     )
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Settings a trial trains with that neither study searches and the two fix differently ("train.epochs=10
+    (this study: 20)"): the seeded values were measured under them, which the rule cannot see."""
+    searched = set(old.get("search_space") or {}) | set(new.get("search_space") or {})
+
+    def leaves(tree: Any, prefix: str) -> dict[str, Any]:
+        if not isinstance(tree, Mapping) or not tree:
+            return {prefix: tree}
+        return {k: v for key, sub in tree.items() for k, v in leaves(sub, f"{prefix}.{key}").items()}
+
+    was, now = ({k: v for s in space.TRIAL_SECTIONS for k, v in leaves(c.get(s, {}), s).items()} for c in (old, new))
+    keys = sorted(k for k in set(was) & set(now) if k not in searched and k != "train.threads" and was[k] != now[k])
+    return [f"{k}={was[k]!r} (this study: {now[k]!r})" for k in keys]
 
 
 def _says(objectives: tuple[Any, ...]) -> str:
