@@ -201,6 +201,9 @@ def test_bad_warm_starts_are_refused_before_anything_is_created(home: Path) -> N
     assert "(study.metrics ['val_acc', 'params_mb'])" in _refused(home, "--warm-start", "other")
 
     assert "is not a storage URL" in _refused(home, "--warm-start", "there@nowhere")
+    err = _refused(home, "--warm-start", "there@postgresql://u:s3cret@127.0.0.1:1/none")  # nothing listens there
+    assert "--warm-start there@postgresql://u:***@127.0.0.1:1/none: cannot open storage" in err
+    assert "s3cret" not in err
     assert "no such file" in _refused(home, "--warm-start", "missing.yaml")
     assert "an empty study name" in _refused(home, "--warm-start", "there,")
     assert "does not exist" in _refused(home, "--warm-start", f"there@journal:///{home}/none.log")

@@ -36,6 +36,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, IntD
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.config.paths import get_path
+from sweep.config.resolve import load
 from sweep.schema import ConfigError, check_study_name
 from sweep.search import space
 from sweep.search.study import SEEDED, load_existing, stored_config
@@ -53,7 +54,7 @@ class Source:
 
     name: str
     url: str
-    given: str  # as typed, for messages
+    given: str  # as typed (its password masked), for messages
 
     @property
     def label(self) -> str:
@@ -103,17 +104,16 @@ def parse_sources(text: str, cli_storage: str | None, config: Mapping[str, Any])
         if path.suffix in (".yaml", ".yml"):
             if not path.is_file():
                 raise ConfigError(f"{FLAG} {item}: no such file")
-            from sweep.config.resolve import load
-
             loaded = load(path)
             name = loaded["study"]["name"]
             sources.append(Source(name, resolve_storage(name, cli_storage, loaded), item))
         elif "@" in item:
             name, url = item.split("@", 1)
-            if "://" not in url:
-                raise ConfigError(f"{FLAG} {item}: {url!r} is not a storage URL; accepted: NAME@sqlite:///PATH, "
-                                  "NAME@postgresql://…, NAME@mysql://…, NAME@journal:///PATH")
-            sources.append(Source(check_study_name(name, key=None), resolve_storage(name, url), item))
+            if "://" not in url:  # not echoed: it may hold a password
+                raise ConfigError(f"{FLAG} {name}@…: what follows the '@' is not a storage URL; accepted: "
+                                  "NAME@sqlite:///PATH, NAME@postgresql://…, NAME@mysql://…, NAME@journal:///PATH")
+            url = resolve_storage(name, url)
+            sources.append(Source(check_study_name(name, key=None), url, f"{name}@{mask(url)}"))
         else:
             name = check_study_name(item, key=None)
             sources.append(Source(name, resolve_storage(name, cli_storage, config), item))
@@ -128,11 +128,10 @@ def _open_source(source: Source) -> optuna.Study:
         raise ConfigError(f"{FLAG} {source.given}: no study named {source.name!r}: {source.url[len(scheme):]} "
                           f"does not exist (studies under {studies_dir()}: {', '.join(held) or 'none'}; or give "
                           "NAME@URL for another storage)")
-    storage = open_storage(source.url)
     try:
-        return load_existing(source.name, storage, source.url)
+        return load_existing(source.name, open_storage(source.url), source.url)
     except ConfigError as exc:
-        raise ConfigError(f"{FLAG} {source.given}: {exc}") from None
+        raise ConfigError(f"{FLAG} {source.given}: {exc.detail}") from None
 
 
 def _objectives(study_section: Mapping[str, Any]) -> tuple[Any, ...]:
