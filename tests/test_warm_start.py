@@ -223,6 +223,14 @@ def test_a_study_file_names_its_source(home: Path) -> None:
     (result,) = plan(config, [source])
     assert len(result.trials) == 3 and result.rules == {"kept": 1, "clipped": 2}
     assert not result.differs
+    # Multivariate TPE and CMA-ES model the intersection of the trials' distributions: the seeded trials keep every
+    # param in it, where the old trials copied as they are (Optuna's add_trials) would drop the narrowed ones.
+    new_space = {p.path: p.distribution for p in space.parse(config["search_space"], config)}
+    fresh = optuna.trial.create_trial(params={"train.lr": 5e-3, "augment.strength": 0.1, "train.optimizer": "adamw"},
+                                      distributions=new_space, value=0.7)
+    assert optuna.search_space.intersection_search_space([*result.trials, fresh]) == new_space
+    copied = _old_trials(resolve(_raw("there", OLD_SPACE), "there"))
+    assert optuna.search_space.intersection_search_space([*copied, fresh]) == {}  # every range changed: none left
     config["train"]["epochs"] = 5  # a setting neither study searches, changed: said, not refused
     (result,) = plan(config, [source])
     assert result.differs == ["train.epochs=3 (this study: 5)"] and len(result.trials) == 3
