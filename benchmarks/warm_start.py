@@ -20,8 +20,9 @@ Target: the cold study's best val_acc minus 1 point. Trials needed: the number o
 and including the first that reaches the target (the seeded ones are not counted: the warm study did not train
 them); a warm study that never reaches it counts `--trials` + 1 and is reported as a miss. The BENCH line
 compares the means over the seeds: `ratio` = warm / cold, goal <= 1 (a warm start should not cost trials).
-Sizes: full 40 trials (source 40) of 12 epochs, seeds 0-2; --quick 20 (source 20) of 6 epochs, seeds 0-2
-(a few minutes on 2 cores); --smoke tiny data, 3 trials of 2 epochs, seeds 0-1, to check the output.
+Sizes: full 40 trials (source 40) of 12 epochs, seeds 0-2 (`--first-seed K`: K..K+2); --quick 20 (source 20)
+of 6 epochs, seeds 0-2 (about 5 minutes on 2 idle cores); --smoke tiny data, 3 trials of 2 epochs, seeds 0-1,
+to check the output.
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, help="trials of the cold and of the warm study")
     p.add_argument("--source", type=int, help="trials of the source study")
     p.add_argument("--epochs", type=int, help="epochs per trial")
-    p.add_argument("--seeds", type=int, help="sampler seeds 0..S-1, one repetition each")
+    p.add_argument("--seeds", type=int, help="sampler seeds, one repetition each (default 3; --smoke 2)")
+    p.add_argument("--first-seed", type=int, default=0, help="the first sampler seed (default 0: seeds 0..S-1)")
     p.add_argument("--jobs", type=int, help="repetitions run at a time, one process each (default 2; --smoke 1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
     args = p.parse_args(argv)
@@ -127,9 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     n_trials, n_source, epochs, n_seeds = (
         given or default for given, default in zip((args.trials, args.source, args.epochs, args.seeds), SIZES[mode]))
     jobs = args.jobs or (1 if args.smoke else 2)
+    seeds = range(args.first_seed, args.first_seed + n_seeds)
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    print(f"{n_seeds} sampler seeds × (source {n_source} trials on lr / {SHIFT:g}, cold {n_trials}, warm {n_trials} "
+    print(f"sampler seeds {seeds.start}-{seeds.stop - 1} × "
+          f"(source {n_source} trials on lr / {SHIFT:g}, cold {n_trials}, warm {n_trials} "
           f"after seeding), {epochs} epochs, no pruner, {jobs} at a time", flush=True)
     same = (n_trials, n_source, epochs, args.smoke, args.threads)
     results: list[dict[str, Any]] = []
@@ -146,11 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["SWEEP_CACHE_DIR"] = str(Path(tmp) / "cache")
         if jobs == 1:
-            for seed in range(n_seeds):
+            for seed in seeds:
                 done(repetition(seed, *same))
         else:
             with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-                for future in as_completed([pool.submit(repetition, seed, *same) for seed in range(n_seeds)]):
+                for future in as_completed([pool.submit(repetition, seed, *same) for seed in seeds]):
                     done(future.result())
     cold = sum(r["need"]["cold"] for r in results) / len(results)
     warm = sum(r["need"]["warm"] for r in results) / len(results)
