@@ -21,8 +21,8 @@ and including the first that reaches the target (the seeded ones are not counted
 them); a warm study that never reaches it counts `--trials` + 1 and is reported as a miss. The BENCH line
 compares the means over the seeds: `ratio` = warm / cold, goal <= 1 (a warm start should not cost trials).
 Sizes: full 40 trials (source 40) of 12 epochs, seeds 0-2 (`--first-seed K`: K..K+2); --quick 20 (source 20)
-of 6 epochs, seeds 0-2 (about 5 minutes on 2 idle cores); --smoke tiny data, 3 trials of 2 epochs, seeds 0-1,
-to check the output.
+of 6 epochs, seeds 0-2 (584-680 s here, 2 cores shared with other work); --smoke tiny data, 3 trials of 2
+epochs, seeds 0-1, to check the output.
 """
 
 from __future__ import annotations
