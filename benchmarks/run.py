@@ -50,6 +50,7 @@ UNITS = (  # (pattern of BENCH names, what sweep= and baseline= are), the first 
     (r"trainer_overhead(_cuda)?(_amp)?$", "s per epoch (median, epoch 1 skipped)"),
     (r"pruning_.*_epochs$", "epochs trained (sum over trials)"),
     (r"pruning_.*_best_acc$", "best val accuracy, %; ratio = difference in points"),
+    (r"warm_start_trials_needed$", "trials to within 1 point of the cold best (mean over seeds): warm, cold"),
     (r".*_clips_per_s$", "clips per second"),
     (r"launch_header_check$", "s to check every file's header (sweep) or decode every file (baseline)"),
     (r"launch_top_up_trials_per_s$", "trials enqueued per second (baseline extrapolated from fewer)"),

@@ -39,6 +39,7 @@ def _study_arg(args: argparse.Namespace) -> tuple[str, str]:
 def cmd_launch(args: argparse.Namespace) -> int:
     from sweep.config.resolve import load
     from sweep.run.launch import launch
+    from sweep.search.warm_start import parse_sources
     from sweep.storage import resolve_storage
 
     overrides = [parse_set(item) for item in args.set]
@@ -54,7 +55,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
             overrides.append((key, getattr(args, flag)))
             labels[key] = f"--{flag} {shlex.quote(str(getattr(args, flag)))}"
     config = load(args.file, overrides, labels)
-    return launch(config, resolve_storage(typed(config).study.name, args.storage, config), detach=args.detach)
+    sources = parse_sources(args.warm_start, args.storage, config) if args.warm_start is not None else []
+    url = resolve_storage(typed(config).study.name, args.storage, config)
+    return launch(config, url, detach=args.detach, warm_start=sources)
 
 
 def _existing(args: argparse.Namespace):
@@ -224,6 +227,11 @@ def parser() -> argparse.ArgumentParser:
     )
     launch.add_argument("--storage", help="storage URL (else $SWEEP_STORAGE, the file's storage:, or SQLite)")
     launch.add_argument("--detach", action="store_true", help="submit the workers and return without watching")
+    launch.add_argument(
+        "--warm-start", metavar="STUDY[,STUDY…]",
+        help="seed a new study with the complete trials of earlier ones: a name (in this study's storage, else "
+        "studies/NAME/study.db), NAME@URL, or a study's YAML file; params follow the README's warm-start rule",
+    )
     launch.set_defaults(run=cmd_launch)
 
     for name, run, text in (

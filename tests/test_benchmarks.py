@@ -303,3 +303,17 @@ def test_slurm_benchmarks_say_why_they_skip_without_slurm(script: str) -> None:
                          capture_output=True, text=True, timeout=60, env={"PATH": str(Path(sys.executable).parent)})
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == f"{script}: skipped: SLURM is not installed (cluster/install.sh installs it)"
+
+
+def test_warm_start_smoke() -> None:
+    """Trials needed, warm / cold, means over the seeds; the source differs from the target in lr's range only."""
+    lines = bench_lines("warm_start.py", "--smoke")
+    (m,) = lines.values()
+    assert m["name"] == "warm_start_trials_needed" and m["op"] == "<="
+    assert float(m["ratio"]) == pytest.approx(float(m["sweep"]) / float(m["baseline"]), abs=0.01)
+    bench = load("warm_start")
+    target, source = bench.configs(2, 0, smoke=True)
+    lr, shifted = target["search_space"].pop("train.lr"), source["search_space"].pop("train.lr")
+    assert (shifted["low"], shifted["high"]) == pytest.approx((lr["low"] / 3, lr["high"] / 3))
+    assert source["sampler"].pop("seed") == 1000 and target["sampler"].pop("seed") == 0
+    assert source == target and target["pruner"]["name"] == "none"

@@ -35,7 +35,7 @@ from sweep import __version__
 from sweep.config.yamlfile import dump_yaml
 from sweep.look.pages import environment
 from sweep.look.status import maximizes, value_text
-from sweep.search.study import CONFIG_ATTR, VOID, counts
+from sweep.search.study import CONFIG_ATTR, SEEDED, SEEDED_RULE, VOID, counts
 
 PLOTS = ("history", "intermediate", "importance", "parallel", "slice")
 _COLORS = {"complete": "#1f77b4", "pruned": "#d62728", "running": "#2ca02c", "fail": "#7f7f7f"}
@@ -312,7 +312,9 @@ def _header(study: optuna.Study, trials, counted, storage: str) -> dict[str, Any
         "direction": study.direction.name.lower(),
         "counted": len(counted),
         "states": states,
-        "void": len(trials) - len(counted),
+        "void": sum(1 for t in trials if VOID in t.user_attrs),
+        "seeded": sorted({str(t.user_attrs[SEEDED]).rsplit("#", 1)[0] for t in trials if SEEDED in t.user_attrs}),
+        "n_seeded": sum(1 for t in trials if SEEDED in t.user_attrs),
         "storage": storage or "?",
         "now": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"),
         "version": __version__,
@@ -364,6 +366,9 @@ def _rows(
             continue  # placeholders of the budget: counted in the header, nothing to show yet
         state = t.state.name.lower() + (" (void)" if VOID in t.user_attrs else "")
         note = t.user_attrs.get(VOID) or t.user_attrs.get("fail_reason") or ""
+        if SEEDED in t.user_attrs:  # trained by another study: shown, never the best, not in the budget
+            state += " (seeded)"
+            note = f"seeded from {t.user_attrs[SEEDED]}: {t.user_attrs.get(SEEDED_RULE, 'kept')}"
         planned = _planned(t, default)
         cells = [
             str(t.number),

@@ -12,7 +12,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.run.jobs import ENDED
-from sweep.search.study import CONFIG_ATTR, counts
+from sweep.search.study import CONFIG_ATTR, SEEDED, counts
 
 
 def _metric(study: optuna.Study) -> str:
@@ -43,7 +43,8 @@ def maximizes(study: optuna.Study) -> bool:
 
 
 def best(study: optuna.Study) -> FrozenTrial | None:
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    """The best complete trial of the budget: a trial seeded by a warm start was trained by another study."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if counts(t)]
     if not done:
         return None
     pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
@@ -95,11 +96,13 @@ def show(study: optuna.Study, out: IO[str], jobs: list[dict[str, Any]] | None = 
     """`sweep status`: trials by state, the best, and what is running now."""
     trials = study.get_trials(deepcopy=False)
     n = tally(trials)
-    void = sum(1 for t in trials if not counts(t))
+    seeded = sum(1 for t in trials if SEEDED in t.user_attrs)
+    void = sum(1 for t in trials if not counts(t)) - seeded
     print(
         f"study {study.study_name}: "
         + ", ".join(f"{v} {k}" for k, v in sorted(n.items()))
-        + (f"; {void} voided (interrupted or lowered budget, not counted)" if void else ""),
+        + (f"; {void} voided (interrupted or lowered budget, not counted)" if void else "")
+        + (f"; {seeded} seeded by a warm start (not counted)" if seeded else ""),
         file=out,
     )
     top = best(study)

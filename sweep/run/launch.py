@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from sweep.run.signals import interruptible, signal_of, signals_deferred, signal
 from sweep.run.waiting import job_error, outcomes, stop_workers, wait_stopped, watch
 from sweep.run.worker import Worker, default_threads, run_context, shared_cores
 from sweep.schema import ConfigError
+from sweep.search import warm_start as warm
 from sweep.search.strategy import make_pruner, make_sampler
 from sweep.search.study import CONFIG_ATTR, check_budget, counts, restore_retries, retry, top_up
 from sweep.storage import mask, open_storage, study_dir
@@ -115,9 +116,14 @@ def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 @interruptible
-def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
+def launch(
+    config: dict[str, Any], url: str, detach: bool = False, warm_start: Sequence[warm.Source] = ()
+) -> int:
     """Run the study's remaining budget; returns the process exit code (non-zero if a worker failed; 130 after
-    Ctrl-C, 143 after SIGTERM, 129 after SIGHUP, once the workers are stopped and their trials handed back)."""
+    Ctrl-C, 143 after SIGTERM, 129 after SIGHUP, once the workers are stopped and their trials handed back).
+
+    `warm_start`: studies whose complete trials seed this new one (`sweep.search.warm_start`), all read and
+    converted before the study is created, so a bad source leaves nothing behind."""
     cfg = typed(config)
     name = cfg.study.name
     spec = EXECUTORS[cfg.executor.name]
@@ -127,9 +133,14 @@ def launch(config: dict[str, Any], url: str, detach: bool = False) -> int:
         outliving = " or ".join(n for n, s in EXECUTORS.items() if not s.in_process)
         raise ConfigError(f"--detach needs workers that outlive this process: use --executor {outliving}")
     check_budget(config)
+    seeds = warm.plan(config, warm_start) if warm_start else []
     storage = open_storage(url)
     check_connections(config, url, storage)
+    if warm_start:
+        warm.check_target(name, storage, url)
     study = create_or_resume(config, storage, url, profile)
+    if seeds:
+        warm.seed(study, seeds)
     _restore_retries(study)
     waiting = top_up(study, cfg.study.n_trials, _report_enqueued)
     home = study_dir(name)

@@ -26,6 +26,10 @@ from sweep.storage.optuna_private import reset_trial_cache, storage_of, trial_id
 VOID = "sweep_void"
 CONFIG_ATTR = "sweep_config"
 RETRIED = "; retried with the same params"  # the end of a VOID written by `retry`: a retry is owed for it
+# A trial copied from an earlier study by `--warm-start` (sweep.search.warm_start) carries this user attribute,
+# "<study>@<storage>#<trial number>": evidence for the sampler and the pruner, not a trial of this study's budget.
+SEEDED = "warm_start_from"
+SEEDED_RULE = "warm_start_rule"  # "kept", or what the warm-start rule changed: "clipped: train.lr 0.2 → 0.1"
 
 # ---- the study ---------------------------------------------------------------------------------------
 
@@ -47,8 +51,9 @@ def stored_config(study: optuna.Study) -> dict[str, Any]:
 
 
 def counts(trial: FrozenTrial) -> bool:
-    """Whether a trial uses up one unit of the study's trial budget."""
-    return VOID not in trial.user_attrs
+    """Whether a trial uses up one unit of the study's trial budget: not a voided one, nor one seeded by a warm
+    start (it was trained by another study; the budget is what this study trains)."""
+    return VOID not in trial.user_attrs and SEEDED not in trial.user_attrs
 
 
 # Trials enqueued per write (one transaction, one journal append): a million owed trials take 100 writes.
