@@ -349,8 +349,8 @@ def test_report_of_an_unknown_study_is_a_clear_error(home: Path) -> None:
 
 
 def test_a_pruned_trials_value_is_its_best_epoch_in_every_view(home: Path) -> None:
-    """A real worker's trial pruned after epoch 2 whose best epoch is its first (lr 0.1: val_acc 0.375, then
-    0.125): metrics.json, the launch table, the report's table, TensorBoard's best/val_acc and the trial's value
+    """A real worker's trial pruned after epoch 2 whose best epoch is its first (lr 0.05: val_acc 0.375, then
+    0.25): metrics.json, the launch table, the report's table, TensorBoard's best/val_acc and the trial's value
     in the storage (Optuna alone would store the last epoch's) all say 0.375."""
     import re
 
@@ -362,14 +362,14 @@ def test_a_pruned_trials_value_is_its_best_epoch_in_every_view(home: Path) -> No
     from sweep.search.study import top_up
     from sweep.storage import open_storage, resolve_storage, study_dir
 
-    raw = {**TINY, "study": {"name": "tiny", "n_trials": 2}, "search_space": {"train.lr": [0.1]}}
+    raw = {**TINY, "study": {"name": "tiny", "n_trials": 2}, "search_space": {"train.lr": [0.05]}}
     (home / "tiny.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     config = resolve(raw, "tiny.yaml")
     url = resolve_storage("tiny")
     study = create_or_resume(config, open_storage(url), url)
     # the median pruner's one completed trial, perfect at epoch 2: the worker's trial is pruned there
-    lr = optuna.distributions.CategoricalDistribution([0.1])
-    study.add_trial(optuna.trial.create_trial(value=1.0, intermediate_values={2: 1.0}, params={"train.lr": 0.1},
+    lr = optuna.distributions.CategoricalDistribution([0.05])
+    study.add_trial(optuna.trial.create_trial(value=1.0, intermediate_values={2: 1.0}, params={"train.lr": 0.05},
                                               distributions={"train.lr": lr}))
     assert top_up(study, 2) == 1
     run_worker(config, url, str(study_dir("tiny")), 0, run_context(1))
