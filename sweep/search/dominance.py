@@ -4,8 +4,8 @@ The static objectives (params_mb, latency_ms, macs) are measured before a trial'
 primary metric is unknown while it trains. At epoch k (from epoch `n_warmup_steps` on, every `interval_steps`,
 once `n_startup_trials` trials have completed, counted as Optuna's MedianPruner does), a trial is compared with
 its *peers*: the other trials, finished or running, that reached epoch k and are no worse than it on every static
-objective. It is stopped when its primary metric at epoch k is worse than the peers' median (`percentile` for
-`pruner.name: percentile`) at epoch k.
+objective. It is stopped when its best primary metric so far is worse than the peers' median at epoch k (as Optuna's
+MedianPruner compares; `pruner.name: percentile` keeps the top `percentile` per cent instead, as Optuna's).
 
 Why peers no worse statically, and not every trial it does not dominate: a trial is on the final Pareto front
 unless some trial at least as small/fast is also more accurate, so only those can show it is not worth
@@ -25,7 +25,7 @@ from sweep.search.objectives import curve, static
 
 
 class DominancePruner(optuna.pruners.BasePruner):
-    """Stop a trial whose primary metric at epoch k is below the `percentile` of its static peers'.
+    """Stop a trial whose best primary metric so far is below the median (or percentile) of its static peers'.
 
     `names`: the static objectives, each minimised (every static metric is: `study.directions` is checked
     against each metric's nature), in the order of `study.metrics` after the primary."""
@@ -61,10 +61,10 @@ class DominancePruner(optuna.pruners.BasePruner):
                 peers.append(curve(t)[step])
         if not peers:
             return False
-        value = own[step]
+        best = max(own.values()) if maximize else min(own.values())
         if maximize:
-            return bool(value < np.percentile(peers, self.percentile))
-        return bool(value > np.percentile(peers, 100 - self.percentile))
+            return bool(best < np.percentile(peers, 100 - self.percentile))
+        return bool(best > np.percentile(peers, self.percentile))
 
     def values(self, t: FrozenTrial) -> list[float] | None:
         measured = static(t)
