@@ -80,6 +80,10 @@ def test_a_two_objective_study_finishes_with_both_values(home: Path) -> None:
     assert final.returncode == 0, final.stdout + final.stderr
     summary = json.loads((home / "studies/tiny/final/summary.json").read_text())
     assert summary["trial"] == smallest.number and summary["params"] == smallest.params
+    report = sweep_cli("report", "tiny", cwd=home)
+    assert report.returncode == 0 and "not drawn yet" not in report.stdout, report.stdout + report.stderr
+    page = (home / "studies/tiny/report.html").read_text()
+    assert 'id="plot-pareto"' in page and "maximize <b>val_acc</b>, minimize params_mb" in page
     bad = sweep_cli("best", "tiny", "--pick", "max:flops=3", cwd=home)
     assert bad.returncode == 2 and "'flops' is not measured in this study" in bad.stderr, bad.stderr
 
@@ -225,3 +229,15 @@ def test_picks_from_the_pareto_front() -> None:
     assert pareto.pick(trials, config, "max:params_mb=5").number == 1
     assert pareto.pick(trials, config, "max:params_mb=0.5") is None
     assert pareto.hypervolume_2d([(1, 3), (2, 2), (3, 1)], (4, 4)) == 6.0
+
+
+def test_the_report_draws_the_front_and_marks_pruned_trials_at_their_static_value() -> None:
+    from sweep.look import front
+
+    config = {"study": {"metrics": ["val_acc", "params_mb"], "directions": ["maximize", "minimize"]}}
+    trials = [_trial(0, [0.9], 10.0), _trial(1, [0.8], 2.0), _trial(3, [0.7], 5.0),
+              _trial(4, [0.3, 0.4], 7.0, TrialState.PRUNED)]
+    traces = {trace.name: trace for trace in front.figure(trials, config).data}
+    assert list(traces["Pareto front (2 trials)"].x) == [2.0, 10.0]  # trial 3 is dominated by trial 1
+    assert list(traces["complete"].x) == [5.0]
+    assert list(traces["pruned (last epoch)"].x) == [7.0] and list(traces["pruned (last epoch)"].y) == [0.4]
