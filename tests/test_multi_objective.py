@@ -132,13 +132,17 @@ def test_bad_objectives_are_refused_before_any_trial(home: Path, study: dict, ex
     assert not (home / "studies" / "tiny").exists()
 
 
-def test_a_pruner_that_needs_one_objective_is_refused(home: Path) -> None:
+@pytest.mark.parametrize(("section", "expected"), [
+    ({"pruner": {"name": "hyperband"}}, "`pruner.name`: pruner hyperband needs a single objective"),
+    ({"sampler": {"name": "cmaes"}}, "`sampler.name`: sampler cmaes takes a single objective"),
+])
+def test_a_pruner_or_sampler_that_needs_one_objective_is_refused(home: Path, section: dict, expected: str) -> None:
     path = _write(home, {"metrics": ["val_acc", "params_mb"]})
-    config = yaml.safe_load(path.read_text())
-    config["pruner"] = {"name": "hyperband"}
+    config = {**yaml.safe_load(path.read_text()), **section}
     path.write_text(yaml.safe_dump(config))
     run = sweep_cli("launch", str(path), cwd=home)
-    assert run.returncode == 2 and "pruner hyperband needs a single objective" in run.stderr, run.stderr
+    assert run.returncode == 2 and expected in run.stderr, run.stderr
+    assert not (home / "studies" / "tiny").exists()
 
 
 # ---- kill and resume ---------------------------------------------------------------------------------
@@ -241,3 +245,23 @@ def test_the_report_draws_the_front_and_marks_pruned_trials_at_their_static_valu
     assert list(traces["Pareto front (2 trials)"].x) == [2.0, 10.0]  # trial 3 is dominated by trial 1
     assert list(traces["complete"].x) == [5.0]
     assert list(traces["pruned (last epoch)"].x) == [7.0] and list(traces["pruned (last epoch)"].y) == [0.4]
+
+
+def test_nsga2_population_size_changes_the_trials_drawn() -> None:
+    """NSGA-II draws its first generation at random, then breeds from it: population_size 2 breeds from the
+    third trial on, 50 is still random there (same seed)."""
+    from sweep.config.resolve import resolve
+    from sweep.search.strategy import make_sampler
+
+    def drawn(population: int) -> list[float]:
+        config = copy.deepcopy(TINY)
+        config["study"]["metrics"] = ["val_acc", "params_mb"]
+        config["sampler"] = {"name": "nsga2", "seed": 0, "population_size": population}
+        sampler = make_sampler(resolve(config, "nsga2"))
+        assert isinstance(sampler, optuna.samplers.NSGAIISampler)
+        study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+        study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_float("y", 0, 1)), n_trials=8)
+        return [t.params["x"] for t in study.trials]
+
+    small, large = drawn(2), drawn(50)
+    assert small[:2] == large[:2] and small[2:] != large[2:]

@@ -52,7 +52,8 @@ def resolve(
     resolved = _resolve_tree(merged, where)
     if resolved["study"]["direction"] is None:
         resolved["study"]["direction"] = METRICS[resolved["study"]["metric"]]
-    objectives.check(resolved["study"], lambda key: _given(merged, key), resolved["pruner"]["name"], where)
+    objectives.check(resolved["study"], lambda key: _given(merged, key), resolved["pruner"]["name"],
+                     resolved["sampler"]["name"], where)
     if "macs" in objectives.static_metrics(resolved):
         try:
             measure.check_macs(resolved)

@@ -28,9 +28,12 @@ CURVE = "sweep_curve"  # {epoch (a string, JSON): primary metric} of a multi-obj
 STATIC = "sweep_objectives"  # {static metric: value}, measured before the first epoch
 # pruners that judge a multi-objective trial (sweep's dominance rule); the others need `Trial.report`
 MO_PRUNERS = ("median", "percentile", "none")
+SINGLE_SAMPLERS = ("cmaes",)  # Optuna's CMA-ES raises in a multi-objective study
 
 
-def check(study: dict[str, Any], given: Callable[[str], bool], pruner: str, where: Callable[[str], str]) -> None:
+def check(
+    study: dict[str, Any], given: Callable[[str], bool], pruner: str, sampler: str, where: Callable[[str], str]
+) -> None:
     """Validate `study.metrics/directions/constraints` and fill them in: `study.metric` and `study.direction`
     become the primary metric's, so everything that trains one metric trains the primary.
 
@@ -79,6 +82,9 @@ def check(study: dict[str, Any], given: Callable[[str], bool], pruner: str, wher
         if pruner not in MO_PRUNERS:
             refuse(f"pruner {pruner} needs a single objective; with several, accepted: {', '.join(MO_PRUNERS)} "
                    "(sweep's dominance rule, see README)", "pruner.name")
+        if sampler in SINGLE_SAMPLERS:
+            refuse(f"sampler {sampler} takes a single objective; with several: tpe, nsga2, gp, random, qmc, grid",
+                   "sampler.name")
         study.update(metric=metrics[0], direction=directions[0], directions=list(directions))
     for name, limits in study["constraints"].items():
         key = f"study.constraints.{name}"
