@@ -1,7 +1,8 @@
 """What pruning saves in a multi-objective study: epochs trained, and the hypervolume of the final Pareto front,
 with sweep's dominance rule against no pruner.
 
-    python benchmarks/pruning.py --multi [--quick | --smoke] [--trials N] [--epochs E] [--seeds S] [--jobs J]
+    python benchmarks/pruning_multi.py [--quick | --smoke] [--trials N] [--epochs E] [--seeds S] [--jobs J]
+    python benchmarks/pruning.py --multi …   (the same)
 
 The study of benchmarks/pruning.py (same data, model family, epochs, trial budget, sampler seeds and TPE), with
 two objectives, `study.metrics: [val_acc, params_mb]`, and a search space where the model's size varies: the
@@ -26,6 +27,7 @@ import argparse
 import copy
 import multiprocessing
 import os
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -169,3 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     print(bench_line("pruning_mo_hypervolume", got["hv"], base["hv"], got["hv"] / base["hv"] if base["hv"] else 0.0,
                      f">={HV_GOAL}", digits=4, ratio_digits=3), flush=True)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
