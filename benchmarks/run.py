@@ -37,7 +37,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-PREFERRED = ("storage_overhead", "trainer_overhead", "pruning", "throughput", "memory", "launch_checks")
+PREFERRED = ("storage_overhead", "trainer_overhead", "pruning", "pruning_multi", "throughput", "memory",
+             "launch_checks")
 QUICK_FALLBACK = {"storage_overhead": ["--workers", "1,8"]}  # for a script that has no --quick of its own
 ON_CUDA = {"trainer_overhead": ["--device", "cuda", "--amp"]}  # a second run where there is a GPU
 BENCH = re.compile(
@@ -51,6 +52,7 @@ UNITS = (  # (pattern of BENCH names, what sweep= and baseline= are), the first 
     (r"pruning_.*_epochs$", "epochs trained (sum over trials)"),
     (r"pruning_.*_best_acc$", "best val accuracy, %; ratio = difference in points"),
     (r"warm_start_trials_needed$", "trials to within 1 point of the cold best (mean over seeds): warm, cold"),
+    (r"pruning_mo_hypervolume$", "hypervolume of the Pareto front, params_mb × val_acc %"),
     (r".*_clips_per_s$", "clips per second"),
     (r"launch_header_check$", "s to check every file's header (sweep) or decode every file (baseline)"),
     (r"launch_top_up_trials_per_s$", "trials enqueued per second (baseline extrapolated from fewer)"),

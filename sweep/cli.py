@@ -82,13 +82,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    from sweep.results.export import write_best
+    from sweep.results.export import picked, write_best
+    from sweep.search.objectives import primary
     from sweep.storage import study_dir
 
     name, _, _, study = _existing(args)
     path = Path(args.output) if args.output else study_dir(name) / "best.yaml"
-    top = write_best(study, path)
-    print(f"best trial {top.number}: {top.value:.4f}")
+    top = write_best(study, path, args.pick)
+    print(f"best trial {top.number}: {primary(top):.4f}{picked(top, args.pick)}")
     for key, value in top.params.items():
         print(f"  {key}: {value}")
     print(f"wrote {path}")
@@ -162,9 +163,10 @@ def cmd_final(args: argparse.Namespace) -> int:
         origin = {"source": str(target.resolve()), "trial": None, "params": None}
     else:
         name, _, _, study = _existing(args)
-        top, config = best_config(study)
+        top, config = best_config(study, args.pick)
         epochs = top.user_attrs.get("best_epoch", typed(config).train.epochs)
-        origin = {"source": f"best trial {top.number} of study {name}", "trial": top.number, "params": top.params}
+        how = f" (--pick {args.pick})" if args.pick else ""
+        origin = {"source": f"best trial {top.number} of study {name}{how}", "trial": top.number, "params": top.params}
     if not (args.epochs or epochs):  # a file of `train.epochs: 0` (until patience stops it) names no length
         raise ConfigError("train.epochs is 0 (no limit: early stopping ends it), and a final run never stops early "
                           "on the test folds: give --epochs N (a search's best epoch, say)", source=str(target))
@@ -246,6 +248,7 @@ def parser() -> argparse.ArgumentParser:
         cmd.add_argument("--storage", help="storage URL (else $SWEEP_STORAGE, or SQLite under studies/)")
         if name == "best":
             cmd.add_argument("-o", "--output", help="where to write the config (default studies/STUDY/best.yaml)")
+            _pick_arg(cmd)
         if name == "report":
             cmd.add_argument("-o", "--output", help="where to write the page (default studies/STUDY/report.html)")
         if name == "dashboard":
@@ -260,6 +263,7 @@ def parser() -> argparse.ArgumentParser:
     fin.add_argument("--executor", choices=EXECUTORS.names(), help="where the runs go (executor.name)")
     fin.add_argument("--cluster", help="SLURM profile for --executor slurm (executor.cluster)")
     fin.add_argument("--storage", help="storage URL (else $SWEEP_STORAGE, or SQLite under studies/)")
+    _pick_arg(fin)
     fin.set_defaults(run=cmd_final)
 
     guess = sub.add_parser("predict", help="a checkpoint's top classes for audio files")
@@ -303,6 +307,11 @@ def parser() -> argparse.ArgumentParser:
     _server_args(board, TENSORBOARD_PORT)
     board.set_defaults(run=cmd_tensorboard, storage=None)
     return p
+
+
+def _pick_arg(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--pick", metavar="RULE", help="which trial of the Pareto front (several objectives): "
+                     "best:METRIC, knee, max:METRIC=LIMIT, min:METRIC=LIMIT (default best:<the first metric>)")
 
 
 def _server_args(cmd: argparse.ArgumentParser, port: int) -> None:

@@ -131,6 +131,19 @@ def test_pruning_smoke() -> None:
     assert {name: m.group(0) for name, m in pooled.items()} == {name: m.group(0) for name, m in lines.items()}
 
 
+def test_pruning_multi_objective_smoke() -> None:
+    """`--multi`: epochs and the Pareto front's hypervolume of sweep's dominance rule against no pruner."""
+    lines = bench_lines("pruning.py", "--multi", "--smoke")
+    assert set(lines) == {"pruning_mo_epochs", "pruning_mo_hypervolume"}
+    epochs, hv = lines["pruning_mo_epochs"], lines["pruning_mo_hypervolume"]
+    assert float(epochs["baseline"]) == 3 * 3 and float(epochs["sweep"]) <= float(epochs["baseline"])
+    assert float(hv["ratio"]) == pytest.approx(float(hv["sweep"]) / float(hv["baseline"]), abs=0.001)
+    multi = load("pruning_multi")
+    pruned, unpruned = (multi.make_config(p, 12, 1) for p in multi.ORDER)
+    assert pruned["study"]["metrics"] == ["val_acc", "params_mb"] and pruned["pruner"]["name"] == "median"
+    assert {k: v for k, v in pruned.items() if k != "pruner"} == {k: v for k, v in unpruned.items() if k != "pruner"}
+
+
 def test_pruning_repeats_each_study_per_seed_with_one_config() -> None:
     """The three studies of a repetition differ only in the pruner; the repetitions only in the sampler seed."""
     bench = load("pruning")

@@ -87,6 +87,9 @@ def test_empty_file_fills_every_section_and_default(tmp_path: Path) -> None:
         "name": "study",
         "direction": "maximize",
         "metric": "val_acc",
+        "metrics": None,
+        "directions": ["maximize"],
+        "constraints": {},
         "n_trials": 20,
         "max_trials": 100_000,
         "timeout": None,
@@ -292,7 +295,7 @@ def test_bad_choice_lists_choices_and_suggests(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "key", "accepted"),
     [
-        ("sampler: {name: bayes}", "sampler.name", "one of tpe, random, grid, cmaes, qmc, gp, got 'bayes'"),
+        ("sampler: {name: bayes}", "sampler.name", "one of tpe, random, grid, cmaes, qmc, gp, nsga2, got 'bayes'"),
         ("pruner: {name: asha}", "pruner.name", "one of median, percentile, hyperband, successive_halving, none"),
         ("model: {name: resnet}", "model.name", f"one of {MODELS}, got 'resnet' (did you mean 'resnet50'?)"),
         ("data: {dataset: esc-50}", "data.dataset", f"one of {DATASETS}, got 'esc-50' (did you mean 'esc50'?)"),

@@ -16,8 +16,9 @@ from sweep.config.yamlfile import read_yaml
 from sweep.data import DATASETS, augment
 from sweep.data.features import build_features
 from sweep.models import MODELS, warmstart
+from sweep.run import measure
 from sweep.schema import ConfigError, Variants, check_study_name
-from sweep.search import space
+from sweep.search import objectives, space
 
 
 def resolve(
@@ -51,6 +52,13 @@ def resolve(
     resolved = _resolve_tree(merged, where)
     if resolved["study"]["direction"] is None:
         resolved["study"]["direction"] = METRICS[resolved["study"]["metric"]]
+    objectives.check(resolved["study"], lambda key: _given(merged, key), resolved["pruner"]["name"],
+                     resolved["sampler"]["name"], where)
+    if "macs" in objectives.static_metrics(resolved):
+        try:
+            measure.check_macs(resolved)
+        except ConfigError as exc:
+            raise ConfigError(exc.detail, source=where("study.metrics"), key=exc.key) from None
     if resolved["study"]["direction"] != METRICS[resolved["study"]["metric"]]:
         metric = resolved["study"]["metric"]
         raise ConfigError(
@@ -89,6 +97,14 @@ def resolve(
                     key=exc.key,
                 ) from None
     return resolved
+
+
+def _given(tree: dict[str, Any], path: str) -> bool:
+    try:
+        get_path(tree, path)
+    except KeyError:
+        return False
+    return True
 
 
 def _switch_variant(tree: dict[str, Any], path: str, value: Any) -> None:

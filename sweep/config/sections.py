@@ -21,7 +21,9 @@ from sweep.schema import Field, Variants, by_name, did_you_mean
 from sweep.search.pruners import PRUNERS
 from sweep.search.samplers import SAMPLERS
 
-METRICS = {"val_acc": "maximize", "val_f1": "maximize", "val_loss": "minimize"}
+METRICS = {"val_acc": "maximize", "val_f1": "maximize", "val_loss": "minimize"}  # scored every epoch
+# measured once per trial before its first epoch, on its device (sweep.run.measure): objectives or constraints
+STATIC_METRICS = {"params_mb": "minimize", "latency_ms": "minimize", "macs": "minimize"}
 
 FOLDS = {  # null: the dataset's standard protocol (UrbanSound8K 1–8 / 9 / 10, ESC-50 1–3 / 4 / 5, …)
     "train": Field(list, None, item=int, nullable=True),
@@ -36,6 +38,10 @@ def _schema() -> dict[str, Any]:
             "name": Field(str, None, nullable=True),
             "direction": Field(str, None, choices=("maximize", "minimize"), nullable=True),
             "metric": Field(str, "val_acc", choices=tuple(METRICS)),
+            # several objectives (sweep.search.objectives): the first trained and scored per epoch, the rest static
+            "metrics": Field(list, None, item=str, nullable=True),
+            "directions": Field(list, None, item=str, nullable=True),  # null: each metric's own direction
+            "constraints": Field(dict, {}),  # {static metric: {min: x, max: y}}: hard limits, Optuna's constraints
             "n_trials": Field(int, 20, low=1),
             "max_trials": Field(int, 100_000, low=1),  # the largest n_trials accepted (`study.check_budget`)
             "timeout": Field(float, None, low=0, nullable=True),

@@ -33,8 +33,11 @@ from plotly.offline import get_plotlyjs
 
 from sweep import __version__
 from sweep.config.yamlfile import dump_yaml
+from sweep.look import front
 from sweep.look.pages import environment
 from sweep.look.status import maximizes, value_text
+from sweep.search import pareto
+from sweep.search.objectives import curve, is_multi, primary, static
 from sweep.search.study import CONFIG_ATTR, SEEDED, SEEDED_RULE, VOID, counts
 
 PLOTS = ("history", "intermediate", "importance", "parallel", "slice")
@@ -101,19 +104,20 @@ def build(
     config = study.user_attrs.get(CONFIG_ATTR) or {}
     metric = config.get("study", {}).get("metric", "value")
     names = sorted({name for t in complete for name in t.params})
-    top = _best(study, complete)
-
+    top = _best(study, complete, config)
     vis = optuna.visualization
-    plots = [
-        _section_plot(key, title, study, needs, figure)
-        for key, title, needs, figure in (
-            ("history", "Optimization history", _need(complete, 1), vis.plot_optimization_history),
-            ("intermediate", f"Learning curves ({metric})", _curves_need(counted), lambda _: _curves(counted, metric)),
-            ("importance", "Hyperparameter importances", _need(complete, 2, names), _importances),
-            ("parallel", "Parallel coordinates", _need(complete, 1, names), vis.plot_parallel_coordinate),
-            ("slice", "Slice plots", _need(complete, 1, names), _slices),
-        )
+    on = _on_primary(study, metric)  # with several objectives Optuna's plots need a target: the primary metric
+    sections = [
+        ("history", "Optimization history", _need(complete, 1), lambda s: vis.plot_optimization_history(s, **on)),
+        ("intermediate", f"Learning curves ({metric})", _curves_need(counted), lambda _: _curves(counted, metric)),
+        ("importance", "Hyperparameter importances", _need(complete, 2, names), lambda s: _importances(s, on)),
+        ("parallel", "Parallel coordinates", _need(complete, 1, names),
+         lambda s: vis.plot_parallel_coordinate(s, **on)),
+        ("slice", "Slice plots", _need(complete, 1, names), lambda s: _slices(s, on)),
     ]
+    if is_multi(study):
+        sections.insert(0, ("pareto", "Pareto front", front.need(counted), lambda _: front.figure(counted, config)))
+    plots = [_section_plot(key, title, study, needs, figure) for key, title, needs, figure in sections]
     savings = pruning_savings(study, trials)
     page = _PAGES.get_template("report.html.j2").render(
         plotlyjs=Markup(get_plotlyjs()),  # plotly's own script, inlined as it is
@@ -157,24 +161,28 @@ def _need(complete: Sequence[FrozenTrial], n: int, names: Sequence[str] | None =
 
 
 def _curves_need(counted: Sequence[FrozenTrial]) -> str | None:
-    if any(t.intermediate_values for t in counted):
+    if any(curve(t) for t in counted):
         return None
     return "No trial has reported an epoch yet."
 
 
-def _importances(study: optuna.Study) -> Any:
+def _on_primary(study: optuna.Study, metric: str) -> dict[str, Any]:
+    return {"target": primary, "target_name": metric} if is_multi(study) else {}
+
+
+def _importances(study: optuna.Study, on: dict[str, Any]) -> Any:
     evaluator = optuna.importance.PedAnovaImportanceEvaluator()
-    fig = optuna.visualization.plot_param_importances(study, evaluator=evaluator)
+    fig = optuna.visualization.plot_param_importances(study, evaluator=evaluator, **on)
     n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     fig.update_layout(title=f"Hyperparameter importances (PED-ANOVA over {n} completed trials)")
     return fig
 
 
-def _slices(study: optuna.Study) -> Any:
+def _slices(study: optuna.Study, on: dict[str, Any]) -> Any:
     """Optuna's slice plots, their panels wrapped into rows of `SLICE_COLUMNS`: Optuna puts every parameter in
     one row 300 px a panel wide, which for five or more is wider than the page (the last panels and the colour
     bar cut off). The figure then takes the page's width, as every plot does, and a row's height."""
-    fig = optuna.visualization.plot_slice(study)
+    fig = optuna.visualization.plot_slice(study, **on)
     n = sum(1 for key in fig.layout if key.startswith("xaxis"))
     cols = min(n, SLICE_COLUMNS)
     rows = math.ceil(n / cols)
@@ -203,17 +211,17 @@ def _curves(trials: Sequence[FrozenTrial], metric: str) -> Any:
     Up to `MAX_CURVE_TRACES` trials each get a trace (and a legend entry to hide it by); beyond that, one trace
     per state with gaps between trials, as a browser takes seconds per thousand traces but not per thousand points.
     """
-    curves = [t for t in trials if t.intermediate_values and t.state != TrialState.WAITING]
+    curves = [t for t in trials if curve(t) and t.state != TrialState.WAITING]
     fig = go.Figure()
     if len(curves) <= MAX_CURVE_TRACES:
         shown: set[str] = set()
         for t in curves:
-            state, steps = t.state.name.lower(), sorted(t.intermediate_values)
+            state, steps = t.state.name.lower(), sorted(curve(t))
             pruned = t.state == TrialState.PRUNED
             fig.add_trace(
                 go.Scatter(
                     x=steps,
-                    y=[t.intermediate_values[s] for s in steps],
+                    y=[curve(t)[s] for s in steps],
                     mode="lines+markers",
                     name=f"trial {t.number}",
                     legendgroup=state,
@@ -235,9 +243,9 @@ def _curves(trials: Sequence[FrozenTrial], metric: str) -> Any:
             ys: list[Any] = []
             labels: list[Any] = []
             for t in group:
-                steps = sorted(t.intermediate_values)
+                steps = sorted(curve(t))
                 xs += [*steps, None]
-                ys += [*(t.intermediate_values[s] for s in steps), None]
+                ys += [*(curve(t)[s] for s in steps), None]
                 labels += [_label(t)] * len(steps) + [None]
             fig.add_trace(
                 go.Scatter(
@@ -248,8 +256,8 @@ def _curves(trials: Sequence[FrozenTrial], metric: str) -> Any:
             if state == "pruned":
                 fig.add_trace(
                     go.Scatter(
-                        x=[max(t.intermediate_values) for t in group],
-                        y=[t.intermediate_values[max(t.intermediate_values)] for t in group],
+                        x=[max(curve(t)) for t in group],
+                        y=[curve(t)[max(curve(t))] for t in group],
                         text=[_label(t) for t in group], mode="markers", name="where pruned",
                         marker={"symbol": "x", "size": 9, "color": _COLORS["pruned"]},
                         hovertemplate="%{text}<br>pruned after epoch %{x}<extra></extra>",
@@ -309,7 +317,8 @@ def _header(study: optuna.Study, trials, counted, storage: str) -> dict[str, Any
         states.append(f"{n[TrialState.RUNNING]} running, {n[TrialState.WAITING]} waiting")
     return {
         "name": study.study_name,
-        "direction": study.direction.name.lower(),
+        "direction": study.directions[0].name.lower(),
+        "others": [f"{d.name.lower()} {m}" for d, m in zip(study.directions[1:], _metrics(study)[1:])],
         "counted": len(counted),
         "states": states,
         "void": sum(1 for t in trials if VOID in t.user_attrs),
@@ -328,7 +337,8 @@ def _best_view(top: FrozenTrial | None) -> dict[str, Any] | None:
     config = top.user_attrs.get("config")
     return {
         "number": top.number,
-        "value": f"{top.value:.4f}",
+        "value": f"{primary(top):.4f}",
+        "static": [(k, f"{v:.4g}") for k, v in static(top).items()],
         "epoch": top.user_attrs.get("best_epoch", "?"),
         "epochs": _epochs(top),
         "wall": _hms(_wall(top)) if _wall(top) is not None else None,
@@ -389,10 +399,18 @@ def _rows(
 # ---- trial facts -------------------------------------------------------------------------------------
 
 
-def _best(study: optuna.Study, complete: Sequence[FrozenTrial]) -> FrozenTrial | None:
+def _metrics(study: optuna.Study) -> list[str]:
+    config = (study.user_attrs.get(CONFIG_ATTR) or {}).get("study", {})
+    return list(config.get("metrics") or [config.get("metric", "value")])
+
+
+def _best(study: optuna.Study, complete: Sequence[FrozenTrial], config: dict[str, Any]) -> FrozenTrial | None:
+    """The best complete trial; with several objectives the default pick from the Pareto front."""
     if not complete:
         return None
-    pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+    if is_multi(study):
+        return pareto.pick(complete, config)
+    pick = max if maximizes(study) else min
     return pick(complete, key=lambda t: (t.value, -t.number))
 
 
@@ -425,7 +443,7 @@ def _epoch_time(t: FrozenTrial) -> tuple[float, int] | None:
 
 
 def _epochs(t: FrozenTrial) -> int:
-    return int(t.user_attrs.get("epochs_run", len(t.intermediate_values)))
+    return int(t.user_attrs.get("epochs_run", len(curve(t))))
 
 
 def _wall(t: FrozenTrial) -> float | None:

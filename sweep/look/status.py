@@ -12,6 +12,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.run.jobs import ENDED
+from sweep.search import pareto
+from sweep.search.objectives import curve, is_multi, maximizes_primary, primary, static
 from sweep.search.study import CONFIG_ATTR, SEEDED, counts
 
 
@@ -22,32 +24,39 @@ def _metric(study: optuna.Study) -> str:
 def best_epoch(t: FrozenTrial, maximize: bool) -> tuple[int, float] | None:
     """(epoch, metric) of the trial's best epoch so far, the first of equals, as the trainer picks it for
     metrics.json; None before its first epoch."""
-    if not t.intermediate_values:
+    values = curve(t)
+    if not values:
         return None
     pick = max if maximize else min
-    return pick(sorted(t.intermediate_values.items()), key=lambda item: item[1])
+    return pick(sorted(values.items()), key=lambda item: item[1])
 
 
 def trial_value(t: FrozenTrial, maximize: bool) -> float | None:
     """A trial's value, the one definition every view uses: the metric of its best epoch. That is Optuna's value
     of a complete trial; a pruned trial has none in Optuna, so the best of the epochs it ran (what its
     metrics.json and TensorBoard's best/METRIC say); a running or failed one, the best so far."""
-    if t.state == TrialState.COMPLETE and t.value is not None:
-        return t.value
+    if t.state == TrialState.COMPLETE and primary(t) is not None:
+        return primary(t)
     top = best_epoch(t, maximize)
     return None if top is None else top[1]
 
 
 def maximizes(study: optuna.Study) -> bool:
-    return study.direction == optuna.study.StudyDirection.MAXIMIZE
+    """Whether the (primary) metric is maximised."""
+    return maximizes_primary(study)
 
 
-def best(study: optuna.Study) -> FrozenTrial | None:
-    """The best complete trial of the budget: a trial seeded by a warm start was trained by another study."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if counts(t)]
+def best(study: optuna.Study, rule: str | None = None) -> FrozenTrial | None:
+    """The best complete trial of the budget (a trial seeded by a warm start was trained by another study); with
+    several objectives the one `rule` picks from the Pareto front (default: the best primary metric on it,
+    `sweep.search.pareto.DEFAULT`)."""
+    own = [t for t in study.get_trials(deepcopy=False) if counts(t)]
+    if is_multi(study) or rule is not None:
+        return pareto.pick(own, study.user_attrs[CONFIG_ATTR], rule)
+    done = [t for t in own if t.state == TrialState.COMPLETE]
     if not done:
         return None
-    pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+    pick = max if maximizes(study) else min
     return pick(done, key=lambda t: (t.value, -t.number))
 
 
@@ -66,7 +75,7 @@ def progress_state(study: optuna.Study) -> str:
     )
     top = best(study)
     if top is not None:
-        line += f"  best {_metric(study)}={top.value:.4f} (trial {top.number})"
+        line += f"  best {_metric(study)}={primary(top):.4f} (trial {top.number})"
     return line
 
 
@@ -78,7 +87,7 @@ def summary(study: optuna.Study, out: IO[str]) -> None:
             str(t.number),
             t.state.name.lower(),
             value_text(t, maximizes(study)),
-            str(len(t.intermediate_values)),
+            str(len(curve(t))),
             _duration(t),
             _params(t.params),
         ]
@@ -89,7 +98,7 @@ def summary(study: optuna.Study, out: IO[str]) -> None:
     if top is None:
         print("no trial has completed yet", file=out)
     else:
-        print(f"best: trial {top.number}, {_metric(study)}={top.value:.4f}, {_params(top.params)}", file=out)
+        print(f"best: trial {top.number}, {_metric(study)}={primary(top):.4f}, {_params(top.params)}", file=out)
 
 
 def show(study: optuna.Study, out: IO[str], jobs: list[dict[str, Any]] | None = None) -> None:
@@ -109,7 +118,7 @@ def show(study: optuna.Study, out: IO[str], jobs: list[dict[str, Any]] | None = 
     if top is None:
         print("best: none completed yet", file=out)
     else:
-        print(f"best: trial {top.number}, {_metric(study)}={top.value:.4f}", file=out)
+        print(f"best: trial {top.number}, {_metric(study)}={primary(top):.4f}{_static_text(top)}", file=out)
         for key, value in top.params.items():
             print(f"  {key}: {value}", file=out)
     running = [t for t in trials if t.state == TrialState.RUNNING]
@@ -118,7 +127,7 @@ def show(study: optuna.Study, out: IO[str], jobs: list[dict[str, Any]] | None = 
         rows = [
             [
                 str(t.number),
-                str(len(t.intermediate_values)),
+                str(len(curve(t))),
                 _duration(t),
                 str(t.user_attrs.get("host", "?")),
                 str(t.user_attrs.get("worker", "?")),
@@ -164,6 +173,10 @@ def value_text(t: FrozenTrial, maximize: bool) -> str:
     if value is None:
         return "-"
     return f"{value:.4f}" if t.state == TrialState.COMPLETE else f"({value:.4f})"
+
+
+def _static_text(t: FrozenTrial) -> str:
+    return "".join(f", {k}={v:.4g}" for k, v in static(t).items())
 
 
 def _params(params: dict[str, Any]) -> str:

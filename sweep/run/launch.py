@@ -66,7 +66,7 @@ def create_or_resume(
         study = optuna.create_study(
             study_name=name,
             storage=storage,
-            direction=config["study"]["direction"],
+            directions=config["study"]["directions"],
             sampler=make_sampler(config),
             pruner=make_pruner(config),
         )

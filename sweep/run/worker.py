@@ -40,7 +40,18 @@ from sweep.run.diskspace import released as reserves_released
 from sweep.run.executors import EXECUTORS, running_in
 from sweep.run.fence import enter as enter_fence
 from sweep.run.jobs import remove_template_folder
+from sweep.run.measure import measure, one_clip
 from sweep.search import space
+from sweep.search.objectives import (
+    CURVE,
+    STATIC,
+    constraint_values,
+    curve,
+    is_multi,
+    static,
+    static_metrics,
+    told_values,
+)
 from sweep.search.strategy import open_study
 from sweep.search.study import pop_trial, recover_stale, retry
 from sweep.storage import flush_trial, is_disk_full, open_storage, tell_with
@@ -329,7 +340,7 @@ def progressed(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether the trial finished an epoch since it started or resumed: then a preemption or time limit that
     stops it does not use up one of its retries (a trial may span any number of time limits), and one that stops
     it before any progress does, so a time limit shorter than an epoch ends in a failed trial, not a loop."""
-    return len(trial.intermediate_values) > int(trial.user_attrs.get("sweep_resumed_at_epoch", 0))
+    return len(curve(trial)) > int(trial.user_attrs.get("sweep_resumed_at_epoch", 0))
 
 
 def _stop_on_sigterm() -> bool:
@@ -381,6 +392,8 @@ def run_trial(
         top = best_epoch(cached_frozen_trial(trial), maximizes(study))  # a pruned trial's value is its best epoch's
         if top is None:  # pruned before its first epoch ended: nothing to show
             _finished(study, trial, out_dir, "pruned", started, closing)
+        elif is_multi(study):  # Optuna takes no values with PRUNED; its curve and static values are its attributes
+            _finished(study, trial, out_dir, "pruned", started, {**closing, "best_epoch": top[0]})
         else:
             _finished(study, trial, out_dir, "pruned", started, {**closing, "best_epoch": top[0]}, top[1])
         return "pruned"
@@ -399,8 +412,9 @@ def run_trial(
         _fail(study, trial, f"{type(exc).__name__}: {exc}"[:2000], closing)
         return "error"
     stopped = {"stopped": result.stopped} if result.stopped else {}  # early stopping (`train.patience`)
+    told = told_values(base, result.best_value, static(cached_frozen_trial(trial))) if is_multi(study) else None
     _finished(study, trial, out_dir, "complete", started, {**closing, "best_epoch": result.best_epoch, **stopped},
-              result.best_value)
+              told or result.best_value)
     print(f"{log} complete: {base['study']['metric']}={result.best_value:.4f}", flush=True)
     return "complete"
 
@@ -418,8 +432,10 @@ def train_trial(config: Mapping[str, Any], out_dir: Path, trial: optuna.Trial | 
     run = setup(config, out_dir, ("train",), "val")
     if trial is not None and run.history:  # where a retry picked up: the epochs before it are not trained again
         trial.set_user_attr("sweep_resumed_at_epoch", len(run.history))
+    if trial is not None:
+        measure_static(trial, config, run)
     for row in run.history if trial is not None else ():
-        trial.report(row[metric], int(row["epoch"]))
+        report(trial, row[metric], int(row["epoch"]))
 
     def end_epoch(run: Run, row: dict[str, float]) -> None:
         best = better(run.history, key=lambda r: r[metric])
@@ -427,14 +443,56 @@ def train_trial(config: Mapping[str, Any], out_dir: Path, trial: optuna.Trial | 
         save(run, {"metric": metric, "best_epoch": best["epoch"], "best_value": best[metric], **stopped,
                    "epochs": run.history})
         if trial is not None:
-            trial.report(row[metric], row["epoch"])
+            report(trial, row[metric], row["epoch"])
             last = bool(stopped) or row["epoch"] == epochs  # after the last epoch, nothing is left to save
-            if not last and trial.should_prune():
+            if not last and should_prune(trial):
                 raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}: {metric}={row[metric]:.4f}")
 
     fit(run, validate, end_epoch)
     best = better(run.history, key=lambda r: r[metric])
     return Result(best[metric], int(best["epoch"]), run.history, "patience" if run.stalled() else None)
+
+
+def report(trial: optuna.Trial, value: float, epoch: int) -> None:
+    """`trial.report`; with several objectives, which Optuna does not take, the user attribute `CURVE`."""
+    if not is_multi(trial.study):
+        trial.report(value, epoch)
+        return
+    trial.set_user_attr(CURVE, {**trial.user_attrs.get(CURVE, {}), str(epoch): value})
+
+
+def should_prune(trial: optuna.Trial) -> bool:
+    """`trial.should_prune`; with several objectives, sweep's dominance rule (`sweep.search.dominance`)."""
+    if not is_multi(trial.study):
+        return trial.should_prune()
+    return trial.study.pruner.prune(trial.study, cached_frozen_trial(trial))
+
+
+def measure_static(trial: optuna.Trial, config: Mapping[str, Any], run: Run) -> None:
+    """The trial's static metrics (`STATIC`) and constraint values, before its first epoch; a trial outside a
+    hard limit stops here, untrained (its constraints tell the sampler why). A retried trial keeps the values
+    its predecessor measured, so a trial resumed on another device keeps one latency."""
+    names = static_metrics(config)
+    if not names:
+        return
+    earlier = _earlier(trial)
+    measured = static(earlier) if earlier is not None and static(earlier) else None
+    measured = measured or measure(run.model, one_clip(config, run.device), names)
+    trial.set_user_attr(STATIC, measured)
+    broken = []
+    for key, value in constraint_values(config, measured).items():
+        trial.set_constraint(key, value)
+        if value > 0:
+            broken.append(f"{key.replace('.', ' ')} {measured[key.split('.')[0]]:.4g}")
+    if broken:
+        raise optuna.TrialPruned(f"infeasible before its first epoch: {', '.join(broken)} (study.constraints)")
+
+
+def _earlier(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
+    number = trial.user_attrs.get("sweep_retry_of")
+    if number is None:
+        return None
+    return next((t for t in trial.study.get_trials(deepcopy=False) if t.number == number), None)
 
 
 def _claim_attrs(study_dir: Path, number: int, worker: int, host: str, context: Mapping[str, Any]) -> dict[str, Any]:
@@ -453,12 +511,12 @@ def _finished(
     state: str,
     started: float,
     attrs: dict[str, Any],
-    value: float | None = None,
+    value: float | list[float] | None = None,
 ) -> None:
     """Tell the study, with what the dashboard shows of a finished trial (epochs, wall time, checkpoint) in the
     same write; then its TensorBoard HParams session."""
 
-    attrs = {**attrs, "epochs_run": len(cached_frozen_trial(trial).intermediate_values)}
+    attrs = {**attrs, "epochs_run": len(curve(cached_frozen_trial(trial)))}
     attrs["wall_seconds"] = round(time.time() - started, 3)
     if (out_dir / "checkpoint.pt").exists():
         attrs["checkpoint"] = str(out_dir / "checkpoint.pt")
@@ -471,7 +529,7 @@ def _finished(
 
 
 def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, attrs: dict[str, Any]) -> None:
-    epochs = len(cached_frozen_trial(trial).intermediate_values)
+    epochs = len(curve(cached_frozen_trial(trial)))
     with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # already handed back: keep that
         failed = optuna.trial.TrialState.FAIL
         tell_with(study, trial, {**attrs, "fail_reason": reason, "epochs_run": epochs}, state=failed,

@@ -41,15 +41,17 @@ def warmup_steps(config: Mapping[str, Any]) -> int:
     return max(1, round(cfg.train.epochs / 4)) if steps is None else steps  # epochs 0 (no limit): 1
 
 
-def _steps(pruner: Section, cfg: Section) -> dict[str, int]:
+def step_settings(pruner: Section, cfg: Section) -> dict[str, int]:
+    """n_startup_trials, n_warmup_steps, interval_steps: the median and percentile pruners', and sweep's
+    dominance rule's with several objectives (`sweep.search.dominance`)."""
     steps = warmup_steps(cfg)
     return dict(n_startup_trials=pruner.n_startup_trials, n_warmup_steps=steps, interval_steps=pruner.interval_steps)
 
 
-PRUNERS.add("median", Spec(dict(STEPS), lambda pruner, cfg: optuna.pruners.MedianPruner(**_steps(pruner, cfg))))
+PRUNERS.add("median", Spec(dict(STEPS), lambda pruner, cfg: optuna.pruners.MedianPruner(**step_settings(pruner, cfg))))
 PRUNERS.add("percentile", Spec(
     {"percentile": Field(float, 25.0, low=0.0, high=100.0), **STEPS},
-    lambda pruner, cfg: optuna.pruners.PercentilePruner(pruner.percentile, **_steps(pruner, cfg)),
+    lambda pruner, cfg: optuna.pruners.PercentilePruner(pruner.percentile, **step_settings(pruner, cfg)),
 ))
 PRUNERS.add("hyperband", Spec(
     {

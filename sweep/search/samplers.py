@@ -67,3 +67,8 @@ SAMPLERS.add("gp", Spec(
     {"n_startup_trials": Field(int, 10, low=0)},
     lambda sampler, seed, _: optuna.samplers.GPSampler(n_startup_trials=sampler.n_startup_trials, seed=seed),
 ))
+SAMPLERS.add("nsga2", Spec(
+    {"population_size": Field(int, 50, low=2)},
+    lambda sampler, seed, _: optuna.samplers.NSGAIISampler(population_size=sampler.population_size, seed=seed),
+    "NSGA-II, the genetic algorithm for several objectives (study.metrics); random until its first generation",
+))

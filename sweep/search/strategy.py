@@ -13,7 +13,8 @@ import optuna
 
 from sweep.config.typed import typed
 from sweep.search import space
-from sweep.search.pruners import PRUNERS
+from sweep.search.dominance import DominancePruner
+from sweep.search.pruners import PRUNERS, step_settings
 from sweep.search.samplers import SAMPLERS
 from sweep.storage import worker_cache
 
@@ -26,8 +27,12 @@ def make_sampler(config: Mapping[str, Any], worker_index: int = 0) -> optuna.sam
 
 
 def make_pruner(config: Mapping[str, Any]) -> optuna.pruners.BasePruner:
+    """Several objectives: sweep's dominance rule with the median/percentile pruner's settings (`none`: never)."""
     cfg = typed(config)
-    return PRUNERS[cfg.pruner.name].build(cfg.pruner, cfg)
+    if not config["study"].get("metrics") or cfg.pruner.name == "none":
+        return PRUNERS[cfg.pruner.name].build(cfg.pruner, cfg)
+    percentile = cfg.pruner.percentile if cfg.pruner.name == "percentile" else 50.0
+    return DominancePruner(config["study"]["metrics"][1:], percentile, **step_settings(cfg.pruner, cfg))
 
 
 def open_study(config: Mapping[str, Any], storage: optuna.storages.BaseStorage, worker_index: int = 0) -> optuna.Study:

@@ -125,7 +125,8 @@ def reset_trial_cache(study: optuna.Study) -> None:
 
 
 def tell_with_warning(
-    study: optuna.Study, trial: optuna.Trial, value: float | None, state: TrialState | None, skip_if_finished: bool
+    study: optuna.Study, trial: optuna.Trial, value: float | Sequence[float] | None, state: TrialState | None,
+    skip_if_finished: bool,
 ) -> None:
     # looked up at each call, not bound at import: benchmarks/storage_overhead.py times tells by patching it
     _tell._tell_with_warning(study, trial, value_or_values=value, state=state, skip_if_finished=skip_if_finished)

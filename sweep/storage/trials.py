@@ -4,7 +4,7 @@ what the study and the workers call instead of the storage's own methods."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -120,11 +120,12 @@ def set_trial_user_attrs(storage: optuna.storages.BaseStorage, trial_id: int, at
 
 
 def tell_with(
-    study: optuna.Study, trial: optuna.Trial, attrs: Mapping[str, Any], value: float | None = None,
+    study: optuna.Study, trial: optuna.Trial, attrs: Mapping[str, Any], value: float | Sequence[float] | None = None,
     state: TrialState | None = None, skip_if_finished: bool = False,
 ) -> None:
     """`study.tell(trial, value, state=state)` that also writes the trial's closing attributes, in the same
     transaction (SQL) or append (journal) as its new state: a trial's end costs one write, as in plain Optuna.
+    `value`: one per objective with several (a pruned trial of such a study is told none).
     With `skip_if_finished` a trial finished meanwhile (handed back by another worker) is left as it is."""
     batched = _sweep_storage(storage_of(study))
     if batched is None:
@@ -138,11 +139,11 @@ def tell_with(
         batched.stage_closing_attrs(trial_id_of(trial), None)
 
 
-def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None, state: TrialState | None,
+def _tell(study: optuna.Study, trial: optuna.Trial, value: float | Sequence[float] | None, state: TrialState | None,
           skip_if_finished: bool) -> None:
     """`Study.tell` without what it does after telling: read the trial back and return a deep copy of it, which
     sweep never uses (a read, and a copy of the whole config attribute, per trial)."""
-    if state != TrialState.PRUNED or value is None or not math.isfinite(value):
+    if state != TrialState.PRUNED or value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
         tell_with_warning(study, trial, value, state, skip_if_finished)
         return
     # Optuna takes no value with PRUNED and stores the last epoch's; sweep's value of a pruned trial is its best
