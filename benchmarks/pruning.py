@@ -52,24 +52,20 @@ from __future__ import annotations
 
 import argparse
 import copy
-import multiprocessing
 import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
 from _bench import bench_line
+from _studies import each_in_a_process, states, train_trials
 
 from sweep.config.resolve import resolve
-from sweep.run.worker import train_trial
-from sweep.search import space
 from sweep.search.strategy import make_pruner, make_sampler
-from sweep.train.loop import NonFiniteLoss
 
 EPOCHS_GOAL = 0.5  # the pruned study trains at most half the epochs of the unpruned one
 ACC_GOAL = -1.0  # and loses at most one accuracy point of its best trial
@@ -135,32 +131,16 @@ def run_study(config: dict[str, Any], n_trials: int, trials_dir: Path) -> dict[s
         sampler=make_sampler(config),
         pruner=make_pruner(config),
     )
-    params = space.parse(config["search_space"], config)
     started = time.perf_counter()
-    for _ in range(n_trials):
-        trial = study.ask()
-        state, value = optuna.trial.TrialState.COMPLETE, None
-        try:
-            drawn = space.suggest(trial, params, config)
-            result = train_trial(resolve(space.apply(config, drawn), f"trial {trial.number}"),
-                                 trials_dir / str(trial.number), trial)
-            value = result.best_value
-        except optuna.TrialPruned:
-            state = optuna.trial.TrialState.PRUNED
-        except NonFiniteLoss:
-            state = optuna.trial.TrialState.FAIL
-        study.tell(trial, value, state=state)
+    train_trials(study, config, n_trials, trials_dir)
     trials = study.get_trials(deepcopy=False)
     completed = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    states: dict[str, int] = {}
-    for t in trials:
-        states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
     return {
         "epochs": sum(len(t.intermediate_values) for t in trials),  # the worker's `epochs_run`
         "best_acc": 100 * study.best_value if completed else 0.0,
         "best_params": study.best_params if completed else {},
         "best_any": 100 * max((v for t in trials for v in t.intermediate_values.values()), default=0.0),
-        "states": states,
+        "states": states(trials),
         "seconds": time.perf_counter() - started,
     }
 
@@ -237,14 +217,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["SWEEP_CACHE_DIR"] = str(Path(tmp) / "cache")  # a private disk cache, shared by the processes
-        if jobs == 1:
-            for pruner, seed in tasks:
-                done(pruner, seed, one_study(pruner, seed, *same))
-        else:
-            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-                futures = {pool.submit(one_study, pruner, seed, *same): (pruner, seed) for pruner, seed in tasks}
-                for future in as_completed(futures):
-                    done(*futures[future], future.result())
+        each_in_a_process(tasks, one_study, same, jobs, done)
     wall = time.perf_counter() - started
 
     print(f"\n{'seed':>4s}  " + "  ".join(f"{p + ' epochs':>16s} {'best %':>6s}" for p in ORDER))

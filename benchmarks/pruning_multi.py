@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import multiprocessing
 import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +36,12 @@ import optuna
 import pruning
 import torch
 from _bench import bench_line
+from _studies import each_in_a_process, states, train_trials
 
 from sweep.config.resolve import resolve
-from sweep.run.worker import train_trial
-from sweep.search import space
 from sweep.search.objectives import STATIC, curve, static, told_values
 from sweep.search.pareto import front, hypervolume_2d
 from sweep.search.strategy import make_pruner, make_sampler
-from sweep.train.loop import NonFiniteLoss
 
 EPOCHS_GOAL, HV_GOAL = 0.5, 0.97
 ORDER = ("median", "none")
@@ -69,28 +65,15 @@ def make_config(pruner: str, epochs: int, seed: int = 0, smoke: bool = False) ->
 def run_study(config: dict[str, Any], n_trials: int, trials_dir: Path) -> dict[str, Any]:
     study = optuna.create_study(storage=None, directions=config["study"]["directions"],
                                 sampler=make_sampler(config), pruner=make_pruner(config))
-    params = space.parse(config["search_space"], config)
     started = time.perf_counter()
-    for _ in range(n_trials):
-        trial = study.ask()
-        try:
-            drawn = space.suggest(trial, params, config)
-            result = train_trial(resolve(space.apply(config, drawn), f"trial {trial.number}"),
-                                 trials_dir / str(trial.number), trial)
-            study.tell(trial, told_values(config, result.best_value, trial.user_attrs[STATIC]))
-        except optuna.TrialPruned:
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        except NonFiniteLoss:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    train_trials(study, config, n_trials, trials_dir,
+                 lambda result, trial: told_values(config, result.best_value, trial.user_attrs[STATIC]))
     trials = study.get_trials(deepcopy=False)
-    states: dict[str, int] = {}
-    for t in trials:
-        states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
     return {
         "epochs": sum(len(curve(t)) for t in trials),
         "front": [tuple(t.values) for t in front(trials, [False, True])],  # (val_acc, params_mb)
         "largest": max((static(t).get("params_mb", 0.0) for t in trials), default=0.0),
-        "states": states,
+        "states": states(trials),
         "seconds": time.perf_counter() - started,
     }
 
@@ -140,14 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["SWEEP_CACHE_DIR"] = str(Path(tmp) / "cache")
-        if jobs == 1:
-            for pruner, seed in tasks:
-                done(pruner, seed, one_study(pruner, seed, *same))
-        else:
-            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-                futures = {pool.submit(one_study, pruner, seed, *same): (pruner, seed) for pruner, seed in tasks}
-                for future in as_completed(futures):
-                    done(*futures[future], future.result())
+        each_in_a_process(tasks, one_study, same, jobs, done)
     wall = time.perf_counter() - started
 
     hv: dict[tuple[str, int], float] = {}

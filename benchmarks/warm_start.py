@@ -29,26 +29,23 @@ from __future__ import annotations
 
 import argparse
 import copy
-import multiprocessing
 import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
 from _bench import bench_line
+from _studies import each_in_a_process, train_trials
 from pruning import make_config
 
 from sweep.config.resolve import resolve
-from sweep.run.worker import train_trial
 from sweep.search import space
 from sweep.search.strategy import make_pruner, make_sampler
 from sweep.search.warm_start import Skip, seeded
-from sweep.train.loop import NonFiniteLoss
 
 SHIFT = 3.0  # the source's lr range is the target's divided by this
 SIZES = {"full": (40, 40, 12, 3), "quick": (20, 20, 6, 3), "smoke": (3, 3, 2, 2)}  # trials, source, epochs, seeds
@@ -70,19 +67,9 @@ def run_study(config: dict[str, Any], n_trials: int, trials_dir: Path,
     study = optuna.create_study(direction=config["study"]["direction"], sampler=make_sampler(config),
                                 pruner=make_pruner(config))  # NopPruner: pruner.name none
     study.add_trials(list(seeds))
-    params = space.parse(config["search_space"], config)
-    started, values = time.perf_counter(), []
-    for _ in range(n_trials):
-        trial = study.ask()
-        try:
-            drawn = space.suggest(trial, params, config)
-            result = train_trial(resolve(space.apply(config, drawn), f"trial {trial.number}"),
-                                 trials_dir / str(trial.number), trial)
-            study.tell(trial, result.best_value)
-            values.append(100 * result.best_value)
-        except NonFiniteLoss:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            values.append(float("nan"))
+    started = time.perf_counter()
+    results = train_trials(study, config, n_trials, trials_dir)
+    values = [float("nan") if r is None else 100 * r.best_value for r in results]  # no pruner: None is a failure
     return {"values": values, "trials": study.get_trials(deepcopy=False), "seconds": time.perf_counter() - started}
 
 
@@ -149,13 +136,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["SWEEP_CACHE_DIR"] = str(Path(tmp) / "cache")
-        if jobs == 1:
-            for seed in seeds:
-                done(repetition(seed, *same))
-        else:
-            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-                for future in as_completed([pool.submit(repetition, seed, *same) for seed in seeds]):
-                    done(future.result())
+        each_in_a_process([(seed,) for seed in seeds], repetition, same, jobs, lambda seed, got: done(got))
     cold = sum(r["need"]["cold"] for r in results) / len(results)
     warm = sum(r["need"]["warm"] for r in results) / len(results)
     print(f"{len(results)} repetitions in {time.perf_counter() - started:.0f} s", flush=True)
