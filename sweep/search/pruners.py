@@ -75,4 +75,10 @@ PRUNERS.add("successive_halving", Spec(
         min_early_stopping_rate=pruner.min_early_stopping_rate,
     ),
 ))
+PRUNERS.add("wilcoxon", Spec(  # across the folds of study.cv (sweep.run.cv), each fold's best value a step
+    {"p_threshold": Field(float, 0.1, low=0.0, high=1.0), "n_startup_steps": Field(int, 2, low=0)},
+    lambda pruner, cfg: optuna.pruners.WilcoxonPruner(
+        p_threshold=pruner.p_threshold, n_startup_steps=pruner.n_startup_steps
+    ),
+))
 PRUNERS.add("none", Spec({}, lambda pruner, cfg: optuna.pruners.NopPruner()))
