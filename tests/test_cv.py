@@ -133,6 +133,13 @@ def test_wilcoxon_prunes_a_clearly_worse_trial_before_its_last_fold(home: Path) 
     assert bad.value == pytest.approx(statistics.fmean(bad.user_attrs["cv_values"]))
     assert bad.user_attrs["cv_epochs"] == 6 and not (Path(bad.user_attrs["trial_dir"]) / "fold-3").exists()
 
+    report = sweep_cli("report", "wil", cwd=home)
+    assert report.returncode == 0, report.stderr
+    page = (home / "studies" / "wil" / "report.html").read_text()
+    good_folds = " ".join(f"{g}:{v:.3f}" for g, v in zip(("1+2", "3", "4"), good.user_attrs["cv_values"]))
+    assert f"[folds {good_folds}; std {good.user_attrs['cv_std']:.3f}]" in page  # the per-fold values
+    assert "<td>6/9</td>" in page  # the pruned trial trained 2 of its 3 folds' epochs
+
 
 @pytest.mark.parametrize(
     ("changes", "message"),
