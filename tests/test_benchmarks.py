@@ -303,3 +303,12 @@ def test_slurm_benchmarks_say_why_they_skip_without_slurm(script: str) -> None:
                          capture_output=True, text=True, timeout=60, env={"PATH": str(Path(sys.executable).parent)})
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == f"{script}: skipped: SLURM is not installed (cluster/install.sh installs it)"
+
+
+def test_cv_pruning_smoke() -> None:
+    """Three cross-validated studies of the same drawn trials: the baseline trains every fold of every trial."""
+    lines = bench_lines("cv_pruning.py", "--smoke")
+    assert set(lines) == {"cv_wilcoxon_epochs", "cv_wilcoxon_best_acc"}
+    epochs = lines["cv_wilcoxon_epochs"]
+    assert float(epochs["baseline"]) == 4 * 3 * 2  # --smoke: 4 trials × cv 3 × 2 epochs
+    assert float(epochs["sweep"]) <= float(epochs["baseline"])
