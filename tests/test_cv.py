@@ -62,6 +62,8 @@ def test_each_trial_trains_every_split_and_never_reads_the_test_fold(home: Path)
         assert len(values) == 4 and t.value == pytest.approx(statistics.fmean(values))
         assert t.user_attrs["cv_std"] == pytest.approx(statistics.pstdev(values))
         assert t.user_attrs["cv_epochs"] == 8 == len(t.intermediate_values)  # global steps 1..8
+        # what `sweep final` trains: the mean over folds of their best epochs
+        assert t.user_attrs["best_epoch"] == round(statistics.fmean(t.user_attrs["cv_best_epochs"]))
         for k in range(1, 5):
             metrics = json.loads((Path(t.user_attrs["trial_dir"]) / f"fold-{k}" / "metrics.json").read_text())
             assert metrics["folds"] == {"train": [f for f in range(1, 5) if f != k], "val": [k], "test": [5]}
@@ -139,6 +141,26 @@ def test_wilcoxon_prunes_a_clearly_worse_trial_before_its_last_fold(home: Path) 
     good_folds = " ".join(f"{g}:{v:.3f}" for g, v in zip(("1+2", "3", "4"), good.user_attrs["cv_values"]))
     assert f"[folds {good_folds}; std {good.user_attrs['cv_std']:.3f}]" in page  # the per-fold values
     assert "<td>6/9</td>" in page  # the pruned trial trained 2 of its 3 folds' epochs
+
+
+def test_the_median_pruner_compares_trials_at_the_same_fold_and_epoch(home: Path) -> None:
+    """Any other pruner gets each epoch at step (fold - 1) × epochs + epoch: lr 0, at chance from its first epoch,
+    is pruned inside its first fold, against the good trial's first fold."""
+    path = _write(
+        home, "med", study={"n_trials": 2, "cv": 3}, train={"epochs": 3, "lr": 1.0e-2},
+        data={"clips_per_class": 20}, sampler={"name": "random", "seed": 11},
+        pruner={"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+    )
+    config = yaml.safe_load(path.read_text())
+    del config["sampler"]["n_startup_trials"]
+    config["search_space"] = {"train.lr": {"type": "categorical", "choices": [1.0e-2, 0.0]}}
+    path.write_text(yaml.safe_dump(config))
+    run = sweep_cli("launch", str(path), "--executor", "debug", "--workers", "1", cwd=home)
+    assert run.returncode == 0, run.stdout + run.stderr
+    good, bad = sorted(_study(home, "med").get_trials(), key=lambda t: t.number)
+    assert good.state == TrialState.COMPLETE and sorted(good.intermediate_values) == list(range(1, 10))
+    assert bad.state == TrialState.PRUNED and max(bad.intermediate_values) <= 3, bad.intermediate_values
+    assert not (Path(bad.user_attrs["trial_dir"]) / "fold-2").exists()
 
 
 @pytest.mark.parametrize(
