@@ -86,8 +86,8 @@ def run_study(pruner: dict[str, Any], n_trials: int, epochs: int, cv: int, smoke
                 result = train_trial(resolve(space.apply(config, drawn), f"trial {trial.number}"),
                                      Path(tmp) / str(trial.number), trial)
                 value, spent = result.best_value, spent + result.attrs["cv_epochs"]
-            except FoldsPruned as exc:
-                state, value, spent = optuna.trial.TrialState.PRUNED, exc.value, spent + exc.attrs["cv_epochs"]
+            except FoldsPruned as exc:  # Optuna's tell takes no value with PRUNED (sweep's worker stores one)
+                state, spent = optuna.trial.TrialState.PRUNED, spent + exc.attrs["cv_epochs"]
             except NonFiniteLoss:
                 state = optuna.trial.TrialState.FAIL
             study.tell(trial, value, state=state)
