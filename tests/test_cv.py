@@ -81,8 +81,9 @@ def _trials(home: Path) -> list[FrozenTrial]:
 
 def test_a_killed_trial_resumes_in_its_fold_and_epoch(home: Path) -> None:
     """SIGKILL in fold 2 of 3 at its second epoch: the retried trial copies fold 1 (not retrained: the same rows,
-    wall-clock seconds included), continues fold 2 after the epochs it had, and trains fold 3."""
-    epochs = 4
+    wall-clock seconds included), continues fold 2 after the epochs it had, and trains fold 3. Ten epochs a fold:
+    the kill must land before the trial ends, and these epochs take tens of milliseconds."""
+    epochs = 10
     path = _write(home, "tiny", study={"n_trials": 1, "cv": 3}, train={"epochs": epochs},
                   pruner={"n_warmup_steps": 100})
     launcher = subprocess.Popen(
