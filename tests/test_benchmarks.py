@@ -330,3 +330,12 @@ def test_warm_start_smoke() -> None:
     assert (shifted["low"], shifted["high"]) == pytest.approx((lr["low"] / 3, lr["high"] / 3))
     assert source["sampler"].pop("seed") == 1000 and target["sampler"].pop("seed") == 0
     assert source == target and target["pruner"]["name"] == "none"
+
+
+def test_cv_pruning_smoke() -> None:
+    """Three cross-validated studies of the same drawn trials: the baseline trains every fold of every trial."""
+    lines = bench_lines("cv_pruning.py", "--smoke")
+    assert set(lines) == {"cv_wilcoxon_epochs", "cv_wilcoxon_best_acc"}
+    epochs = lines["cv_wilcoxon_epochs"]
+    assert float(epochs["baseline"]) == 4 * 3 * 2  # --smoke: 4 trials × cv 3 × 2 epochs
+    assert float(epochs["sweep"]) <= float(epochs["baseline"])

@@ -93,6 +93,7 @@ def test_empty_file_fills_every_section_and_default(tmp_path: Path) -> None:
         "n_trials": 20,
         "max_trials": 100_000,
         "timeout": None,
+        "cv": None,
     }
     # the keys of the chosen variants are filled too
     assert config["model"] == {
@@ -296,7 +297,8 @@ def test_bad_choice_lists_choices_and_suggests(tmp_path: Path) -> None:
     ("text", "key", "accepted"),
     [
         ("sampler: {name: bayes}", "sampler.name", "one of tpe, random, grid, cmaes, qmc, gp, nsga2, got 'bayes'"),
-        ("pruner: {name: asha}", "pruner.name", "one of median, percentile, hyperband, successive_halving, none"),
+        ("pruner: {name: asha}", "pruner.name",
+         "one of median, percentile, hyperband, successive_halving, wilcoxon, none"),
         ("model: {name: resnet}", "model.name", f"one of {MODELS}, got 'resnet' (did you mean 'resnet50'?)"),
         ("data: {dataset: esc-50}", "data.dataset", f"one of {DATASETS}, got 'esc-50' (did you mean 'esc50'?)"),
         ("study: {metric: accuracy}", "study.metric", "one of val_acc, val_f1, val_loss, got 'accuracy'"),

@@ -78,6 +78,7 @@ def resolve(
             )
     if not folds["train"] or not folds["val"]:
         raise ConfigError("train and val need at least one fold each", source=where("data.folds"), key="data.folds")
+    _check_cv(resolved, where)
     params = space.parse(resolved["search_space"], resolved, source=where("search_space"))
     for param in params:  # every value the search can pick must make a valid config with the rest of the file
         if any(space.is_discriminator(p) for p in param.when):
@@ -198,6 +199,32 @@ def _resolve_tree(tree: dict[str, Any], where: Callable[[str], str]) -> dict[str
             key="model.pretrained",
         )
     return resolved
+
+
+def _check_cv(resolved: Mapping[str, Any], where: Callable[[str], str]) -> None:
+    """`study.cv` against the folds, and the Wilcoxon pruner against `study.cv` (sweep.run.cv): refused here,
+    before any trial. Cross-validation rotates whole folds, so a fold divided between val and test cannot take
+    part, and k splits need k search folds."""
+    k, folds = resolved["study"]["cv"], resolved["data"]["folds"]
+    search = sorted(set(folds["train"]) | set(folds["val"]))
+    if resolved["pruner"]["name"] == "wilcoxon" and k is None:
+        raise ConfigError("wilcoxon compares trials fold by fold and needs study.cv (an integer >= 2); accepted "
+                          "without study.cv: median, percentile, hyperband, successive_halving, none",
+                          source=where("pruner.name"), key="pruner.name")
+    if k is None:
+        return
+    if resolved["study"].get("metrics"):  # a trial's folds report through trial.report, which Optuna refuses there
+        raise ConfigError("cross-validated trials take one metric for now; accepted with study.cv: study.metric "
+                          "(and study.metrics: null)", source=where("study.cv"), key="study.cv")
+    shared = sorted(set(folds["val"]) & set(folds["test"]))
+    if shared:
+        raise ConfigError(f"cross-validation rotates whole folds, and folds {shared} are divided between val and "
+                          "test; accepted with study.cv: data.folds.val and data.folds.test with no fold in common",
+                          source=where("study.cv"), key="study.cv")
+    if k > len(search):
+        raise ConfigError(f"{k} splits need at least {k} search folds (data.folds.train + data.folds.val) and there "
+                          f"are {len(search)}: {search}; accepted: 2 <= study.cv <= {len(search)}",
+                          source=where("study.cv"), key="study.cv")
 
 
 def _check_train(resolved: Mapping[str, Any], where: Callable[[str], str]) -> None:

@@ -45,6 +45,7 @@ def _schema() -> dict[str, Any]:
             "n_trials": Field(int, 20, low=1),
             "max_trials": Field(int, 100_000, low=1),  # the largest n_trials accepted (`study.check_budget`)
             "timeout": Field(float, None, low=0, nullable=True),
+            "cv": Field(int, None, low=2, nullable=True),  # k-fold cross-validated trials (sweep.run.cv)
         },
         "storage": Field(str, None, nullable=True),
         "sampler": {

@@ -337,7 +337,7 @@ def _best_view(top: FrozenTrial | None) -> dict[str, Any] | None:
     config = top.user_attrs.get("config")
     return {
         "number": top.number,
-        "value": f"{primary(top):.4f}",
+        "value": f"{primary(top):.4f}{_folds_text(top)}",
         "static": [(k, f"{v:.4g}") for k, v in static(top).items()],
         "epoch": top.user_attrs.get("best_epoch", "?"),
         "epochs": _epochs(top),
@@ -383,7 +383,7 @@ def _rows(
         cells = [
             str(t.number),
             state,
-            value_text(t, maximize),
+            value_text(t, maximize) + _folds_text(t),
             f"{_epochs(t)}/{planned}" if planned else str(_epochs(t)),
             _hms(_wall(t)) if _wall(t) is not None else "-",
             str(t.user_attrs.get("host", "-")),
@@ -419,9 +419,24 @@ def _default_epochs(study: optuna.Study) -> int | None:
 
 
 def _planned(t: FrozenTrial, default: int | None) -> int | None:
-    """The epochs a trial was to run: its own config's (train.epochs may be searched), else the study's."""
-    planned = (t.user_attrs.get("config") or {}).get("train", {}).get("epochs", default)
-    return int(planned) if planned else None  # 0: no limit (train.patience ends it), so nothing counts as saved
+    """The epochs a trial was to run: its own config's (train.epochs may be searched), else the study's; a
+    cross-validated trial's, times its folds (`study.cv`)."""
+    config = t.user_attrs.get("config") or {}
+    planned = config.get("train", {}).get("epochs", default)
+    folds = config.get("study", {}).get("cv") or 1
+    return int(planned) * folds if planned else None  # 0: no limit (train.patience ends it): nothing is saved
+
+
+def _folds_text(t: FrozenTrial) -> str:
+    """A cross-validated trial's per-fold values (each fold's best epoch) and their std; "" for any other."""
+    values = t.user_attrs.get("cv_values")
+    if not values:
+        return ""
+    folds = t.user_attrs.get("cv_folds") or []
+    shown = " ".join(f"{'+'.join(map(str, folds[i])) if i < len(folds) else i + 1}:{v:.3f}"
+                     for i, v in enumerate(values))
+    std = t.user_attrs.get("cv_std")
+    return f" [folds {shown}" + (f"; std {std:.3f}]" if std is not None else "]")
 
 
 def _epoch_time(t: FrozenTrial) -> tuple[float, int] | None:
@@ -443,7 +458,8 @@ def _epoch_time(t: FrozenTrial) -> tuple[float, int] | None:
 
 
 def _epochs(t: FrozenTrial) -> int:
-    return int(t.user_attrs.get("epochs_run", len(curve(t))))
+    """Epochs trained; a cross-validated trial's over all its folds (its steps count folds under Wilcoxon)."""
+    return int(t.user_attrs.get("cv_epochs", t.user_attrs.get("epochs_run", len(curve(t)))))
 
 
 def _wall(t: FrozenTrial) -> float | None:

@@ -35,6 +35,7 @@ from sweep.config.typed import typed
 from sweep.config.yamlfile import dump_yaml
 from sweep.look.hparams import write_summary
 from sweep.look.status import best_epoch, maximizes
+from sweep.run.cv import FoldsPruned, take_over_folds, train_cv
 from sweep.run.diskspace import release as release_reserves
 from sweep.run.diskspace import released as reserves_released
 from sweep.run.executors import EXECUTORS, running_in
@@ -381,12 +382,16 @@ def run_trial(
         flush_trial(study, trial)  # the journal appends the claim's attributes and the params together
         config = resolve(space.apply(base, drawn), f"trial {trial.number}")
         closing.update(_record(trial, config, drawn, out_dir, worker, host, context))
-        refused = _take_over(trial.user_attrs.get("sweep_resume_from"), study_dir / "trials", out_dir)
+        refused = _take_over(trial.user_attrs.get("sweep_resume_from"), study_dir / "trials", out_dir, config)
         if refused:
             print(f"{log}: not resuming, starting from epoch 0: {refused}", file=sys.stderr, flush=True)
             closing["sweep_resume_refused"] = refused
         print(f"{log} starts: {json.dumps(drawn)}", flush=True)
         result = train(config, out_dir, trial)
+    except FoldsPruned as exc:  # cross-validated: the mean of the folds it finished
+        print(f"{log} {exc}", flush=True)
+        _finished(study, trial, out_dir, "pruned", started, {**closing, **exc.attrs}, exc.value)
+        return "pruned"
     except optuna.TrialPruned as exc:
         print(f"{log} {exc}", flush=True)
         top = best_epoch(cached_frozen_trial(trial), maximizes(study))  # a pruned trial's value is its best epoch's
@@ -413,8 +418,8 @@ def run_trial(
         return "error"
     stopped = {"stopped": result.stopped} if result.stopped else {}  # early stopping (`train.patience`)
     told = told_values(base, result.best_value, static(cached_frozen_trial(trial))) if is_multi(study) else None
-    _finished(study, trial, out_dir, "complete", started, {**closing, "best_epoch": result.best_epoch, **stopped},
-              told or result.best_value)
+    _finished(study, trial, out_dir, "complete", started,
+              {**closing, "best_epoch": result.best_epoch, **stopped, **result.attrs}, told or result.best_value)
     print(f"{log} complete: {base['study']['metric']}={result.best_value:.4f}", flush=True)
     return "complete"
 
@@ -426,6 +431,8 @@ def train_trial(config: Mapping[str, Any], out_dir: Path, trial: optuna.Trial | 
     A checkpoint in `out_dir` is resumed from, so a trial restarted after its worker died continues where it
     stopped; the epochs it had run are reported again, so the retried trial carries the whole curve."""
     cfg = typed(config)
+    if cfg.study.cv is not None:
+        return train_cv(config, out_dir, trial)
 
     metric, epochs = cfg.study.metric, cfg.train.epochs
     better = max if cfg.study.direction == "maximize" else min
@@ -536,12 +543,15 @@ def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, attrs: dict[str
                   skip_if_finished=True)
 
 
-def _take_over(previous: str | None, trials_dir: Path, out_dir: Path) -> str | None:
+def _take_over(previous: str | None, trials_dir: Path, out_dir: Path, config: Mapping[str, Any]) -> str | None:
     """A retried trial starts from the checkpoint (and TensorBoard curves) its predecessor left, if that is a
-    trial folder of this study holding a weights-only checkpoint; returns why not, when it is refused.
+    trial folder of this study holding a weights-only checkpoint; returns why not, when it is refused. A
+    cross-validated one, from its fold folders (`cv.take_over_folds`).
 
     `previous` comes from a trial attribute, which anyone who can write to the study database can set."""
 
+    if config["study"]["cv"] is not None:
+        return take_over_folds(previous, trials_dir, out_dir)
     folder, refused = resume_source(previous, trials_dir, out_dir)
     if folder is None:
         return refused

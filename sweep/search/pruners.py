@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -76,5 +77,15 @@ PRUNERS.add("successive_halving", Spec(
         reduction_factor=pruner.reduction_factor,
         min_early_stopping_rate=pruner.min_early_stopping_rate,
     ),
+))
+def _wilcoxon(pruner: Section, cfg: Section) -> optuna.pruners.BasePruner:
+    """Optuna's WilcoxonPruner (experimental since 3.6: its warning says so once per trial, so it is hushed)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.pruners.WilcoxonPruner(p_threshold=pruner.p_threshold, n_startup_steps=pruner.n_startup_steps)
+
+
+PRUNERS.add("wilcoxon", Spec(  # across the folds of study.cv (sweep.run.cv), each fold's best value a step
+    {"p_threshold": Field(float, 0.1, low=0.0, high=1.0), "n_startup_steps": Field(int, 2, low=0)}, _wilcoxon,
 ))
 PRUNERS.add("none", Spec({}, lambda pruner, cfg: optuna.pruners.NopPruner()))

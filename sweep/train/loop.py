@@ -13,7 +13,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ class Result:
     best_epoch: int
     history: list[dict[str, float]]
     stopped: str | None = None  # "patience": early stopping ended it before train.epochs
+    attrs: dict[str, Any] = field(default_factory=dict)  # more for the trial's attributes (cross-validation's)
 
 
 def fit(
