@@ -7,14 +7,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from sweep.config.paths import copy_tree, get_path, set_path
 from sweep.config.sections import METRICS, defaults_tree, fields_of, nested_root, schema, unknown_key
 from sweep.config.typed import typed
 from sweep.config.yamlfile import read_yaml
 from sweep.data import DATASETS, augment
-from sweep.data.features import build_features
+from sweep.data.features import input_shape
 from sweep.models import MODELS, warmstart
 from sweep.run import measure
 from sweep.schema import ConfigError, Variants, check_study_name
@@ -250,14 +248,6 @@ def _check_train(resolved: Mapping[str, Any], where: Callable[[str], str]) -> No
         refuse("train.ema", f"expected a decay in (0, 1), e.g. 0.995 (or null: off), got {train['ema']!r}")
     if resolved["augment"]["mix_loss"] == "bce" and train["label_smoothing"] > 0:
         refuse("train.label_smoothing", "applies to augment.mix_loss: ce only; accepted with bce: 0.0")
-
-
-def input_shape(resolved: Mapping[str, Any]) -> tuple[int, ...]:
-    """What the model reads of one clip (no batch): its features of `clip_seconds` of silence."""
-    data = resolved["data"]
-    with torch.no_grad():
-        x = build_features(resolved)(torch.zeros(1, round(data["clip_seconds"] * data["sample_rate"])))
-    return tuple(x.shape[1:])
 
 
 def _check_features(

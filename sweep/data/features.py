@@ -107,3 +107,11 @@ def input_kind(config: Mapping[str, Any]) -> str:
 def build_features(config: Mapping[str, Any]) -> torch.nn.Module:
     cfg = typed(config)
     return FEATURES[input_kind(config)].build(cfg.features, cfg.data.sample_rate)
+
+
+def input_shape(resolved: Mapping[str, Any]) -> tuple[int, ...]:
+    """What the model reads of one clip (no batch): its features of `clip_seconds` of silence."""
+    data = resolved["data"]
+    with torch.no_grad():
+        x = build_features(resolved)(torch.zeros(1, round(data["clip_seconds"] * data["sample_rate"])))
+    return tuple(x.shape[1:])

@@ -20,6 +20,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from sweep.config.typed import typed
+from sweep.data.features import input_shape
+from sweep.models import MODELS
 from sweep.schema import ConfigError
 
 LATENCY_WARMUP, LATENCY_RUNS = 3, 20
@@ -70,16 +72,11 @@ def measure(model: torch.nn.Module, clip: torch.Tensor, names: Sequence[str]) ->
 
 def one_clip(config: Mapping[str, Any], device: torch.device) -> torch.Tensor:
     """What the model reads of one clip, as a batch of one: the features of silence (the values do not matter)."""
-    from sweep.config.resolve import input_shape
-
     return torch.zeros(1, *input_shape(config), device=device)
 
 
 def check_macs(resolved: Mapping[str, Any]) -> None:
     """Refuse `macs` for a model whose forward pass has no operation the counter counts."""
-    from sweep.config.resolve import input_shape
-    from sweep.models import MODELS
-
     cfg = typed(resolved)
     model = MODELS[cfg.model.name].build(cfg.model, 2, input_shape(resolved))
     if measure(model, one_clip(resolved, torch.device("cpu")), ["macs"])["macs"] <= 0:
