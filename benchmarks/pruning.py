@@ -2,7 +2,7 @@
 
     python benchmarks/pruning.py [--quick | --smoke] [--trials N] [--epochs E] [--seeds S] [--warmup W]
                                  [--jobs J] [--threads T]
-    python benchmarks/pruning.py --multi …   (a multi-objective study: benchmarks/pruning_multi.py)
+    (the multi-objective study is benchmarks/pruning_multi.py)
 
 One repetition runs the same study three times, each an in-memory Optuna study (`storage=None`) with sweep's
 sampler (TPE, `sweep.search.strategy.make_sampler`, the same sampler seed for the three) and sweep's pruner at sweep's
@@ -172,12 +172,7 @@ def mean(values: list[float]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if "--multi" in argv:  # the multi-objective study: benchmarks/pruning_multi.py
-        import pruning_multi
-
-        return pruning_multi.main([a for a in argv if a != "--multi"])
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--multi", action="store_true", help="the multi-objective study (benchmarks/pruning_multi.py)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true",
                       help="40 trials of 6 epochs, seeds 0-2 (about 5 minutes on 2 cores)")

@@ -2,7 +2,7 @@
 with sweep's dominance rule against no pruner.
 
     python benchmarks/pruning_multi.py [--quick | --smoke] [--trials N] [--epochs E] [--seeds S] [--jobs J]
-    python benchmarks/pruning.py --multi …   (the same)
+
 
 The study of benchmarks/pruning.py (same data, model family, epochs, trial budget, sampler seeds and TPE), with
 two objectives, `study.metrics: [val_acc, params_mb]`, and a search space where the model's size varies: the

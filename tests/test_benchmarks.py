@@ -132,8 +132,8 @@ def test_pruning_smoke() -> None:
 
 
 def test_pruning_multi_objective_smoke() -> None:
-    """`--multi`: epochs and the Pareto front's hypervolume of sweep's dominance rule against no pruner."""
-    lines = bench_lines("pruning.py", "--multi", "--smoke")
+    """pruning_multi.py: epochs and the Pareto front's hypervolume of sweep's dominance rule against no pruner."""
+    lines = bench_lines("pruning_multi.py", "--smoke")
     assert set(lines) == {"pruning_mo_epochs", "pruning_mo_hypervolume"}
     epochs, hv = lines["pruning_mo_epochs"], lines["pruning_mo_hypervolume"]
     assert float(epochs["baseline"]) == 3 * 3 and float(epochs["sweep"]) <= float(epochs["baseline"])
