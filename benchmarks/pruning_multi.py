@@ -3,7 +3,6 @@ with sweep's dominance rule against no pruner.
 
     python benchmarks/pruning_multi.py [--quick | --smoke] [--trials N] [--epochs E] [--seeds S] [--jobs J]
 
-
 The study of benchmarks/pruning.py (same data, model family, epochs, trial budget, sampler seeds and TPE), with
 two objectives, `study.metrics: [val_acc, params_mb]`, and a search space where the model's size varies: the
 width (model.width 4–32, in steps of 4) joins lr, weight decay and augmentation strength. Each repetition runs
