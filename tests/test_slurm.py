@@ -556,6 +556,12 @@ def test_more_trials_per_gpu_than_cpus_is_refused(home: Path, tiny_file: Path) -
     assert local.returncode == 2 and "trials_per_gpu" in local.stderr, local.stderr  # a SLURM key only
 
 
+def _job_logs(logs: Path, job: str) -> str:
+    """The tail of each log submitit kept of `job` (both tasks' output): what a failed assertion shows."""
+    return "\n".join(f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}"
+                     for path in sorted(logs.glob(f"{job.split('_')[0]}_*/*.out")) + sorted(logs.glob(f"{job}*/*.err")))
+
+
 def test_the_time_limit_signal_hands_back_every_slots_trial(slurm_cluster: str, home: Path, tiny_file: Path) -> None:
     """SLURM's time-limit signal reaches both workers of a packed array task: submitit checkpoints the first and
     requeues the task, sweep's own handler hands the second's trial back; both resume from their checkpoints."""
@@ -578,7 +584,8 @@ def test_the_time_limit_signal_hands_back_every_slots_trial(slurm_cluster: str, 
     trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{home}/studies/tiny/study.db").trials
     for victim in victims:
         lost = next(t for t in trials if t.number == victim.number)
-        assert lost.state == TrialState.FAIL and "preempted or timed out" in lost.user_attrs["sweep_void"], lost
+        assert lost.state == TrialState.FAIL and "preempted or timed out" in lost.user_attrs["sweep_void"], \
+            (lost, _job_logs(home / "studies" / "tiny" / "logs", job))
         (again,) = [t for t in trials if t.user_attrs.get("sweep_retry_of") == victim.number]
         assert again.state == TrialState.COMPLETE and again.user_attrs["sweep_resumed_at_epoch"] >= 2
     counted = [t for t in trials if "sweep_void" not in t.user_attrs]

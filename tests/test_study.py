@@ -60,12 +60,12 @@ def test_grid_sampler_refuses_a_continuous_float() -> None:
 
 @pytest.mark.parametrize("name", sorted(PRUNERS))
 def test_every_pruner_builds(name: str) -> None:
-    config = resolve({"pruner": {"name": name}, "train": {"epochs": 7}}, "test")
+    study = {"cv": 2} if name == "wilcoxon" else {}  # Wilcoxon compares fold by fold: it needs study.cv
+    config = resolve({"pruner": {"name": name}, "train": {"epochs": 7}, "study": study}, "test")
     pruner = make_pruner(config)
     assert isinstance(pruner, optuna.pruners.BasePruner)
     if name == "hyperband":
         assert pruner._max_resource == 7  # null max_resource follows train.epochs
-
 
 def test_budget_is_exact_and_can_be_lowered(home: Path) -> None:
     study = optuna.create_study(study_name="b", storage=open_storage(resolve_storage("b")))
