@@ -77,6 +77,17 @@ def test_launch_resume_status_best_round_trip(home: Path, tiny_file: Path) -> No
     assert final.value == pytest.approx(top.value, abs=1e-9)
 
 
+def test_local_workers_each_take_one_of_the_launchers_gpus(home: Path, tiny_file: Path) -> None:
+    """submitit's local executor sets CUDA_VISIBLE_DEVICES to the GPUs it was asked for (none unless told), which
+    hid every GPU from local workers: they get the launcher's instead, worker k the k-th mod G, recorded per trial.
+    (No GPU here: the names only travel, which is what this checks; benchmarks/gpu_checks.py trains on one.)"""
+    run = sweep_cli("launch", str(tiny_file), "--trials", "4", cwd=home, env={"CUDA_VISIBLE_DEVICES": "3,GPU-5"})
+    assert run.returncode == 0, run.stderr
+    trials = _study(home).get_trials()
+    pairs = {(t.user_attrs["worker"], t.user_attrs["gpu"]) for t in trials}  # worker 1 may start after the rest
+    assert (0, "3") in pairs and pairs <= {(0, "3"), (1, "GPU-5")}, pairs
+
+
 def test_resume_with_a_changed_config_is_refused(home: Path, tiny_file: Path) -> None:
     assert sweep_cli("launch", str(tiny_file), "--trials", "1", "--executor", "debug", cwd=home).returncode == 0
     run = sweep_cli("launch", str(tiny_file), "--trials", "2", "--set", "train.epochs=5", cwd=home)

@@ -32,7 +32,7 @@ from sweep.run.preflight import check_connections, check_executor, preflight
 from sweep.run.replace import Replacements
 from sweep.run.signals import interruptible, signal_of, signals_deferred, signals_ignored
 from sweep.run.waiting import job_error, outcomes, stop_workers, wait_stopped, watch
-from sweep.run.worker import Worker, default_threads, run_context, shared_cores
+from sweep.run.worker import Worker, default_threads, run_context, shared_cores, visible_gpus
 from sweep.schema import ConfigError
 from sweep.search import warm_start as warm
 from sweep.search.strategy import make_pruner, make_sampler
@@ -157,7 +157,8 @@ def launch(
     fence = Fence.create(home / "logs", launch_id) if local and not detach else None
     reserves = Reserves([home, *_storage_folders(url)]) if not detach else None
     context = dict(run_context(workers), launch=launch_id, fence=fence and str(fence.path),
-                   reserves=[str(p) for p in reserves.paths] if reserves else [])
+                   reserves=[str(p) for p in reserves.paths] if reserves else [],
+                   gpus=visible_gpus() if local else None)  # what local workers share (worker.pin_local_gpu)
     since = datetime.datetime.now()  # as Optuna stamps datetime_start: local, naive
     per_job = spec.per_job(config, profile)
     entries = -(-workers // per_job)  # jobs of `per_job` workers each (the last one full too)

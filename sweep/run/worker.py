@@ -115,9 +115,31 @@ def share_gpus(slot: int, slots: int) -> None:
     """Several workers of one job (`trials_per_gpu`) share its GPUs: with more than one GPU visible, slot k
     takes GPU k mod G alone, so the job's trials spread over its GPUs instead of all landing on the first. Set
     before torch first touches CUDA; MIG slices (UUIDs in the list) are picked the same way."""
-    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    visible = _listed(os.environ.get("CUDA_VISIBLE_DEVICES", ""))
     if slots > 1 and len(visible) > 1:
         os.environ["CUDA_VISIBLE_DEVICES"] = visible[slot % len(visible)]
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, named as CUDA_VISIBLE_DEVICES names them (indices, UUIDs, MIG slices):
+    what the launcher hands its local workers (`pin_local_gpu`)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return _listed(listed)
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def pin_local_gpu(gpus: list[str], worker: int) -> None:
+    """A local worker takes the launcher's GPU `worker` mod G alone, so `--workers 4` on a 4-GPU machine trains
+    on all four. Needed, not only nicer: submitit's local executor sets CUDA_VISIBLE_DEVICES to the GPUs it was
+    asked for, none unless told, which hid every GPU from local workers. Set before torch first touches CUDA."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpus[worker % len(gpus)] if gpus else ""
+
+
+def _listed(devices: str) -> list[str]:
+    return [d.strip() for d in devices.split(",") if d.strip()]
 
 
 def slurm_job_id() -> str | None:
@@ -261,6 +283,9 @@ def run_worker(
     slot, slots = slurm_slot()
     index = index * slots + slot  # the launch's array entry `index` runs workers index*K … index*K + K-1
     share_gpus(slot, slots)
+    gpus = context.get("gpus")
+    if local and gpus is not None:
+        pin_local_gpu(gpus, index)
     if slot and threading.current_thread() is threading.main_thread():
         # submitit checkpoints and requeues a job from its first task only: the others hand their trial back here
         signal.signal(signal.SIGUSR2, job.hand_over)
@@ -505,8 +530,10 @@ def _earlier(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
 def _claim_attrs(study_dir: Path, number: int, worker: int, host: str, context: Mapping[str, Any]) -> dict[str, Any]:
     """Written with the claim of trial `number`, so a trial is never RUNNING without them: which launch and
     worker run it (a launcher hands back its own trials) and where its checkpoint is (a retry resumes there)."""
-    run = {"host": host, "worker": worker, "pid": os.getpid(), **slurm_place(), **context}
-    keys = ("host", "worker", "pid", "launch", "slurm_job_id", "slurm_node", "slurm_slot", "git_commit", "versions")
+    run = {"host": host, "worker": worker, "pid": os.getpid(), "gpu": os.environ.get("CUDA_VISIBLE_DEVICES") or None,
+           **slurm_place(), **context}
+    keys = ("host", "worker", "pid", "gpu", "launch", "slurm_job_id", "slurm_node", "slurm_slot", "git_commit",
+            "versions")
     attrs = {k: run[k] for k in keys if run.get(k) is not None}
     return {**attrs, "trial_dir": str(study_dir / "trials" / str(number))}
 
