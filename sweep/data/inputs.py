@@ -48,7 +48,8 @@ class Inputs:
     def __call__(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """The batch's model input on the device: random windows with a generator, centred ones without."""
         if self.frames is None:
-            x = crop(self.clips, idx, self.samples, generator).to(self.device, non_blocking=True)
+            x = crop(self.clips, idx, self.samples, generator)
+            x = (x.pin_memory() if self.device.type == "cuda" else x).to(self.device, non_blocking=True)
             with torch.no_grad():
                 augmented = generator is not None and self.augment is not None
                 return self.features(self.augment.wave(x) if augmented else x)
