@@ -339,3 +339,17 @@ def test_cv_pruning_smoke() -> None:
     epochs = lines["cv_wilcoxon_epochs"]
     assert float(epochs["baseline"]) == 4 * 3 * 2  # --smoke: 4 trials × cv 3 × 2 epochs
     assert float(epochs["sweep"]) <= float(epochs["baseline"])
+
+
+def test_the_probes_run() -> None:
+    """benchmarks/probes/ (profiles and GPU checks, no baseline, not run by run.py) still run, at tiny sizes on
+    the CPU: what a lent GPU machine runs must not have rotted since."""
+    probes = ROOT / "benchmarks" / "probes"
+    entries = subprocess.run([sys.executable, str(probes / "augment_entries.py"), "--device", "cpu", "--batch", "2",
+                              "--samples", "8192", "--repeats", "1"], capture_output=True, text=True, timeout=180)
+    assert entries.returncode == 0, entries.stderr
+    assert "EAT chain" in entries.stdout and "mix phmix" in entries.stdout and "time_masking   spec" in entries.stdout
+    checks = subprocess.run([sys.executable, str(probes / "gpu_checks.py"), "--device", "cpu", "--cases", "demo",
+                             "--trials", "1", "--epochs", "1"], capture_output=True, text=True, timeout=300)
+    assert checks.returncode == 0, checks.stdout[-3000:] + checks.stderr
+    assert "GPU demo ok rc=0 trials=1/1" in checks.stdout

@@ -1,6 +1,6 @@
 """Milliseconds per augmentation entry on one batch, each entry hitting every clip: where the chain's time goes.
 
-    python benchmarks/augment_entries.py [--device cpu|cuda] [--batch 32] [--samples 114688] [--repeats 10]
+    python benchmarks/probes/augment_entries.py [--device cpu|cuda] [--batch 32] [--samples 114688] [--repeats 10]
 
 Each entry of `sweep.data.augment.AUGMENTATIONS` (its default params, p = 1) runs on a batch of `--batch` clips
 of `--samples` samples (waveform entries) or their [batch, 1, 64, frames] log-mel (spectrogram entries) on the
@@ -21,7 +21,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # throughput.py: the chain it measures
+
+from throughput import EAT_CHAIN  # noqa: E402
 
 from sweep.config.resolve import resolve  # noqa: E402
 from sweep.data.augment import AUGMENTATIONS, MIXES, Augment  # noqa: E402
@@ -66,7 +69,6 @@ def main() -> None:
         run = augment.wave if entry.domain == "wave" else augment.spec
         x = wave if entry.domain == "wave" else spec
         print(f"  {name:14s} {entry.domain:4s} {timed(lambda run=run, x=x: run(x), device, args.repeats):9.2f}")
-    from throughput import EAT_CHAIN  # the chain throughput.py measures, from the same folder
 
     augment = Augment(config_of(args, EAT_CHAIN, "wave"))
     print(f"  {'EAT chain':14s} wave {timed(lambda: augment.wave(wave), device, args.repeats):9.2f}")

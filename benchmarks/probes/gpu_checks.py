@@ -1,6 +1,6 @@
 """The GPU paths end to end: real `sweep launch` studies whose workers train on CUDA, one per family recipe.
 
-    python benchmarks/gpu_checks.py [--epochs N]
+    python benchmarks/probes/gpu_checks.py [--epochs N] [--trials N] [--cases demo,eat,…] [--device cuda|cpu]
 
 Needs a CUDA device; CI has none, so this runs on a lent GPU machine only (benchmarks/RESULTS.md has what it
 printed). Each case is a real study (SQLite, local submitit workers) on an ESC-50-layout set written here, with
@@ -28,7 +28,7 @@ from pathlib import Path
 import optuna
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from sweep.data.layouts import write_esc50  # noqa: E402
