@@ -135,6 +135,7 @@ def test_wilcoxon_prunes_a_clearly_worse_trial_before_its_last_fold(home: Path) 
     assert bad.state == TrialState.PRUNED and sorted(bad.intermediate_values) == [1, 2], bad.user_attrs
     assert bad.value == pytest.approx(statistics.fmean(bad.user_attrs["cv_values"]))
     assert bad.user_attrs["cv_epochs"] == 6 and not (Path(bad.user_attrs["trial_dir"]) / "fold-3").exists()
+    assert good.user_attrs["cv_epochs"] == 9  # written each epoch too: how a stopped trial shows it progressed
 
     report = sweep_cli("report", "wil", cwd=home)
     assert report.returncode == 0, report.stderr

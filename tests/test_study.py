@@ -135,3 +135,13 @@ def test_a_preempted_trial_that_progressed_is_retried_without_using_up_a_retry(t
     (again,) = [t for t in study.get_trials() if t.user_attrs.get("sweep_retry_of") == trial.number]
     assert again.user_attrs["sweep_retries"] == 1  # unchanged
     assert VOID in study.get_trials()[trial.number].user_attrs
+
+    # cross-validated under Wilcoxon: one report per fold, the epochs counted in cv_epochs (sweep.run.cv)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", study_name="cv", direction="maximize")
+    study.enqueue_trial({"x": 1.0}, user_attrs={"sweep_resumed_at_epoch": 13})  # fold 1's 10 epochs, 3 of fold 2
+    folds = study.ask({"x": optuna.distributions.FloatDistribution(0, 2)})
+    folds.report(0.5, 1)  # fold 1 again, from its checkpoint
+    folds.set_user_attr("cv_epochs", 13)
+    assert not progressed(study._storage.get_trial(folds._trial_id))
+    folds.set_user_attr("cv_epochs", 14)  # an epoch of fold 2 trained, no report: it progressed
+    assert progressed(study._storage.get_trial(folds._trial_id))

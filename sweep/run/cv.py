@@ -99,11 +99,14 @@ def train_cv(config: Mapping[str, Any], out_dir: Path, trial: optuna.Trial | Non
             for row in run.history:
                 trial.report(row[metric], (i - 1) * epochs + int(row["epoch"]))
 
-        def end_epoch(run: Run, row: dict[str, float], i: int = i) -> None:
+        def end_epoch(run: Run, row: dict[str, float], i: int = i, before: int = epochs_run) -> None:
             best = better(run.history, key=lambda r: r[metric])
             save(run, {"metric": metric, "best_epoch": best["epoch"], "best_value": best[metric], "fold": i,
                        "folds": run.config["data"]["folds"], "epochs": run.history})
-            if trial is None or by_fold:
+            if trial is None:
+                return
+            if by_fold:  # no report per epoch: this is what shows the trial progressed (`worker.progressed`)
+                trial.set_user_attr("cv_epochs", before + len(run.history))
                 return
             trial.report(row[metric], (i - 1) * epochs + row["epoch"])
             last = i == len(cv_folds) and row["epoch"] == epochs

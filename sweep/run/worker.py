@@ -365,8 +365,11 @@ def hand_back(study: optuna.Study, trial: optuna.Trial, reason: str, job: Worker
 def progressed(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether the trial finished an epoch since it started or resumed: then a preemption or time limit that
     stops it does not use up one of its retries (a trial may span any number of time limits), and one that stops
-    it before any progress does, so a time limit shorter than an epoch ends in a failed trial, not a loop."""
-    return len(curve(trial)) > int(trial.user_attrs.get("sweep_resumed_at_epoch", 0))
+    it before any progress does, so a time limit shorter than an epoch ends in a failed trial, not a loop.
+    Epochs, not reports: a cross-validated trial pruned by Wilcoxon reports once a fold, and records its epochs
+    over every fold as `cv_epochs` (as `sweep_resumed_at_epoch` counts them)."""
+    done = trial.user_attrs.get("cv_epochs", len(curve(trial)))
+    return int(done) > int(trial.user_attrs.get("sweep_resumed_at_epoch", 0))
 
 
 def _stop_on_sigterm() -> bool:
