@@ -48,7 +48,8 @@ WIDTH = {"type": "int", "low": 4, "high": 32, "step": 4}
 SMOKE_WIDTH = {"type": "int", "low": 2, "high": 6, "step": 2}
 
 
-def make_config(pruner: str, epochs: int, seed: int = 0, smoke: bool = False) -> dict[str, Any]:
+def make_config(pruner: str, epochs: int, seed: int = 0, smoke: bool = False,
+                percentile: float | None = None) -> dict[str, Any]:
     raw = copy.deepcopy(pruning.BASE)
     if smoke:
         for section, values in pruning.SMOKE.items():
@@ -57,7 +58,7 @@ def make_config(pruner: str, epochs: int, seed: int = 0, smoke: bool = False) ->
     raw["search_space"]["model.width"] = dict(SMOKE_WIDTH if smoke else WIDTH)
     raw["train"]["epochs"] = epochs
     raw["sampler"]["seed"] = seed
-    raw["pruner"] = {"name": pruner}
+    raw["pruner"] = {"name": pruner, **({"percentile": percentile} if pruner == "percentile" else {})}
     return resolve(raw, f"benchmarks/pruning_multi.py ({pruner}, seed {seed})")
 
 
@@ -77,11 +78,12 @@ def run_study(config: dict[str, Any], n_trials: int, trials_dir: Path) -> dict[s
     }
 
 
-def one_study(pruner: str, seed: int, n_trials: int, epochs: int, smoke: bool, threads: int) -> dict[str, Any]:
+def one_study(pruner: str, seed: int, n_trials: int, epochs: int, smoke: bool, threads: int,
+              percentile: float | None = None) -> dict[str, Any]:
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
-        return run_study(make_config(pruner, epochs, seed, smoke), n_trials, Path(tmp))
+        return run_study(make_config(pruner, epochs, seed, smoke, percentile), n_trials, Path(tmp))
 
 
 def hypervolume(points: list[tuple[float, float]], largest: float) -> float:
@@ -99,18 +101,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int)
     p.add_argument("--jobs", type=int)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--percentile", type=float, help="prune with `pruner.name: percentile` at this percentile "
+                   "(the trial must be in its peers' top P %%) instead of the median")
     args = p.parse_args(argv)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    global ORDER
+    ORDER = ("percentile" if args.percentile is not None else "median", "none")
     n_trials, epochs, n_seeds = (g or d for g, d in zip((args.trials, args.epochs, args.seeds), pruning.SIZES[mode]))
     jobs = args.jobs or (1 if args.smoke else 2)
     seeds = list(range(n_seeds))
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rule = pruning.describe("median", epochs, None) if args.percentile is None else f"percentile {args.percentile:g}"
     print(f"multi-objective (val_acc, params_mb): {len(ORDER)} studies × {n_seeds} sampler seeds, each {n_trials} "
-          f"trials × up to {epochs} epochs, {jobs} at a time; {pruning.describe('median', epochs, None)} "
+          f"trials × up to {epochs} epochs, {jobs} at a time; {rule} "
           "(sweep's dominance rule with these settings) against none", flush=True)
     tasks = sorted(((pruner, seed) for seed in seeds for pruner in ORDER), key=lambda t: (t[0] != "none", t[1]))
-    same = (n_trials, epochs, args.smoke, args.threads)
+    same = (n_trials, epochs, args.smoke, args.threads, args.percentile)
     results: dict[tuple[str, int], dict[str, Any]] = {}
     started = time.perf_counter()
 
@@ -140,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"{row[p]['hv']:8.4f} ({row[p]['hv'] / base['hv'] if base['hv'] else 0:5.3f})" for p in ORDER]
         print(f"{label:>4s}  " + "  ".join(cells))
     print(f"{len(tasks)} studies in {wall:.0f} s", flush=True)
-    got, base = means["median"], means["none"]
+    got, base = means[ORDER[0]], means["none"]
     print(bench_line("pruning_mo_epochs", got["epochs"], base["epochs"], got["epochs"] / base["epochs"],
                      f"<={EPOCHS_GOAL}", digits=1, ratio_digits=3), flush=True)
     print(bench_line("pruning_mo_hypervolume", got["hv"], base["hv"], got["hv"] / base["hv"] if base["hv"] else 0.0,
