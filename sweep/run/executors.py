@@ -191,7 +191,7 @@ class Slurm(Executor):
 
     def per_job(self, config: Mapping[str, Any], profile: Mapping[str, Any] | None) -> int:
         """K = trials_per_gpu workers share the array task's GPU (or MIG slice); with `gpus_per_node: G` they are
-        spread over its G GPUs, slot k on GPU k mod G (`worker.share_gpus`). K = 1 is one worker per task."""
+        spread over its G GPUs, slot k on GPU k mod G (`gpus.share_gpus`). K = 1 is one worker per task."""
         return typed(config).executor.trials_per_gpu
 
     def workers_of(self, job: Any) -> list:

@@ -25,6 +25,7 @@ from sweep.look import status
 from sweep.run.diskspace import DiskFull, Reserves
 from sweep.run.executors import EXECUTORS, make_executor
 from sweep.run.fence import Fence
+from sweep.run.gpus import visible_gpus
 from sweep.run.jobs import ENDED
 from sweep.run.jobs import record as jobs_record
 from sweep.run.jobs import states as job_states
@@ -32,7 +33,7 @@ from sweep.run.preflight import check_connections, check_executor, preflight
 from sweep.run.replace import Replacements
 from sweep.run.signals import interruptible, signal_of, signals_deferred, signals_ignored
 from sweep.run.waiting import job_error, outcomes, stop_workers, wait_stopped, watch
-from sweep.run.worker import Worker, default_threads, run_context, shared_cores, visible_gpus
+from sweep.run.worker import Worker, default_threads, run_context, shared_cores
 from sweep.schema import ConfigError
 from sweep.search import warm_start as warm
 from sweep.search.strategy import make_pruner, make_sampler
@@ -158,7 +159,7 @@ def launch(
     reserves = Reserves([home, *_storage_folders(url)]) if not detach else None
     context = dict(run_context(workers), launch=launch_id, fence=fence and str(fence.path),
                    reserves=[str(p) for p in reserves.paths] if reserves else [],
-                   gpus=visible_gpus() if local else None)  # what local workers share (worker.pin_local_gpu)
+                   gpus=visible_gpus() if local else None)  # what local workers share (gpus.pin_local_gpu)
     since = datetime.datetime.now()  # as Optuna stamps datetime_start: local, naive
     per_job = spec.per_job(config, profile)
     entries = -(-workers // per_job)  # jobs of `per_job` workers each (the last one full too)

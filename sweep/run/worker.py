@@ -40,6 +40,7 @@ from sweep.run.diskspace import release as release_reserves
 from sweep.run.diskspace import released as reserves_released
 from sweep.run.executors import EXECUTORS, running_in
 from sweep.run.fence import enter as enter_fence
+from sweep.run.gpus import pin_local_gpu, share_gpus
 from sweep.run.jobs import remove_template_folder
 from sweep.run.measure import measure, one_clip
 from sweep.search import space
@@ -109,37 +110,6 @@ def slurm_slot() -> tuple[int, int]:
     """(this worker's slot in its job, the job's workers): (0, 1) outside a job that runs several."""
     spec = running_in()
     return (0, 1) if spec is None else spec.slot()
-
-
-def share_gpus(slot: int, slots: int) -> None:
-    """Several workers of one job (`trials_per_gpu`) share its GPUs: with more than one GPU visible, slot k
-    takes GPU k mod G alone, so the job's trials spread over its GPUs instead of all landing on the first. Set
-    before torch first touches CUDA; MIG slices (UUIDs in the list) are picked the same way."""
-    visible = _listed(os.environ.get("CUDA_VISIBLE_DEVICES", ""))
-    if slots > 1 and len(visible) > 1:
-        os.environ["CUDA_VISIBLE_DEVICES"] = visible[slot % len(visible)]
-
-
-def visible_gpus() -> list[str]:
-    """The GPUs this process may use, named as CUDA_VISIBLE_DEVICES names them (indices, UUIDs, MIG slices):
-    what the launcher hands its local workers (`pin_local_gpu`)."""
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if listed is not None:
-        return _listed(listed)
-    import torch
-
-    return [str(i) for i in range(torch.cuda.device_count())]
-
-
-def pin_local_gpu(gpus: list[str], worker: int) -> None:
-    """A local worker takes the launcher's GPU `worker` mod G alone, so `--workers 4` on a 4-GPU machine trains
-    on all four. Needed, not only nicer: submitit's local executor sets CUDA_VISIBLE_DEVICES to the GPUs it was
-    asked for, none unless told, which hid every GPU from local workers. Set before torch first touches CUDA."""
-    os.environ["CUDA_VISIBLE_DEVICES"] = gpus[worker % len(gpus)] if gpus else ""
-
-
-def _listed(devices: str) -> list[str]:
-    return [d.strip() for d in devices.split(",") if d.strip()]
 
 
 def slurm_job_id() -> str | None:
