@@ -143,6 +143,9 @@ def test_wilcoxon_prunes_a_clearly_worse_trial_before_its_last_fold(home: Path) 
     good_folds = " ".join(f"{g}:{v:.3f}" for g, v in zip(("1+2", "3", "4"), good.user_attrs["cv_values"]))
     assert f"[folds {good_folds}; std {good.user_attrs['cv_std']:.3f}]" in page  # the per-fold values
     assert "<td>6/9</td>" in page  # the pruned trial trained 2 of its 3 folds' epochs
+    status = sweep_cli("status", "wil", cwd=home)
+    assert status.returncode == 0, status.stderr
+    assert f"best: trial {good.number}, val_acc={good.value:.4f} [folds {good_folds}; std" in status.stdout
 
 
 def test_the_median_pruner_compares_trials_at_the_same_fold_and_epoch(home: Path) -> None:

@@ -35,7 +35,7 @@ from sweep import __version__
 from sweep.config.yamlfile import dump_yaml
 from sweep.look import front
 from sweep.look.pages import environment
-from sweep.look.status import maximizes, value_text
+from sweep.look.status import folds_text, maximizes, value_text
 from sweep.search import pareto
 from sweep.search.objectives import curve, is_multi, primary, static
 from sweep.search.study import CONFIG_ATTR, SEEDED, SEEDED_RULE, VOID, counts
@@ -337,7 +337,7 @@ def _best_view(top: FrozenTrial | None) -> dict[str, Any] | None:
     config = top.user_attrs.get("config")
     return {
         "number": top.number,
-        "value": f"{primary(top):.4f}{_folds_text(top)}",
+        "value": f"{primary(top):.4f}{folds_text(top)}",
         "static": [(k, f"{v:.4g}") for k, v in static(top).items()],
         "epoch": top.user_attrs.get("best_epoch", "?"),
         "epochs": _epochs(top),
@@ -383,7 +383,7 @@ def _rows(
         cells = [
             str(t.number),
             state,
-            value_text(t, maximize) + _folds_text(t),
+            value_text(t, maximize) + folds_text(t),
             f"{_epochs(t)}/{planned}" if planned else str(_epochs(t)),
             _hms(_wall(t)) if _wall(t) is not None else "-",
             str(t.user_attrs.get("host", "-")),
@@ -425,18 +425,6 @@ def _planned(t: FrozenTrial, default: int | None) -> int | None:
     planned = config.get("train", {}).get("epochs", default)
     folds = config.get("study", {}).get("cv") or 1
     return int(planned) * folds if planned else None  # 0: no limit (train.patience ends it): nothing is saved
-
-
-def _folds_text(t: FrozenTrial) -> str:
-    """A cross-validated trial's per-fold values (each fold's best epoch) and their std; "" for any other."""
-    values = t.user_attrs.get("cv_values")
-    if not values:
-        return ""
-    folds = t.user_attrs.get("cv_folds") or []
-    shown = " ".join(f"{'+'.join(map(str, folds[i])) if i < len(folds) else i + 1}:{v:.3f}"
-                     for i, v in enumerate(values))
-    std = t.user_attrs.get("cv_std")
-    return f" [folds {shown}" + (f"; std {std:.3f}]" if std is not None else "]")
 
 
 def _epoch_time(t: FrozenTrial) -> tuple[float, int] | None:

@@ -118,7 +118,8 @@ def show(study: optuna.Study, out: IO[str], jobs: list[dict[str, Any]] | None = 
     if top is None:
         print("best: none completed yet", file=out)
     else:
-        print(f"best: trial {top.number}, {_metric(study)}={primary(top):.4f}{_static_text(top)}", file=out)
+        print(f"best: trial {top.number}, {_metric(study)}={primary(top):.4f}{_static_text(top)}{folds_text(top)}",
+              file=out)
         for key, value in top.params.items():
             print(f"  {key}: {value}", file=out)
     running = [t for t in trials if t.state == TrialState.RUNNING]
@@ -173,6 +174,18 @@ def value_text(t: FrozenTrial, maximize: bool) -> str:
     if value is None:
         return "-"
     return f"{value:.4f}" if t.state == TrialState.COMPLETE else f"({value:.4f})"
+
+
+def folds_text(t: FrozenTrial) -> str:
+    """A cross-validated trial's per-fold values (each fold's best epoch) and their std; "" for any other."""
+    values = t.user_attrs.get("cv_values")
+    if not values:
+        return ""
+    folds = t.user_attrs.get("cv_folds") or []
+    shown = " ".join(f"{'+'.join(map(str, folds[i])) if i < len(folds) else i + 1}:{v:.3f}"
+                     for i, v in enumerate(values))
+    std = t.user_attrs.get("cv_std")
+    return f" [folds {shown}" + (f"; std {std:.3f}]" if std is not None else "]")
 
 
 def _static_text(t: FrozenTrial) -> str:
