@@ -43,7 +43,7 @@ from sweep.search.pareto import front, hypervolume_2d
 from sweep.search.strategy import make_pruner, make_sampler
 
 EPOCHS_GOAL, HV_GOAL = 0.5, 0.97
-ORDER = ("median", "none")
+ORDER = ("median", "none")  # the pruned study, then its baseline; --percentile P prunes at P instead
 WIDTH = {"type": "int", "low": 4, "high": 32, "step": 4}
 SMOKE_WIDTH = {"type": "int", "low": 2, "high": 6, "step": 2}
 
@@ -105,18 +105,17 @@ def main(argv: list[str] | None = None) -> int:
                    "(the trial must be in its peers' top P %%) instead of the median")
     args = p.parse_args(argv)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    global ORDER
-    ORDER = ("percentile" if args.percentile is not None else "median", "none")
+    order = ORDER if args.percentile is None else ("percentile", "none")
     n_trials, epochs, n_seeds = (g or d for g, d in zip((args.trials, args.epochs, args.seeds), pruning.SIZES[mode]))
     jobs = args.jobs or (1 if args.smoke else 2)
     seeds = list(range(n_seeds))
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rule = pruning.describe("median", epochs, None) if args.percentile is None else f"percentile {args.percentile:g}"
-    print(f"multi-objective (val_acc, params_mb): {len(ORDER)} studies × {n_seeds} sampler seeds, each {n_trials} "
+    print(f"multi-objective (val_acc, params_mb): {len(order)} studies × {n_seeds} sampler seeds, each {n_trials} "
           f"trials × up to {epochs} epochs, {jobs} at a time; {rule} "
           "(sweep's dominance rule with these settings) against none", flush=True)
-    tasks = sorted(((pruner, seed) for seed in seeds for pruner in ORDER), key=lambda t: (t[0] != "none", t[1]))
+    tasks = sorted(((pruner, seed) for seed in seeds for pruner in order), key=lambda t: (t[0] != "none", t[1]))
     same = (n_trials, epochs, args.smoke, args.threads, args.percentile)
     results: dict[tuple[str, int], dict[str, Any]] = {}
     started = time.perf_counter()
@@ -134,20 +133,20 @@ def main(argv: list[str] | None = None) -> int:
 
     hv: dict[tuple[str, int], float] = {}
     for seed in seeds:
-        largest = max(results[p, seed]["largest"] for p in ORDER)
-        for p in ORDER:
+        largest = max(results[p, seed]["largest"] for p in order)
+        for p in order:
             hv[p, seed] = hypervolume(results[p, seed]["front"], largest)
-    print(f"\n{'seed':>4s}  " + "  ".join(f"{p + ' epochs':>16s} {'HV':>8s}" for p in ORDER))
+    print(f"\n{'seed':>4s}  " + "  ".join(f"{p + ' epochs':>16s} {'HV':>8s}" for p in order))
     means = {p: {"epochs": pruning.mean([results[p, s]["epochs"] for s in seeds]),
-                 "hv": pruning.mean([hv[p, s] for s in seeds])} for p in ORDER}
-    rows = [(str(s), {p: {"epochs": results[p, s]["epochs"], "hv": hv[p, s]} for p in ORDER}) for s in seeds]
+                 "hv": pruning.mean([hv[p, s] for s in seeds])} for p in order}
+    rows = [(str(s), {p: {"epochs": results[p, s]["epochs"], "hv": hv[p, s]} for p in order}) for s in seeds]
     for label, row in [*rows, ("mean", means)]:
         base = row["none"]
         cells = [f"{row[p]['epochs']:9.1f} ({row[p]['epochs'] / base['epochs']:4.2f}) "
-                 f"{row[p]['hv']:8.4f} ({row[p]['hv'] / base['hv'] if base['hv'] else 0:5.3f})" for p in ORDER]
+                 f"{row[p]['hv']:8.4f} ({row[p]['hv'] / base['hv'] if base['hv'] else 0:5.3f})" for p in order]
         print(f"{label:>4s}  " + "  ".join(cells))
     print(f"{len(tasks)} studies in {wall:.0f} s", flush=True)
-    got, base = means[ORDER[0]], means["none"]
+    got, base = means[order[0]], means["none"]
     print(bench_line("pruning_mo_epochs", got["epochs"], base["epochs"], got["epochs"] / base["epochs"],
                      f"<={EPOCHS_GOAL}", digits=1, ratio_digits=3), flush=True)
     print(bench_line("pruning_mo_hypervolume", got["hv"], base["hv"], got["hv"] / base["hv"] if base["hv"] else 0.0,

@@ -80,7 +80,7 @@ def test_launch_resume_status_best_round_trip(home: Path, tiny_file: Path) -> No
 def test_local_workers_each_take_one_of_the_launchers_gpus(home: Path, tiny_file: Path) -> None:
     """submitit's local executor sets CUDA_VISIBLE_DEVICES to the GPUs it was asked for (none unless told), which
     hid every GPU from local workers: they get the launcher's instead, worker k the k-th mod G, recorded per trial.
-    (No GPU here: the names only travel, which is what this checks; benchmarks/gpu_checks.py trains on one.)"""
+    (No GPU here: the names only travel, which is what this checks; benchmarks/probes/gpu_checks.py trains on one.)"""
     run = sweep_cli("launch", str(tiny_file), "--trials", "4", cwd=home, env={"CUDA_VISIBLE_DEVICES": "3,GPU-5"})
     assert run.returncode == 0, run.stderr
     trials = _study(home).get_trials()

@@ -558,8 +558,9 @@ def test_more_trials_per_gpu_than_cpus_is_refused(home: Path, tiny_file: Path) -
 
 def _job_logs(logs: Path, job: str) -> str:
     """The tail of each log submitit kept of `job` (both tasks' output): what a failed assertion shows."""
+    folders = f"{job.split('_')[0]}_*"  # the array's task folders
     return "\n".join(f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}"
-                     for path in sorted(logs.glob(f"{job.split('_')[0]}_*/*.out")) + sorted(logs.glob(f"{job}*/*.err")))
+                     for path in sorted(logs.glob(f"{folders}/*.out")) + sorted(logs.glob(f"{folders}/*.err")))
 
 
 def test_the_time_limit_signal_hands_back_every_slots_trial(slurm_cluster: str, home: Path, tiny_file: Path) -> None:

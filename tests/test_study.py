@@ -67,6 +67,7 @@ def test_every_pruner_builds(name: str) -> None:
     if name == "hyperband":
         assert pruner._max_resource == 7  # null max_resource follows train.epochs
 
+
 def test_budget_is_exact_and_can_be_lowered(home: Path) -> None:
     study = optuna.create_study(study_name="b", storage=open_storage(resolve_storage("b")))
     assert top_up(study, 3) == 3

@@ -16,7 +16,7 @@ def share_gpus(slot: int, slots: int) -> None:
     before torch first touches CUDA; MIG slices (UUIDs in the list) are picked the same way."""
     visible = _listed(os.environ.get("CUDA_VISIBLE_DEVICES", ""))
     if slots > 1 and len(visible) > 1:
-        os.environ["CUDA_VISIBLE_DEVICES"] = visible[slot % len(visible)]
+        _take(visible, slot)
 
 
 def visible_gpus() -> list[str]:
@@ -34,7 +34,12 @@ def pin_local_gpu(gpus: list[str], worker: int) -> None:
     """A local worker takes the launcher's GPU `worker` mod G alone, so `--workers 4` on a 4-GPU machine trains
     on all four. Needed, not only nicer: submitit's local executor sets CUDA_VISIBLE_DEVICES to the GPUs it was
     asked for, none unless told, which hid every GPU from local workers. Set before torch first touches CUDA."""
-    os.environ["CUDA_VISIBLE_DEVICES"] = gpus[worker % len(gpus)] if gpus else ""
+    _take(gpus, worker)
+
+
+def _take(gpus: list[str], k: int) -> None:
+    """GPU k mod G alone (none when the list is empty)."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpus[k % len(gpus)] if gpus else ""
 
 
 def _listed(devices: str) -> list[str]:

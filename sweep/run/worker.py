@@ -253,9 +253,8 @@ def run_worker(
     slot, slots = slurm_slot()
     index = index * slots + slot  # the launch's array entry `index` runs workers index*K … index*K + K-1
     share_gpus(slot, slots)
-    gpus = context.get("gpus")
-    if local and gpus is not None:
-        pin_local_gpu(gpus, index)
+    if context.get("gpus") is not None:  # set by the launcher for local workers only
+        pin_local_gpu(context["gpus"], index)
     if slot and threading.current_thread() is threading.main_thread():
         # submitit checkpoints and requeues a job from its first task only: the others hand their trial back here
         signal.signal(signal.SIGUSR2, job.hand_over)
