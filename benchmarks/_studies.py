@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 
 from sweep.config.resolve import resolve
-from sweep.run.worker import train_trial
+from sweep.run.trial import train_trial
 from sweep.search import space
 from sweep.train.loop import NonFiniteLoss, Result
 

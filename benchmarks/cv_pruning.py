@@ -6,7 +6,7 @@ Three studies of the same trials: no pruner (every trial trains all K folds: the
 sweep's defaults (p_threshold 0.1, n_startup_steps 2) and `wilcoxon` at `--p` (default 0.3). The sampler is
 random with one seed, so the three studies draw the same params in the same order whatever is pruned, and
 every trial trains with the same seed: a trial the pruner lets finish has the value it has in the baseline.
-Each trial is what a sweep worker runs: `sweep.run.worker.train_trial` (which hands a config with study.cv to
+Each trial is what a sweep worker runs: `sweep.run.trial.train_trial` (which hands a config with study.cv to
 `sweep.run.cv.train_cv`), each fold's best val_acc reported at step = fold, should_prune after every fold but
 the last, a pruned trial's value the mean of the folds it finished.
 
@@ -38,7 +38,7 @@ from _bench import bench_line
 
 from sweep.config.resolve import resolve
 from sweep.run.cv import FoldsPruned
-from sweep.run.worker import train_trial
+from sweep.run.trial import train_trial
 from sweep.search import space
 from sweep.search.strategy import make_pruner, make_sampler
 from sweep.train.loop import NonFiniteLoss

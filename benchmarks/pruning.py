@@ -14,9 +14,9 @@ for sampler seeds 0, 1, 2, ... (`--seeds`): one study is one noisy sample, and p
 so a pruned study draws other trials than the baseline from its first pruned trial on. All studies have the
 same trial budget (`--trials`) and epochs per trial (`--epochs`).
 
-Each trial is what `sweep/run/worker.py` runs: `sweep.search.space.suggest` draws the params,
+Each trial is what a worker runs (`sweep/run/trial.py`): `sweep.search.space.suggest` draws the params,
 `sweep.config.resolve(sweep.search.space.apply(base, drawn))` makes the trial's config, and
-`sweep.run.worker.train_trial(config, trial_dir, trial)` trains it, reporting val_acc after every epoch (steps 1,
+`sweep.run.trial.train_trial(config, trial_dir, trial)` trains it, reporting val_acc after every epoch (steps 1,
 2, ...) and stopping when the pruner says so. The search space: train.lr (log), train.weight_decay (log),
 model.width (4, 8, 16) and augment.strength. The task: synthetic audio (10 classes, 0.5 s clips at 8 kHz,
 16-band log-mel of 16 frames), a small audio_cnn (depth 2), AdamW with a cosine schedule over the trial's

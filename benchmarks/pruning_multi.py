@@ -1,14 +1,15 @@
 """What pruning saves in a multi-objective study: epochs trained, and the hypervolume of the final Pareto front,
 with sweep's dominance rule against no pruner.
 
-    python benchmarks/pruning_multi.py [--quick | --smoke] [--trials N] [--epochs E] [--seeds S] [--jobs J]
+    python benchmarks/pruning_multi.py [--quick | --smoke] [--trials N] [--epochs E] [--seeds S] [--first-seed K]
+        [--jobs J] [--percentile P]
 
 The study of benchmarks/pruning.py (same data, model family, epochs, trial budget, sampler seeds and TPE), with
 two objectives, `study.metrics: [val_acc, params_mb]`, and a search space where the model's size varies: the
 width (model.width 4–32, in steps of 4) joins lr, weight decay and augmentation strength. Each repetition runs
 the study twice, the pruner at sweep's defaults (`pruner.name: median`: with several objectives sweep's
 dominance rule, `sweep.search.dominance`) and without (`none`), each an in-memory Optuna study with the
-directions sweep gives it. Each trial is what `sweep/run/worker.py` runs: `train_trial` measures params_mb
+directions sweep gives it. Each trial is what a worker runs (`sweep/run/trial.py`): `train_trial` measures params_mb
 before the first epoch, records val_acc per epoch (`sweep_curve`) and asks the dominance rule after each; a
 complete trial is told (best val_acc, params_mb), a pruned one is told PRUNED.
 
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int)
     p.add_argument("--epochs", type=int)
     p.add_argument("--seeds", type=int)
+    p.add_argument("--first-seed", type=int, default=0, help="the first sampler seed (default 0: seeds 0..S-1)")
     p.add_argument("--jobs", type=int)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--percentile", type=float, help="prune with `pruner.name: percentile` at this percentile "
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     order = ORDER if args.percentile is None else ("percentile", "none")
     n_trials, epochs, n_seeds = (g or d for g, d in zip((args.trials, args.epochs, args.seeds), pruning.SIZES[mode]))
     jobs = args.jobs or (1 if args.smoke else 2)
-    seeds = list(range(n_seeds))
+    seeds = list(range(args.first_seed, args.first_seed + n_seeds))
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rule = pruning.describe("median", epochs, None) if args.percentile is None else f"percentile {args.percentile:g}"

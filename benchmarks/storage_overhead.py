@@ -4,7 +4,7 @@
                                           [--workers 1,8,32] [--space two|demo] [--dir PATH]
 
 sweep: `sweep.run.worker.run_worker`, the function every sweep worker runs, with a trainer that trains nothing: it
-reports STEPS values (report + should_prune per step, as `sweep.run.worker.train_trial` does each epoch) and returns.
+reports STEPS values (report + should_prune per step, as `sweep.run.trial.train_trial` does each epoch) and returns.
 Everything else is the worker's own code, timed in full: opening the storage and the study, stale-trial checks,
 the pop of the budget that `sweep.search.study.top_up` enqueued (as `sweep launch` does) with the trial's run
 attributes (host, worker, launch, git commit, versions, trial_dir), the search-space draw, the heartbeat thread
@@ -61,7 +61,8 @@ from _postgres import own_postgres
 
 from sweep.config.resolve import resolve
 from sweep.config.yamlfile import parse_yaml
-from sweep.run.worker import run_context, run_worker
+from sweep.run.place import run_context
+from sweep.run.worker import run_worker
 from sweep.search import space
 from sweep.search.study import top_up
 from sweep.storage import open_storage
@@ -103,7 +104,7 @@ def value(number: int, step: int) -> float:
 
 @dataclass(frozen=True)
 class Reporting:
-    """`sweep.run.worker.train_trial` without the training: what it does with the storage each epoch (report,
+    """`sweep.run.trial.train_trial` without the training: what it does with the storage each epoch (report,
     should_prune), `steps` times. `sleep` s before each report stand for an epoch's training
     (benchmarks/orchestration.py); `spread`: the trials report a spread of curves, so the median pruner prunes
     some, else they all report one curve and none is pruned (each still asks)."""

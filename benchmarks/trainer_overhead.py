@@ -3,7 +3,7 @@
     python benchmarks/trainer_overhead.py [--quick | --smoke] [--epochs N] [--rounds R] [--threads T]
                                           [--device cpu|cuda] [--amp]
 
-sweep: `sweep.run.worker.train_trial(config, out_dir, trial)` with a trial of an in-memory study (NopPruner), so every
+sweep: `sweep.run.trial.train_trial(config, out_dir, trial)` with a trial of an in-memory study (NopPruner), so every
 epoch also writes metrics.json, TensorBoard scalars and an atomic checkpoint, and reports to the trial.
 baseline: `bare_train` below, the loop a user would write by hand for the same config: the same clips
 (`load_split`), their log-mel made once with torchaudio directly (as sweep's cache holds it), the same `Augment` calls
@@ -55,7 +55,7 @@ from sweep.config.resolve import resolve
 from sweep.data import crop, load_split
 from sweep.data.augment import Augment
 from sweep.models import build_model
-from sweep.run.worker import train_trial
+from sweep.run.trial import train_trial
 
 GOAL = 1.05
 

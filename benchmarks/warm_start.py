@@ -7,7 +7,7 @@ The data, model and search space are benchmarks/pruning.py's (`make_config`: syn
 training and 1000 validation clips, a small audio_cnn; train.lr, train.weight_decay, model.width,
 augment.strength), without a pruner so that every trial trains its epochs and "trials needed" counts trials
 alone. One repetition per sampler seed s runs, as in-memory Optuna studies with sweep's TPE
-(`make_sampler`) and each trial trained by `sweep.run.worker.train_trial`:
+(`make_sampler`) and each trial trained by `sweep.run.trial.train_trial`:
 
 - a source study on a neighbouring space: train.lr's range divided by 3 ([3.3e-5, 1e-2] instead of
   [1e-4, 3e-2]), `--source` trials, sampler seed 1000 + s;

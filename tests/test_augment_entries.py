@@ -253,7 +253,7 @@ def test_bad_chain_entries_are_refused_naming_the_key(tmp_path: Path, text: str,
 def test_a_chain_changes_what_is_trained(tiny_config: dict, tmp_path: Path) -> None:
     """One epoch of the tiny run without a chain, and twice with one: the chain's runs agree with each other
     (so the difference is the augmentation, not noise) and not with the plain run."""
-    from sweep.run.worker import train_trial as train
+    from sweep.run.trial import train_trial as train
 
     def weights(config: dict, name: str) -> dict[str, torch.Tensor]:
         train(config, tmp_path / name)

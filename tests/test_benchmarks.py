@@ -171,7 +171,7 @@ def test_bare_loop_computes_what_sweeps_trainer_computes(tmp_path: Path, monkeyp
     """
     import torch
 
-    from sweep.run.worker import train_trial as train
+    from sweep.run.trial import train_trial as train
 
     monkeypatch.setenv("SWEEP_CACHE_DIR", str(tmp_path / "cache"))
     bench = load("trainer_overhead")

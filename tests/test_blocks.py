@@ -232,7 +232,7 @@ def test_a_search_over_a_width_by_dotted_path_trains_that_width(home: Path) -> N
 
 
 def test_warm_start_loads_the_body_and_gives_new_classes_a_new_head(home: Path, tmp_path: Path) -> None:
-    from sweep.run.worker import train_trial
+    from sweep.run.trial import train_trial
 
     first = raw()
     first["train"]["epochs"] = 1
@@ -258,7 +258,7 @@ def test_warm_start_loads_the_body_and_gives_new_classes_a_new_head(home: Path, 
 
 def test_same_classes_keep_the_head(tmp_path: Path) -> None:
     from sweep.models import warmstart
-    from sweep.run.worker import train_trial
+    from sweep.run.trial import train_trial
 
     first = raw()
     first["train"]["epochs"] = 1
@@ -274,7 +274,7 @@ def test_same_classes_keep_the_head(tmp_path: Path) -> None:
 
 
 def test_bad_init_from_is_refused_with_the_key(tmp_path: Path) -> None:
-    from sweep.run.worker import train_trial
+    from sweep.run.trial import train_trial
 
     def error(path: Path | str, **model: Any) -> str:
         err = refused(raw(init_from=str(path), **model))

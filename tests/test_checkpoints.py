@@ -48,7 +48,7 @@ SCHEDULERS, OPTIMIZERS = ["cosine", "onecycle", "none"], ["adam", "adamw", "sgd"
 
 @pytest.mark.parametrize(("scheduler", "optimizer"), list(itertools.product(SCHEDULERS, OPTIMIZERS)))
 def test_every_checkpoint_sweep_writes_loads_as_weights_only(scheduler: str, optimizer: str, tmp_path: Path) -> None:
-    from sweep.run.worker import train_trial as train
+    from sweep.run.trial import train_trial as train
 
     raw = copy.deepcopy(TINY)
     raw["train"].update(scheduler=scheduler, optimizer=optimizer, epochs=2, freeze_epochs=1, momentum=0.9)
@@ -59,7 +59,7 @@ def test_every_checkpoint_sweep_writes_loads_as_weights_only(scheduler: str, opt
 
 
 def test_a_hostile_checkpoint_is_refused_by_name_and_never_runs(tmp_path: Path, tiny_config: dict) -> None:
-    from sweep.run.worker import train_trial as train
+    from sweep.run.trial import train_trial as train
 
     marker = tmp_path / "ran"
     path = hostile_checkpoint(tmp_path / "run" / "checkpoint.pt", marker)
@@ -93,8 +93,9 @@ def test_a_retry_resumes_only_from_a_weights_only_checkpoint_in_its_own_study(
     link out of it, at a planted checkpoint inside it. Each is refused and logged, and the trial trains from
     epoch 0; a genuine predecessor's checkpoint is still resumed from."""
     from sweep.run.launch import create_or_resume
-    from sweep.run.worker import run_context, run_worker
-    from sweep.run.worker import train_trial as train
+    from sweep.run.place import run_context
+    from sweep.run.trial import train_trial as train
+    from sweep.run.worker import run_worker
     from sweep.search.study import top_up
     from sweep.storage import open_storage, resolve_storage, study_dir
 

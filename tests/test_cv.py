@@ -191,3 +191,30 @@ def test_bad_cross_validation_is_refused_before_anything_is_stored(home: Path, c
     assert run.returncode == 2, run.stdout + run.stderr
     assert message in run.stderr and "study.cv" in run.stderr + "pruner.name", run.stderr
     assert not (home / "studies" / "bad").exists()
+
+
+def test_final_retrains_a_cross_validated_best_on_every_search_fold(home: Path) -> None:
+    """`sweep final` of a cv study: the best trial by its mean over folds, trained for the mean of its folds' best
+    epochs on every search fold at once (train + val: no fold is held out), scored on the test fold the search
+    never read; `--cv` then tests each fold of the dataset once."""
+    path = _write(home, "cvf", study={"n_trials": 2, "cv": 3}, train={"epochs": 3})
+    run = sweep_cli("launch", str(path), "--executor", "debug", "--workers", "1", cwd=home)
+    assert run.returncode == 0, run.stdout + run.stderr
+    best = max(_study(home, "cvf").get_trials(), key=lambda t: (t.value, -t.number))
+    assert best.value == pytest.approx(statistics.fmean(best.user_attrs["cv_values"]))
+
+    run = sweep_cli("final", "cvf", "--executor", "debug", cwd=home)
+    assert run.returncode == 0, run.stdout + run.stderr
+    metrics = json.loads((home / "studies" / "cvf" / "final" / "seed-0" / "metrics.json").read_text())
+    assert metrics["trial"] == best.number and metrics["params"] == best.params
+    epochs = round(statistics.fmean(best.user_attrs["cv_best_epochs"]))  # the mean of its folds' best epochs
+    assert metrics["epochs"] == best.user_attrs["best_epoch"] == epochs
+    assert metrics["folds"] == {"train": [1, 2, 3, 4], "test": [5]}
+
+    run = sweep_cli("final", "cvf", "--cv", "--executor", "debug", cwd=home)
+    assert run.returncode == 0, run.stdout + run.stderr
+    summary = json.loads((home / "studies" / "cvf" / "final" / "summary.json").read_text())
+    assert list(summary["runs"]) == [f"cv-fold-{k}" for k in range(1, 6)]
+    for k in range(1, 6):
+        folds = json.loads((home / "studies" / "cvf" / "final" / f"cv-fold-{k}" / "metrics.json").read_text())["folds"]
+        assert folds == {"train": [f for f in range(1, 6) if f != k], "test": [k]}

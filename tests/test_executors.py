@@ -100,8 +100,8 @@ def test_trials_per_gpu_packs_workers_into_array_tasks(
 ) -> None:
     """K workers per array task, whatever its GPUs (they share them), its CPUs divided; the array holds
     ⌈workers / K⌉ tasks, the last one full too."""
+    from sweep.run.place import default_threads
     from sweep.run.profile import PROFILE, array_size, submitit_parameters
-    from sweep.run.worker import default_threads
     from sweep.schema import check_fields
 
     config = resolve(copy.deepcopy(TINY), "test", [("executor.name", "slurm"), ("executor.trials_per_gpu", per_gpu)])

@@ -40,7 +40,7 @@ FIGURES = """JSON.stringify(Array.from(document.querySelectorAll('.js-plotly-plo
 
 def _run(folder: Path, model: dict, n_mels: int = 32) -> tuple[Path, dict]:
     """A run folder as a trial leaves it: one epoch of training, its checkpoint and resolved config."""
-    from sweep.run.worker import train_trial
+    from sweep.run.trial import train_trial
 
     raw = copy.deepcopy(TINY)
     raw.update(model=model, search_space={})

@@ -165,7 +165,7 @@ def test_default_threads_follow_what_one_worker_is_given_and_too_many_are_named(
     import copy
     import os
 
-    from sweep.run.worker import default_threads, shared_cores
+    from sweep.run.place import default_threads, shared_cores
 
     config = copy.deepcopy(tiny_config)
     config["executor"].update(name="slurm", cpus_per_worker=None, workers=64)
@@ -183,7 +183,8 @@ def test_default_threads_follow_what_one_worker_is_given_and_too_many_are_named(
 
 def test_nan_trial_fails_with_reason_and_worker_goes_on(home: Path, tiny_config: dict) -> None:
     from sweep.run.launch import create_or_resume
-    from sweep.run.worker import run_context, run_worker
+    from sweep.run.place import run_context
+    from sweep.run.worker import run_worker
     from sweep.search.study import top_up
     from sweep.storage import open_storage, resolve_storage, study_dir
 

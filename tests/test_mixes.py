@@ -197,7 +197,7 @@ def test_a_half_ratio_mixes_some_batches() -> None:
 
 
 def _trained(tmp_path: Path, **augment: Any) -> dict[str, torch.Tensor]:
-    from sweep.run.worker import train_trial
+    from sweep.run.trial import train_trial
 
     config = raw(**augment)
     config["train"]["epochs"] = 1

@@ -347,7 +347,7 @@ def test_eat_warm_start_on_another_clip_length_interpolates_the_position_embeddi
     source's interpolated (CLS kept), the head is new."""
     from sweep.checkpoint import load_checkpoint
     from sweep.config.resolve import resolve
-    from sweep.run.worker import train_trial
+    from sweep.run.trial import train_trial
 
     train_trial(resolve(_eat_run(0.5, 4), "short"), tmp_path / "short")
     source = load_checkpoint(tmp_path / "short" / "checkpoint.pt")["model"]
@@ -370,7 +370,7 @@ def test_eat_warm_start_on_another_clip_length_interpolates_the_position_embeddi
 def test_eat_warm_start_refuses_other_mismatches(tmp_path: Path) -> None:
     """Only the position embedding's token count is fitted: another width stays the error naming both shapes."""
     from sweep.config.resolve import resolve
-    from sweep.run.worker import train_trial
+    from sweep.run.trial import train_trial
 
     train_trial(resolve(_eat_run(0.5, 4), "short"), tmp_path / "short")
     wider = _eat_run(1.0, 4)

@@ -18,7 +18,7 @@ from conftest import ROOT, sweep_cli
 from sweep.config.paths import parse_set
 from sweep.config.resolve import load
 from sweep.data.layouts import urbansound8k_hf, write_esc50, write_hf_cache, write_speechcommands, write_urbansound8k
-from sweep.run.worker import train_trial
+from sweep.run.trial import train_trial
 from sweep.schema import ConfigError
 
 RECIPES = sorted(p.name for p in (ROOT / "search_spaces").glob("*.yaml"))

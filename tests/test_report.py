@@ -358,7 +358,8 @@ def test_a_pruned_trials_value_is_its_best_epoch_in_every_view(home: Path) -> No
 
     from sweep.config.resolve import resolve
     from sweep.run.launch import create_or_resume
-    from sweep.run.worker import run_context, run_worker
+    from sweep.run.place import run_context
+    from sweep.run.worker import run_worker
     from sweep.search.study import top_up
     from sweep.storage import open_storage, resolve_storage, study_dir
 

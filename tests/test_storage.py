@@ -1186,7 +1186,7 @@ def mysql() -> Iterator[Server]:
 
 def test_a_trial_that_fails_after_being_handed_back_stays_handed_back(home: Path) -> None:
     """A worker whose trial another worker judged dead and retried fails it quietly: the retry's record stands."""
-    from sweep.run.worker import _fail
+    from sweep.run.trial import _fail
     from sweep.search.study import VOID, retry
 
     study = optuna.create_study(study_name="late", storage=open_storage(f"sqlite:///{home}/l.db"))

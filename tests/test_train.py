@@ -11,7 +11,7 @@ import pytest
 import torch
 from optuna.trial import TrialState, create_trial
 
-from sweep.run.worker import train_trial as train
+from sweep.run.trial import train_trial as train
 from sweep.train.loop import NonFiniteLoss
 
 

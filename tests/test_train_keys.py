@@ -16,8 +16,8 @@ from conftest import TINY
 
 from sweep.config.resolve import resolve
 from sweep.config.typed import typed
-from sweep.run import worker
-from sweep.run.worker import train_trial as train
+from sweep.run import trial as one_trial
+from sweep.run.trial import train_trial as train
 from sweep.schema import ConfigError
 from sweep.train import setup as train_setup
 from sweep.train.loop import evaluate
@@ -159,7 +159,7 @@ def test_patience_stops_when_the_metric_has_not_improved_for_that_many_epochs(tm
     """Best 0.3 at epoch 2; epoch 3 worse, epoch 4 only ties: two epochs without improvement, so it stops after
     epoch 4, although train.epochs is 0 (no limit). The pruner would prune after epoch 4: stopping comes first,
     and the trial completes with its best epoch's value."""
-    monkeypatch.setattr(worker, "validate", scripted([0.1, 0.3, 0.2, 0.3, 0.9, 0.9]))
+    monkeypatch.setattr(one_trial, "validate", scripted([0.1, 0.3, 0.2, 0.3, 0.9, 0.9]))
     config = config_with(train={"epochs": 0, "patience": 2})
     study = optuna.create_study(direction="maximize", pruner=PruneAtEpoch(4))
     result = train(config, tmp_path / "run", study.ask())
@@ -174,7 +174,7 @@ def test_patience_stops_when_the_metric_has_not_improved_for_that_many_epochs(tm
 
 def test_patience_follows_the_study_direction(tmp_path: Path, monkeypatch) -> None:
     """val_loss is minimized: 0.5, 0.4, then 0.45 and 0.6 do not improve → stop after epoch 4 with patience 2."""
-    monkeypatch.setattr(worker, "validate", scripted([0.5, 0.4, 0.45, 0.6, 0.1], "val_loss"))
+    monkeypatch.setattr(one_trial, "validate", scripted([0.5, 0.4, 0.45, 0.6, 0.1], "val_loss"))
     config = config_with(study={"metric": "val_loss"}, train={"epochs": 0, "patience": 2})
     result = train(config, tmp_path)
     assert [r["epoch"] for r in result.history] == [1, 2, 3, 4] and result.best_epoch == 2
@@ -183,10 +183,10 @@ def test_patience_follows_the_study_direction(tmp_path: Path, monkeypatch) -> No
 
 
 def test_an_early_stopped_trial_completes_with_the_reason(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(worker, "validate", scripted([0.5, 0.2, 0.2, 0.9]))
+    monkeypatch.setattr(one_trial, "validate", scripted([0.5, 0.2, 0.2, 0.9]))
     base = config_with(train={"epochs": 0, "patience": 2})
     study = optuna.create_study(direction="maximize", pruner=PruneAtEpoch(3))
-    assert worker.run_trial(study, study.ask(), base, [], tmp_path, 0, "host", {}) == "complete"
+    assert one_trial.run_trial(study, study.ask(), base, [], tmp_path, 0, "host", {}) == "complete"
     (trial,) = study.trials
     assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == 0.5
     assert trial.user_attrs["stopped"] == "patience" and trial.user_attrs["best_epoch"] == 1

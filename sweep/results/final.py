@@ -31,9 +31,9 @@ from sweep.config.yamlfile import dump_yaml
 from sweep.data import DATASETS, DataError, check_files, split_items
 from sweep.run.executors import make_executor, of_job
 from sweep.run.jobs import remove_template_folder
+from sweep.run.place import default_threads, shared_cores
 from sweep.run.preflight import check_executor, cuda_missing, empty_splits, own_caches, runs_here, settle
 from sweep.run.waiting import JobsEnded, job_error, outcomes
-from sweep.run.worker import default_threads, shared_cores
 from sweep.schema import ConfigError
 from sweep.storage import study_dir
 from sweep.train.loop import confusion, fit, save

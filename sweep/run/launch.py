@@ -29,11 +29,12 @@ from sweep.run.gpus import visible_gpus
 from sweep.run.jobs import ENDED
 from sweep.run.jobs import record as jobs_record
 from sweep.run.jobs import states as job_states
+from sweep.run.place import default_threads, run_context, shared_cores
 from sweep.run.preflight import check_connections, check_executor, preflight
 from sweep.run.replace import Replacements
 from sweep.run.signals import interruptible, signal_of, signals_deferred, signals_ignored
 from sweep.run.waiting import job_error, outcomes, stop_workers, wait_stopped, watch
-from sweep.run.worker import Worker, default_threads, run_context, shared_cores
+from sweep.run.worker import Worker
 from sweep.schema import ConfigError
 from sweep.search import warm_start as warm
 from sweep.search.strategy import make_pruner, make_sampler
