@@ -215,6 +215,24 @@ def test_a_chain_of_every_waveform_entry_runs_in_order_on_a_batch() -> None:
     assert out.shape == x.shape and torch.isfinite(out).all() and (out != x).any(1).all()
 
 
+
+def test_an_entry_hits_each_example_with_its_p_chosen_on_the_cpu() -> None:
+    """`Draw.hits` picks the examples from the CPU stream the per-example draws come from (so nothing waits for
+    the device to count them): the same indices as a uniform draw below p, about p of a large batch, and None
+    when an entry hits nothing; every entry's examples come from it."""
+    from sweep.data.augment.registry import Draw
+
+    hits, again = Draw(7).hits(10000, 0.3, torch.device("cpu")), Draw(7).uniform(10000, 0.0, 1.0, torch.device("cpu"))
+    assert torch.equal(hits, (again < 0.3).nonzero().squeeze(1))
+    assert 2800 < len(hits) < 3200 and hits.dtype == torch.long
+    assert Draw(7).hits(50, 0.0, torch.device("cpu")) is None
+    aug = Augment(resolve({"model": {"name": "eat_s"}, "data": {"sample_rate": RATE, "clip_seconds": 1.0},
+                           "augment": {**OFF, "chain": [{"polarity": {"p": 0.5}}]}}, "test"))
+    aug.reseed(3)
+    x = batch("noise", 64)
+    flipped = (aug.wave(x.clone()) == -x).all(1).nonzero().squeeze(1)
+    assert torch.equal(flipped, Draw(3).hits(64, 0.5, torch.device("cpu")))
+
 @pytest.mark.parametrize(
     ("text", "key", "message"),
     [

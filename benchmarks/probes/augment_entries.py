@@ -7,7 +7,8 @@ of `--samples` samples (waveform entries) or their [batch, 1, 64, frames] log-me
 device; then EAT's whole chain (throughput.py's, p = 0.5 each) through `Augment.wave`, and each label mix.
 Median of `--repeats` runs after 3 untimed ones, the device synchronised around each. `reverb` is skipped unless
 `--slow` (documented as slow: ~0.6 s for 16 clips on a CPU). No baseline: this is a profile, not a goal; the
-goal is throughput.py's.
+goal is throughput.py's. On CUDA it ends by running EAT's chain and each mix once under
+`torch.cuda.set_sync_debug_mode("error")`: any call that makes the host wait for the GPU is named there.
 """
 
 from __future__ import annotations
@@ -77,6 +78,25 @@ def main() -> None:
         augment = Augment(config_of(args, [], "wave", {"mix": [name], "mix_ratio": 1.0, "epoch_mix": 0}))
         ms = timed(lambda a=augment: a.mix(wave, labels, 10, 1), device, args.repeats)
         print(f"  mix {name:10s} wave {ms:9.2f}")
+    if device.type == "cuda":
+        print(f"host waits for the GPU in EAT's chain and the mixes: {host_waits(args, wave, labels)}")
+
+
+def host_waits(args: argparse.Namespace, wave: torch.Tensor, labels: torch.Tensor) -> str:
+    """'none', or the first call that synchronised the stream (what `set_sync_debug_mode` raises)."""
+    chain = Augment(config_of(args, EAT_CHAIN, "wave"))
+    mixes = [Augment(config_of(args, [], "wave", {"mix": [name], "mix_ratio": 1.0, "epoch_mix": 0})) for name in MIXES]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        chain.wave(wave)
+        for augment in mixes:
+            augment.mix(wave, labels, 10, 1)
+    except RuntimeError as exc:
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return "none"
 
 
 def config_of(args: argparse.Namespace, chain: list, domain: str, more: dict | None = None) -> dict:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from sweep.data.augment.registry import AUGMENTATIONS, AugmentSpec, Draw
+from sweep.data.augment.registry import AUGMENTATIONS, AugmentSpec, Draw, on_device
 from sweep.schema import Field, did_you_mean
 
 # the exponent k of each colour's power spectrum, power ∝ f^k (brown is EAT's "red")
@@ -84,7 +84,7 @@ def noise(x: torch.Tensor, draw: Draw, p: Mapping[str, Any], rate: int) -> torch
     scale = x.pow(2).mean(1, keepdim=True).sqrt() * 10 ** (-snr / 20)
     out = x.clone()
     for k, color in enumerate(colors):
-        rows = (which == k).nonzero().squeeze(1).to(x.device)
+        rows = on_device((which == k).nonzero().squeeze(1), x.device)
         if len(rows) == 0:
             continue
         if color == "phase":

@@ -159,8 +159,8 @@ class Augment:
 
     def _run(self, steps: list[Step], x: torch.Tensor) -> torch.Tensor:
         for step in steps:
-            hit = (self.draw.uniform(len(x), 0.0, 1.0, x.device) < step.p).nonzero().squeeze(1)
-            if len(hit) == 0:
+            hit = self.draw.hits(len(x), step.p, x.device)
+            if hit is None:
                 continue
             params = step.sized(x.shape) if step.sized is not None else step.params
             x = x.clone()

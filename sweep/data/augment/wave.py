@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from sweep.data.augment.registry import AUGMENTATIONS, AugmentSpec, Draw
+from sweep.data.augment.registry import AUGMENTATIONS, AugmentSpec, Draw, on_device
 from sweep.schema import Field
 
 
@@ -80,7 +80,7 @@ def speed(x: torch.Tensor, draw: Draw, p: Mapping[str, Any], rate: int) -> torch
     is the clip at j × factor, by linear interpolation (not a sinc resampler), so a tone's frequency is
     multiplied by the factor; cropped to the clip's length, or zero-padded when the factor is above 1."""
     factors = torch.tensor(p["factors"])
-    rates = _column(factors[draw.integers(len(x), 0, len(factors), torch.device("cpu"))].to(x.device))
+    rates = _column(on_device(factors[draw.integers(len(x), 0, len(factors), torch.device("cpu"))], x.device))
     return _read(x, torch.arange(x.shape[1], device=x.device).unsqueeze(0) * rates)
 
 
