@@ -41,6 +41,7 @@ OVERRIDES = {
                  "data.clip_seconds=0.5"],
     "blocks_urban.yaml": ["train.epochs=2", *SMALL_AUDIO],
     "blocks_esc50.yaml": ["train.epochs=2", "train.freeze_epochs=1", *SMALL_AUDIO],
+    "edge.yaml": ["train.epochs=2", *SMALL_AUDIO],
     "eat.yaml": [*TINY_EAT, "train.epochs=2", "data.sample_rate=8000", "data.clip_seconds=0.5"],
     "eat_speechcommands.yaml": [*TINY_EAT, "train.epochs=2", "data.sample_rate=8000", "data.clip_seconds=0.25"],
 }
@@ -48,7 +49,7 @@ OVERRIDES = {
 def test_every_recipe_has_a_test_run() -> None:
     assert sorted(OVERRIDES) == RECIPES == sorted(
         ["vit.yaml", "vit_hf.yaml", "resnet.yaml", "cnn.yaml", "audio_cnn.yaml", "eat.yaml", "eat_speechcommands.yaml",
-         "ast.yaml", "demo.yaml", "blocks_urban.yaml", "blocks_esc50.yaml"]
+         "ast.yaml", "demo.yaml", "blocks_urban.yaml", "blocks_esc50.yaml", "edge.yaml"]
     )
 
 
@@ -104,7 +105,11 @@ def test_recipe_runs_a_trial(recipe: str, datasets: dict[str, Path], home: Path)
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{home / 'studies' / name / 'study.db'}")
     [trial] = study.trials
     assert trial.state == optuna.trial.TrialState.COMPLETE, trial.user_attrs.get("fail_reason")
-    assert 0.0 <= trial.value <= 1.0
+    assert 0.0 <= trial.values[0] <= 1.0
+    if config["study"]["metrics"]:  # accuracy against size: the size measured, within the recipe's limit
+        assert trial.values[1:] == [trial.user_attrs["sweep_objectives"][m] for m in config["study"]["metrics"][1:]]
+        for metric, limits in config["study"]["constraints"].items():
+            assert trial.user_attrs["sweep_objectives"][metric] <= limits.get("max", float("inf"))
     trial_dir = Path(trial.user_attrs["trial_dir"])
     ran = yaml.safe_load((trial_dir / "config.yaml").read_text())
     assert ran["data"]["dataset"] == config["data"]["dataset"] and ran["model"]["name"] == trial.params.get(
