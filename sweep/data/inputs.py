@@ -48,8 +48,8 @@ class Inputs:
     def __call__(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """The batch's model input on the device: random windows with a generator, centred ones without."""
         if self.frames is None:
-            x = crop(self.clips, idx, self.samples, generator)
-            x = (x.pin_memory() if self.device.type == "cuda" else x).to(self.device, non_blocking=True)
+            x = crop(self.clips, idx, self.samples, generator, pin=self.device.type == "cuda")
+            x = x.to(self.device, non_blocking=True)
             with torch.no_grad():
                 augmented = generator is not None and self.augment is not None
                 return self.features(self.augment.wave(x) if augmented else x)
@@ -60,9 +60,9 @@ class Inputs:
             start = (torch.rand(len(idx), generator=generator) * (room + 1).float()).long().clamp(max=room)
         frames = self.frames[idx]  # clips are stored at least a window long, so every window is inside
         positions = (start.unsqueeze(1) + torch.arange(self.window)).clamp(max=frames.shape[-1] - 1)
-        x = frames.gather(3, positions[:, None, None, :].expand(-1, frames.shape[1], frames.shape[2], -1))
-        x = x.pin_memory() if self.device.type == "cuda" else x
-        return x.to(self.device, non_blocking=True)
+        index = positions[:, None, None, :].expand(-1, frames.shape[1], frames.shape[2], -1)
+        x = torch.empty(index.shape, dtype=frames.dtype, pin_memory=self.device.type == "cuda")  # pinned: no copy
+        return torch.gather(frames, 3, index, out=x).to(self.device, non_blocking=True)
 
 
 def precompute(config: Mapping[str, Any], clips: Clips, features: torch.nn.Module, device: torch.device):
