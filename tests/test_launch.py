@@ -552,3 +552,47 @@ def test_a_full_disk_under_sqlite_is_not_retried(small_disk: Path) -> None:
             storage.set_trial_user_attr(trial_id, f"a{i}", "x" * 60_000)
     assert "database or disk is full" in str(failed.value) or "disk" in str(failed.value.__cause__)
     assert is_disk_full(failed.value) and not is_transient(failed.value)
+
+
+def test_a_stop_signal_whose_unwinding_was_swallowed_still_hands_the_trial_back(
+    home: Path, tiny_config: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SLURM's SIGUSR2 handled while Python runs a finalizer: the handler's SystemExit is printed as "Exception
+    ignored" and lost. The worker still stops at the end of that epoch, checkpointed, hands its trial back as a
+    preempted one, and claims no other trial."""
+    import signal
+
+    from sweep.run import trial as one_trial
+    from sweep.run.launch import create_or_resume
+    from sweep.run.place import run_context
+    from sweep.run.worker import Worker, run_worker
+    from sweep.search.study import top_up
+    from sweep.storage import open_storage, resolve_storage, study_dir
+
+    job = Worker()
+
+    class LandsInAFinalizer:
+        def __del__(self) -> None:
+            job.hand_over(signal.SIGUSR2, None)
+
+    validate, epochs = one_trial.validate, []
+
+    def validate_then_signal(run):
+        epochs.append(len(run.history) + 1)
+        if len(epochs) == 2:  # during epoch 2 of trial 0
+            LandsInAFinalizer()  # dropped at once: its __del__ raises SystemExit, which Python ignores
+        return validate(run)
+
+    monkeypatch.setattr(one_trial, "validate", validate_then_signal)
+    url = resolve_storage("tiny")
+    study = create_or_resume(tiny_config, open_storage(url), url)
+    assert top_up(study, 2) == 2
+    with pytest.raises(SystemExit):
+        run_worker(tiny_config, url, str(study_dir("tiny")), 0, run_context(1), job)
+    assert epochs == [1, 2]  # not one epoch more, and no second trial
+    trials = study.get_trials()
+    lost = trials[0]
+    assert lost.state == TrialState.FAIL and "preempted or timed out" in lost.user_attrs["sweep_void"]
+    assert sorted(lost.intermediate_values) == [1, 2]
+    (again,) = [t for t in trials if t.user_attrs.get("sweep_retry_of") == lost.number]
+    assert again.state == TrialState.WAITING and again.user_attrs.get("sweep_retries", 0) == 0  # it had progressed

@@ -27,6 +27,7 @@ import optuna
 
 from sweep.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint
 from sweep.config.typed import typed
+from sweep.run.signals import stop_if_asked
 from sweep.train.loop import Result, fit, save, validate
 from sweep.train.setup import Run, setup
 
@@ -105,14 +106,16 @@ def train_cv(config: Mapping[str, Any], out_dir: Path, trial: optuna.Trial | Non
                        "folds": run.config["data"]["folds"], "epochs": run.history})
             if trial is None:
                 return
+            last = i == len(cv_folds) and row["epoch"] == epochs
             if by_fold:  # no report per epoch: this is what shows the trial progressed (`worker.progressed`)
                 trial.set_user_attr("cv_epochs", before + len(run.history))
-                return
-            trial.report(row[metric], (i - 1) * epochs + row["epoch"])
-            last = i == len(cv_folds) and row["epoch"] == epochs
-            if not last and trial.should_prune():
-                raise FoldsPruned(f"pruned in fold {i} after epoch {row['epoch']}: {metric}={row[metric]:.4f}",
-                                  statistics.fmean(values) if values else None, attrs(len(run.history)))
+            else:
+                trial.report(row[metric], (i - 1) * epochs + row["epoch"])
+                if not last and trial.should_prune():
+                    raise FoldsPruned(f"pruned in fold {i} after epoch {row['epoch']}: {metric}={row[metric]:.4f}",
+                                      statistics.fmean(values) if values else None, attrs(len(run.history)))
+            if not last:  # as `trial.train_trial` does: a stop whose unwinding was lost is taken here
+                stop_if_asked()
 
         fit(run, validate, end_epoch)
         best = better(run.history, key=lambda r: r[metric])

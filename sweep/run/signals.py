@@ -98,3 +98,28 @@ def signals_ignored():
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+class WorkerStop:
+    """A worker told to stop by SLURM (preemption or the time limit), remembered where the unwinding it started can
+    be lost: a signal handler's SystemExit that lands inside a finalizer (a `__del__`, a weakref callback such as
+    SQLAlchemy's pool keeps) is printed as "Exception ignored" and swallowed, and the trial would train on to its
+    end while its job is requeued under it. The trainer asks at every epoch's end (`stop_if_asked`), and the
+    worker before it claims a trial, so the stop takes effect there at the latest."""
+
+    asked = False
+
+    @classmethod
+    def ask(cls) -> None:
+        cls.asked = True
+
+    @classmethod
+    def reset(cls) -> None:
+        """At a worker's start: a flag from an earlier worker of this process (in-process executors) is not its."""
+        cls.asked = False
+
+
+def stop_if_asked() -> None:
+    """Unwind as the signal's handler did (SystemExit), if the worker was told to stop and is still going."""
+    if WorkerStop.asked:
+        raise SystemExit(0)

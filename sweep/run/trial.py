@@ -29,6 +29,7 @@ from sweep.look.status import best_epoch, maximizes
 from sweep.run.cv import FoldsPruned, take_over_folds, train_cv
 from sweep.run.measure import measure, one_clip
 from sweep.run.place import slurm_place
+from sweep.run.signals import stop_if_asked
 from sweep.search import space
 from sweep.search.objectives import (
     CURVE,
@@ -142,6 +143,8 @@ def train_trial(config: Mapping[str, Any], out_dir: Path, trial: optuna.Trial | 
             last = bool(stopped) or row["epoch"] == epochs  # after the last epoch, nothing is left to save
             if not last and should_prune(trial):
                 raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}: {metric}={row[metric]:.4f}")
+            if not last:  # checkpointed and reported: a stop the worker was told of is taken here at the latest
+                stop_if_asked()
 
     fit(run, validate, end_epoch)
     best = better(run.history, key=lambda r: r[metric])

@@ -31,6 +31,7 @@ from sweep.run.fence import enter as enter_fence
 from sweep.run.gpus import pin_local_gpu, share_gpus
 from sweep.run.jobs import remove_template_folder
 from sweep.run.place import slurm_place, slurm_slot
+from sweep.run.signals import WorkerStop, stop_if_asked
 from sweep.run.trial import run_trial
 from sweep.search import space
 from sweep.search.objectives import (
@@ -124,6 +125,7 @@ class Worker:
         `run_worker` hands the trial back while unwinding, with every lock released."""
 
         self.preempted = True
+        WorkerStop.ask()
         print("preempted or near the time limit: requeueing this worker", flush=True)
         return submitit.helpers.DelayedSubmission(Worker(), *args, **kwargs)
 
@@ -131,6 +133,7 @@ class Worker:
         """The time-limit signal in a job's second or later task, which submitit leaves alone: unwind so that
         `run_worker` hands the trial back; the first task requeues the whole job, this one with it."""
         self.preempted = True
+        WorkerStop.ask()
         print(f"{signal.Signals(signum).name}: near the time limit: handing the trial back", flush=True)
         raise SystemExit(0)
 
@@ -156,6 +159,7 @@ def run_worker(
     gc.freeze()
 
     local = _stop_on_sigterm()
+    WorkerStop.reset()
     job = job or Worker()
     slot, slots = slurm_slot()
     index = index * slots + slot  # the launch's array entry `index` runs workers index*K … index*K + K-1
@@ -185,6 +189,7 @@ def run_worker(
             if time.monotonic() - checked >= ex.heartbeat_seconds:  # no heartbeat changes faster than this
                 recover_stale(study, ex.stale_after_seconds, ex.max_retries)
                 checked = time.monotonic()
+            stop_if_asked()  # told to stop while between trials, or the handler's unwinding was lost
             trial = pop_trial(study, lambda number: _claim_attrs(Path(study_dir), number, index, host, context), index)
             if trial is None:
                 if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
