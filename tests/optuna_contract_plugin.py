@@ -8,8 +8,10 @@ for the launcher's view, `worker_cache` over it for a worker's; a test that name
 SQLite or journal modes gets sweep's. Optuna's tests and assertions are untouched.
 
 Modes (SWEEP_CONTRACT_MODES, comma-separated, picks some): sweep_sqlite, sweep_cached_sqlite,
-sweep_postgresql, sweep_cached_postgresql, sweep_journal. PostgreSQL runs in fresh databases on the server of
-SWEEP_TEST_POSTGRES (one per storage open at once), emptied before each test and dropped at the end.
+sweep_postgresql, sweep_cached_postgresql, sweep_journal. SWEEP_CONTRACT_OTHERS=False leaves out the tests with no
+sweep mode among their parameters (for a second run beside the first, which has them). PostgreSQL runs in fresh
+databases on the server of SWEEP_TEST_POSTGRES (one per storage open at once), emptied before each test and
+dropped at the end.
 """
 
 from __future__ import annotations
@@ -119,13 +121,23 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(trylast=True)  # after -k has deselected
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Count the tests per sweep mode, for the summary `test_storage_contract.py` checks and reports."""
+    """Count the tests per sweep mode, for the summary `test_storage_contract.py` checks and reports; leave out
+    those with no mode where SWEEP_CONTRACT_OTHERS says so."""
     counts: dict[str, int] = {}
+    others = os.environ.get("SWEEP_CONTRACT_OTHERS", "True") != "False"
+    kept, left = [], []
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         modes = {v for v in params.values() if isinstance(v, str) and v.startswith("sweep_")}
+        if not modes and not others:
+            left.append(item)
+            continue
+        kept.append(item)
         for mode in modes or {"other (no sweep mode among its parameters)"}:
             counts[mode] = counts.get(mode, 0) + 1
+    if left:
+        config.hook.pytest_deselected(items=left)
+        items[:] = kept
     config.stash[_COUNTS] = counts
 
 
