@@ -590,6 +590,9 @@ def test_a_stop_signal_whose_unwinding_was_swallowed_still_hands_the_trial_back(
     with pytest.raises(SystemExit):
         run_worker(tiny_config, url, str(study_dir("tiny")), 0, run_context(1), job)
     assert epochs == [1, 2]  # not one epoch more, and no second trial
+    from sweep.run.signals import WorkerStop
+
+    assert not WorkerStop.asked  # cleared as the worker ends: this process may train again, outside a worker
     trials = study.get_trials()
     lost = trials[0]
     assert lost.state == TrialState.FAIL and "preempted or timed out" in lost.user_attrs["sweep_void"]

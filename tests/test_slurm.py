@@ -374,7 +374,7 @@ def test_a_node_lost_mid_trial_loses_no_trial(three_nodes: str, home: Path, tiny
             "executor.heartbeat_seconds=2", "executor.stale_after_seconds=15"]
     launcher = subprocess.Popen(
         [sys.executable, "-m", "sweep", "launch", str(tiny_file), "--executor", "slurm", "--cluster", str(profile),
-         "--workers", "3", "--trials", "6", "--study", name, "--storage", url, *[f"--set={s}" for s in slow]],
+         "--workers", "3", "--trials", "3", "--study", name, "--storage", url, *[f"--set={s}" for s in slow]],
         cwd=home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
@@ -387,7 +387,7 @@ def test_a_node_lost_mid_trial_loses_no_trial(three_nodes: str, home: Path, tiny
     assert launcher.returncode == 0, out
     trials = optuna.load_study(study_name=name, storage=open_storage(url)).get_trials()
     counted = [t for t in trials if "sweep_void" not in t.user_attrs]
-    assert len(counted) == 6 and all(t.state == TrialState.COMPLETE for t in counted), out
+    assert len(counted) == 3 and all(t.state == TrialState.COMPLETE for t in counted), out
     lost = next(t for t in trials if t.number == victim.number)
     assert lost.state == TrialState.FAIL and "sweep_void" in lost.user_attrs  # handed on, not counted
     (retry,) = [t for t in trials if t.user_attrs.get("sweep_retry_of") == victim.number]
@@ -425,7 +425,7 @@ def test_a_preempted_worker_hands_its_trial_back_and_it_resumes(three_nodes: str
             "executor.heartbeat_seconds=2", "executor.stale_after_seconds=300"]  # no heartbeat recovery in time
     launcher = subprocess.Popen(
         [sys.executable, "-m", "sweep", "launch", str(tiny_file), "--executor", "slurm", "--cluster", str(profile),
-         "--workers", "3", "--trials", "6", "--study", name, "--storage", url, *[f"--set={s}" for s in slow]],
+         "--workers", "3", "--trials", "3", "--study", name, "--storage", url, *[f"--set={s}" for s in slow]],
         cwd=home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     urgent = None
@@ -450,7 +450,7 @@ def test_a_preempted_worker_hands_its_trial_back_and_it_resumes(three_nodes: str
     assert "PREEMPTED" in history or "REQUEUED" in history, history  # SLURM put the task back in the queue
     trials = optuna.load_study(study_name=name, storage=open_storage(url)).get_trials()
     counted = [t for t in trials if "sweep_void" not in t.user_attrs]
-    assert len(counted) == 6 and all(t.state == TrialState.COMPLETE for t in counted), out
+    assert len(counted) == 3 and all(t.state == TrialState.COMPLETE for t in counted), out
     lost = next(t for t in trials if t.number == victim.number)
     assert lost.state == TrialState.FAIL and "preempted or timed out" in lost.user_attrs["sweep_void"]  # the signal's
     (retry,) = [t for t in trials if t.user_attrs.get("sweep_retry_of") == victim.number]

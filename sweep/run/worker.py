@@ -233,6 +233,7 @@ def run_worker(
         raise
     finally:
         heartbeat.close()
+        WorkerStop.reset()  # this process may train again outside a worker (in-process executors, tests)
     return WorkerReport(index, host, done, time.time() - started)
 
 
