@@ -88,4 +88,3 @@ def shared_cores(config: Mapping[str, Any], concurrent: int) -> str | None:
         return None
     return (f"note: {concurrent} runs × train.threads {config['train']['threads']} = {wanted} threads on {cores} "
             "cores: they share cores (slower, same numbers); a smaller train.threads trains faster here")
-

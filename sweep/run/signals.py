@@ -115,7 +115,8 @@ class WorkerStop:
 
     @classmethod
     def reset(cls) -> None:
-        """At a worker's start: a flag from an earlier worker of this process (in-process executors) is not its."""
+        """At a worker's start and end: the flag is one worker's, and a process may run several (in-process
+        executors) or train outside any (`sweep final` in-process, the tests)."""
         cls.asked = False
 
 
