@@ -230,8 +230,10 @@ def test_an_entry_hits_each_example_with_its_p_chosen_on_the_cpu() -> None:
                            "augment": {**OFF, "chain": [{"polarity": {"p": 0.5}}]}}, "test"))
     aug.reseed(3)
     x = batch("noise", 64)
-    flipped = (aug.wave(x.clone()) == -x).all(1).nonzero().squeeze(1)
+    before = x.clone()
+    flipped = (aug.wave(x) == -x).all(1).nonzero().squeeze(1)
     assert torch.equal(flipped, Draw(3).hits(64, 0.5, torch.device("cpu")))
+    assert torch.equal(x, before)  # the caller's batch is never changed in place
 
 @pytest.mark.parametrize(
     ("text", "key", "message"),

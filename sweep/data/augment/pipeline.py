@@ -158,12 +158,15 @@ class Augment:
         return self._run(self.spec_steps, x) if x.dim() == 4 else x
 
     def _run(self, steps: list[Step], x: torch.Tensor) -> torch.Tensor:
+        """The steps in order, each on the examples it hits; the caller's batch is copied once, not per step."""
+        given = x
         for step in steps:
             hit = self.draw.hits(len(x), step.p, x.device)
             if hit is None:
                 continue
             params = step.sized(x.shape) if step.sized is not None else step.params
-            x = x.clone()
+            if x is given:
+                x = x.clone()
             x[hit] = step.spec.apply(x[hit], self.draw, params, self.rate).to(x.dtype)
         return x
 
