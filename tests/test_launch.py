@@ -593,6 +593,7 @@ def test_a_stop_signal_whose_unwinding_was_swallowed_still_hands_the_trial_back(
     from sweep.run.signals import WorkerStop
 
     assert not WorkerStop.asked  # cleared as the worker ends: this process may train again, outside a worker
+    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN  # nor would its children stop on Ctrl-C
     trials = study.get_trials()
     lost = trials[0]
     assert lost.state == TrialState.FAIL and "preempted or timed out" in lost.user_attrs["sweep_void"]

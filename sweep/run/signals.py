@@ -87,12 +87,14 @@ def signals_deferred():
 
 
 @contextlib.contextmanager
-def signals_ignored():
-    """SIGINT, SIGTERM and SIGHUP ignored until the block ends: a second Ctrl-C must not cut a hand-back short."""
+def signals_ignored(signums: tuple[int, ...] = STOP_SIGNALS):
+    """SIGINT, SIGTERM and SIGHUP (or `signums`) ignored until the block ends, then as before: a second Ctrl-C
+    must not cut a hand-back short, and the process that goes on (an in-process worker's, a test's) must not
+    keep ignoring them, nor pass that on to every process it starts."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS}
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in signums}
     try:
         yield
     finally:

@@ -31,7 +31,7 @@ from sweep.run.fence import enter as enter_fence
 from sweep.run.gpus import pin_local_gpu, share_gpus
 from sweep.run.jobs import remove_template_folder
 from sweep.run.place import slurm_place, slurm_slot
-from sweep.run.signals import WorkerStop, stop_if_asked
+from sweep.run.signals import STOP_SIGNALS, WorkerStop, signals_ignored, stop_if_asked
 from sweep.run.trial import run_trial
 from sweep.search import space
 from sweep.search.objectives import (
@@ -220,16 +220,22 @@ def run_worker(
                 print(f"trial {trial.number} handed back to the study (the disk was full)", flush=True)
         raise
     except (KeyboardInterrupt, SystemExit):
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if local else (signal.SIGINT,):
-            signal.signal(signum, signal.SIG_IGN)  # Ctrl-C and the launcher's stop both arrive: finish this
-        full = reserves_released(reserves)  # the launcher saw the disk fill up and stops every worker
-        if full:
-            print(f"worker {index}: stopped by the launcher: the disk is full; free space under {study_dir} "
-                  "and where the storage lives, then launch again", file=sys.stderr, flush=True)
-        if trial is not None:  # a requeued job, another worker or the next launch resumes it from its last epoch
-            reason = ("its SLURM job was preempted or timed out" if job.preempted
-                      else "the disk was full" if full else "interrupted")
-            hand_back(study, trial, reason, job)
+        # Ctrl-C and the launcher's stop both arrive: finish this, and the exit after it, in a worker process of its
+        # own; in a process that goes on (the debug executor's, a test's), only the hand-back, so that it does not
+        # keep ignoring them and pass that on to every process it starts.
+        spec = running_in()
+        if spec is not None and not spec.in_process:  # ignored from here to the exit
+            for signum in STOP_SIGNALS if local else (signal.SIGINT,):
+                signal.signal(signum, signal.SIG_IGN)
+        with signals_ignored((signal.SIGINT,)):  # elsewhere, then as before
+            full = reserves_released(reserves)  # the launcher saw the disk fill up and stops every worker
+            if full:
+                print(f"worker {index}: stopped by the launcher: the disk is full; free space under {study_dir} "
+                      "and where the storage lives, then launch again", file=sys.stderr, flush=True)
+            if trial is not None:  # a requeued job, another worker or the next launch resumes it from its last epoch
+                reason = ("its SLURM job was preempted or timed out" if job.preempted
+                          else "the disk was full" if full else "interrupted")
+                hand_back(study, trial, reason, job)
         raise
     finally:
         heartbeat.close()

@@ -155,9 +155,10 @@ def _counts(logits: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tens
 
 
 def save(run: Run, summary: dict[str, Any]) -> None:
-    """`summary` as metrics.json and the run's state as checkpoint.pt, each replaced atomically so a kill never
-    leaves half a file. What metrics.json sums up is the caller's (a search names its best epoch)."""
-    _atomic(run.out_dir / "metrics.json", lambda p: p.write_text(json.dumps(summary, indent=1)))
+    """The run's state as checkpoint.pt, then `summary` as metrics.json, each replaced atomically so a kill never
+    leaves half a file; in that order, so metrics.json never shows an epoch the checkpoint does not hold (a kill
+    between the two leaves the checkpoint one epoch ahead, and the resumed run writes metrics.json again). What
+    metrics.json sums up is the caller's (a search names its best epoch)."""
     state = {  # "model": what is scored, exported and warm-started from (the EMA when on); resume needs both
         "model": run.eval_model.state_dict(),
         **({"trained_model": run.model.state_dict()} if run.ema is not None else {}),
@@ -169,6 +170,7 @@ def save(run: Run, summary: dict[str, Any]) -> None:
         "model_name": typed(run.config).model.name,  # the family, for a warm start from this file alone
     }
     _atomic(run.out_dir / CHECKPOINT, lambda p: torch.save(state, p))
+    _atomic(run.out_dir / "metrics.json", lambda p: p.write_text(json.dumps(summary, indent=1)))
 
 
 def _atomic(path: Path, write) -> None:
