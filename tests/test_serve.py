@@ -60,7 +60,7 @@ def _serving(*args: str, cwd: Path, timeout: float = 60) -> Iterator[str]:
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(60)  # exits 0 after Ctrl-C; how fast depends on the machine's load, not on sweep
+            proc.wait(15)
         finally:
             if proc.poll() is None:
                 proc.kill()
