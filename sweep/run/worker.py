@@ -34,9 +34,7 @@ from sweep.run.place import slurm_place, slurm_slot
 from sweep.run.signals import STOP_SIGNALS, WorkerStop, signals_ignored, stop_if_asked
 from sweep.run.trial import run_trial
 from sweep.search import space
-from sweep.search.objectives import (
-    curve,
-)
+from sweep.search.objectives import curve
 from sweep.search.strategy import open_study
 from sweep.search.study import pop_trial, recover_stale, retry
 from sweep.storage import is_disk_full, open_storage
