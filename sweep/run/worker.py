@@ -225,7 +225,7 @@ def run_worker(
         if spec is not None and not spec.in_process:  # ignored from here to the exit
             for signum in STOP_SIGNALS if local else (signal.SIGINT,):
                 signal.signal(signum, signal.SIG_IGN)
-        with signals_ignored((signal.SIGINT,)):  # elsewhere, then as before
+        with signals_ignored((signal.SIGINT,)):  # and in-process, for the hand-back only (restored after)
             full = reserves_released(reserves)  # the launcher saw the disk fill up and stops every worker
             if full:
                 print(f"worker {index}: stopped by the launcher: the disk is full; free space under {study_dir} "
