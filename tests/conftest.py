@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -39,28 +40,60 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# The machine has one test cluster, which cluster_of reshapes, and two pytest runs may share it (a clone's and a
+# developer's, or pytest-xdist's processes): one test at a time holds it, across processes (an flock every pytest
+# process on this machine takes) and reentrantly within one (a module's fixture and its tests).
+SLURM_LOCK = Path(os.environ.get("SWEEP_TEST_SLURM_LOCK", "/tmp/sweep-test-slurm.lock"))
+_hold = {"depth": 0, "file": None}
+
+
+@contextlib.contextmanager
+def slurm_held() -> Iterator[None]:
+    """Hold the test cluster for the block; the outermost holder in this process takes the machine-wide lock."""
+    if _hold["depth"] == 0:
+        _hold["file"] = SLURM_LOCK.open("a")  # not inheritable: no child, no daemon start.sh starts, holds it
+        fcntl.flock(_hold["file"], fcntl.LOCK_EX)
+    _hold["depth"] += 1
+    try:
+        yield
+    finally:
+        _hold["depth"] -= 1
+        if _hold["depth"] == 0:
+            _hold["file"].close()
+
+
 @pytest.fixture(scope="session")
-def slurm_cluster() -> str:
-    """Start (or reuse) the single-node SLURM of cluster/start.sh; return its default partition."""
+def _slurm_partition() -> str:
+    """Start (or reuse) the single-node SLURM of cluster/start.sh once per process; return its default partition."""
     if shutil.which("sbatch") is None:
         pytest.skip("SLURM is not installed: run cluster/install.sh (.ci/setup --test does) to run the cluster tests")
-    run = subprocess.run(["bash", str(ROOT / "cluster" / "start.sh")], capture_output=True, text=True, timeout=240)
+    with slurm_held():
+        run = subprocess.run(["bash", str(ROOT / "cluster" / "start.sh")], capture_output=True, text=True,
+                             timeout=240)
     if run.returncode != 0:
         pytest.fail(f"cluster/start.sh failed ({run.returncode}):\n{run.stdout}\n{run.stderr}")
     return os.environ.get("SWEEP_SLURM_PARTITION", "debug")
+
+
+@pytest.fixture
+def slurm_cluster(_slurm_partition: str) -> Iterator[str]:
+    """The test cluster's default partition, the cluster held for this test alone."""
+    with slurm_held():
+        yield _slurm_partition
 
 
 @contextlib.contextmanager
 def cluster_of(nodes: int) -> Iterator[None]:
     """cluster/start.sh --nodes N (node1..nodeN, each its own slurmd) for the block; the single-node cluster after."""
     start = ["bash", str(ROOT / "cluster" / "start.sh")]
-    run = subprocess.run([*start, "--nodes", str(nodes)], capture_output=True, text=True, timeout=240)
-    assert run.returncode == 0, run.stdout + run.stderr
-    try:
-        yield
-    finally:
-        back = subprocess.run(start, capture_output=True, text=True, timeout=240)
-        assert back.returncode == 0, back.stdout + back.stderr
+    with slurm_held():
+        run = subprocess.run([*start, "--nodes", str(nodes)], capture_output=True, text=True, timeout=240)
+        assert run.returncode == 0, run.stdout + run.stderr
+        try:
+            yield
+        finally:
+            back = subprocess.run(start, capture_output=True, text=True, timeout=240)
+            assert back.returncode == 0, back.stdout + back.stderr
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -143,11 +143,11 @@ def profile(home: Path, partition: str, **keys: object) -> Path:
 
 
 @pytest.fixture(scope="module")
-def three_nodes(slurm_cluster: str) -> Iterator[str]:
+def three_nodes(_slurm_partition: str) -> Iterator[str]:
     """The multi-node test cluster (node1..node3, gpu:2 each, partitions debug and urgent, QOS enforced), once for
-    the module's profile checks."""
+    the module's profile checks, held by this process until the last of them is done."""
     with cluster_of(3):
-        yield slurm_cluster
+        yield _slurm_partition
 
 
 @pytest.mark.parametrize(
