@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 
 from sweep.config.resolve import load, resolve
 from sweep.data.augment import AUGMENTATIONS, Augment
@@ -234,6 +235,37 @@ def test_an_entry_hits_each_example_with_its_p_chosen_on_the_cpu() -> None:
     flipped = (aug.wave(x) == -x).all(1).nonzero().squeeze(1)
     assert torch.equal(flipped, Draw(3).hits(64, 0.5, torch.device("cpu")))
     assert torch.equal(x, before)  # the caller's batch is never changed in place
+
+def test_no_entry_chain_or_mix_makes_the_host_wait_for_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What makes the host wait for a GPU (`.item()`, a boolean mask, `nonzero`, a copy back, an output size
+    taken from the data) cannot run on PyTorch's meta device, which holds shapes and no numbers. Every entry, EAT's
+    recipe's chain and each mix runs there, so on a GPU none of them stalls the data path: the choices
+    made per example come from the CPU stream (`Draw.hits`, `Draw.uniform`) and reach the device as a queued copy.
+    The meta device has no random generator: its draws are shapes too."""
+    from sweep.data.augment import MIXES
+    from sweep.data.augment.registry import Draw
+
+    meta = torch.device("meta")
+    for wait in (lambda t: t.nonzero(), lambda t: t.sum().item(), lambda t: t[t > 0], lambda t: t.cpu()):
+        with pytest.raises((RuntimeError, NotImplementedError)):  # the device refuses each way of waiting
+            wait(torch.ones(4, device=meta))
+    monkeypatch.setattr(Draw, "_generator", lambda self, device: None)
+    wave, spec = torch.randn(32, 114688, device=meta), torch.randn(32, 1, 64, 359, device=meta)
+    rate = {"sample_rate": 22050, "clip_seconds": 114688 / 22050}
+    for name, entry in AUGMENTATIONS.items():
+        model = "eat_s" if entry.domain == "wave" else "audio_cnn"
+        aug = Augment(resolve({"model": {"name": model}, "data": rate,
+                               "augment": {**OFF, "chain": [{name: {"p": 0.5}}]}}, "test"))
+        out = aug.wave(wave) if entry.domain == "wave" else aug.spec(spec)
+        assert out.device == meta and out.shape == (wave if entry.domain == "wave" else spec).shape, name
+    recipe = ROOT / "search_spaces" / "eat.yaml"
+    assert Augment(load(recipe)).wave(wave).shape == wave.shape  # the recipe's chain, each entry at p 0.5
+    labels = torch.randint(0, 50, (32,), device=meta)
+    for name in MIXES:
+        aug = Augment(load(recipe, [("augment.mix", [name]), ("augment.mix_ratio", 1.0), ("augment.epoch_mix", 0)]))
+        mixed, target = aug.mix(wave, labels, 50, 1)
+        assert mixed.shape == wave.shape and target.shape == (32, 50), name
+
 
 @pytest.mark.parametrize(
     ("text", "key", "message"),

@@ -20,7 +20,7 @@ from conftest import TINY
 from sweep.checkpoint import load_checkpoint
 from sweep.config.resolve import resolve
 from sweep.data.augment import MIXES, Augment, Draw
-from sweep.data.augment.mix import _stft, phase_blend
+from sweep.data.augment.mix import _istft, _stft, phase_blend
 from sweep.schema import ConfigError
 
 RATE = 8000
@@ -173,6 +173,20 @@ def test_phmix_keeps_the_magnitude_and_blends_the_phase() -> None:
     itself, kept = MIXES["phmix"].apply(x, torch.arange(B), Draw(3), RATE)  # its own phase: the clip, round-tripped
     torch.testing.assert_close(itself, x, atol=1e-5, rtol=1e-4)
     assert ((kept >= 0.5) & (kept <= 1)).all()
+
+
+@pytest.mark.parametrize("length", [4000, 4001, 114688])
+def test_the_inverse_stft_is_torchs_without_its_wait_for_the_device(length: int) -> None:
+    """freqmix and phmix invert their STFT by overlap-add (torch.istft checks the window's overlap by reading a
+    number back from the device): the same clip as torch.istft's, for every window and for an STFT that is not
+    one of any signal (phmix's), at lengths a hop divides and one it does not."""
+    torch.manual_seed(0)
+    x = torch.randn(3, length)
+    for win in (256, 512, 1024, 2048):
+        spec, keys = _stft(x, win)
+        spec = spec * torch.polar(torch.ones_like(spec.real), 3 * torch.rand_like(spec.real))
+        torch.testing.assert_close(_istft(spec, keys, x), torch.istft(spec, length=length, **keys),
+                                   atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("ratio", [0.0, 1.0])

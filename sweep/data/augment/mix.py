@@ -52,7 +52,18 @@ def _stft(x: torch.Tensor, win: int) -> tuple[torch.Tensor, dict]:
 
 
 def _istft(spec: torch.Tensor, keys: dict, like: torch.Tensor) -> torch.Tensor:
-    return torch.istft(spec, length=like.shape[-1], **keys).to(like.dtype)
+    """torch.istft's inverse of `_stft` (centred, onesided, `like`'s length) by overlap-add, without its check
+    that the window's overlap never vanishes: that check reads a number back from the device, so each mixed
+    batch would wait for the GPU. A Hann window at hop win / 4 always overlaps, so the check can only pass."""
+    win, hop, window = keys["n_fft"], keys["hop_length"], keys["window"]
+    frames = torch.fft.irfft(spec, n=win, dim=1) * window.view(1, -1, 1)  # [B, win, frames]
+    n = frames.shape[-1]
+    span = {"output_size": (1, win + hop * (n - 1)), "kernel_size": (1, win), "stride": (1, hop)}
+    wave = torch.nn.functional.fold(frames, **span).flatten(1)  # the frames added where they overlap
+    envelope = torch.nn.functional.fold(window.pow(2).view(1, -1, 1).expand(1, win, n), **span).flatten(1)
+    length = like.shape[-1]
+    out = (wave / envelope)[:, win // 2:win // 2 + length]  # centred: the first frame's middle is sample 0
+    return torch.nn.functional.pad(out, (0, length - out.shape[-1])).to(like.dtype)
 
 
 def mixup(x: torch.Tensor, partner: torch.Tensor, draw: Draw, rate: int) -> tuple[torch.Tensor, torch.Tensor]:
