@@ -179,7 +179,7 @@ def test_phmix_keeps_the_magnitude_and_blends_the_phase() -> None:
 def test_the_inverse_stft_is_torchs_without_its_wait_for_the_device(length: int) -> None:
     """freqmix and phmix invert their STFT by overlap-add (torch.istft checks the window's overlap by reading a
     number back from the device): the same clip as torch.istft's, for every window and for an STFT that is not
-    one of any signal (phmix's), at lengths a hop divides and one it does not."""
+    one of any signal (phmix's), at a length every hop divides (114688, EAT's) and at two that none does."""
     torch.manual_seed(0)
     x = torch.randn(3, length)
     for win in (256, 512, 1024, 2048):
