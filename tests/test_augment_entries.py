@@ -236,6 +236,7 @@ def test_an_entry_hits_each_example_with_its_p_chosen_on_the_cpu() -> None:
     assert torch.equal(flipped, Draw(3).hits(64, 0.5, torch.device("cpu")))
     assert torch.equal(x, before)  # the caller's batch is never changed in place
 
+
 def test_no_entry_chain_or_mix_makes_the_host_wait_for_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
     """What makes the host wait for a GPU (`.item()`, a boolean mask, `nonzero`, a copy back, an output size
     taken from the data) cannot run on PyTorch's meta device, which holds shapes and no numbers. Every entry, EAT's
