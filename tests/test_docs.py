@@ -39,7 +39,7 @@ def test_readme_starts_with_the_two_commands() -> None:
     block = README.split("```")[1].strip().splitlines()
     assert block == [
         "bash .ci/setup && .venv/bin/sweep launch search_spaces/demo.yaml",
-        "bash .ci/setup --test && .venv/bin/python -m pytest -q -n 2 --dist loadfile",
+        "bash .ci/setup --test && .venv/bin/python -m pytest -q",
     ]
     assert README.index("```") < README.index("\n## ")  # before anything else
 
